@@ -1,0 +1,106 @@
+#!/usr/bin/env node
+/**
+ * ksw: the worker's command line.
+ *   ksw run -c config.yaml        run the worker until SIGTERM/SIGINT
+ *   ksw validate -c config.yaml   check a config; print every problem with its field and a fix
+ *   ksw demo                      embedded local stack + synthetic producer + worker, then a summary
+ */
+import { parseArgs } from 'node:util';
+import { ConfigError } from '../config/errors.js';
+
+const USAGE = `usage: ksw <command> [options]
+
+commands:
+  run -c FILE        run the worker (SIGTERM/SIGINT: stop fetching, flush, checkpoint, exit 0)
+  validate -c FILE   validate a config file and print every problem with its field path and a hint
+  demo [--records N] [--shards N] [--dir PATH]
+                     start Kinesis, S3 and DynamoDB emulators on 127.0.0.1, produce synthetic spans,
+                     run the worker, verify the Parquet output with DuckDB, print a summary
+`;
+
+async function run(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, allowPositionals: false });
+  if (!values.config) {
+    process.stderr.write('run: missing -c/--config FILE\n');
+    return 2;
+  }
+  const { loadConfig } = await import('../config/load.js');
+  const { Worker } = await import('../runtime/worker.js');
+  const config = loadConfig(values.config);
+  const worker = await Worker.start(config);
+  let signals = 0;
+  await new Promise<void>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      signals += 1;
+      if (signals > 1) {
+        worker.logger.warn({ signal }, 'second signal: exiting now; unacked records will be read again');
+        process.exit(1);
+      }
+      worker.logger.info({ signal }, 'signal received');
+      resolve();
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+  await worker.stop();
+  return 0;
+}
+
+async function validate(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, allowPositionals: false });
+  if (!values.config) {
+    process.stderr.write('validate: missing -c/--config FILE\n');
+    return 2;
+  }
+  const { loadConfig } = await import('../config/load.js');
+  const config = loadConfig(values.config);
+  const sinks = Object.entries(config.sinks)
+    .map(([name, s]) => `${name} (${s.type})`)
+    .join(', ');
+  process.stdout.write(
+    `${values.config}: OK\n  consumers: ${config.consumers.map((c) => `${c.stream} (${c.type}, ${c.startPosition})`).join(', ')}\n  sinks: ${sinks}\n  lease table: ${config.checkpoints.table}\n`,
+  );
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'run':
+        return await run(rest);
+      case 'validate':
+        return await validate(rest);
+      case 'demo': {
+        const { demoCommand } = await import('./demo.js');
+        return await demoCommand(rest);
+      }
+      case undefined:
+      case '-h':
+      case '--help':
+      case 'help':
+        process.stdout.write(USAGE);
+        return command === undefined ? 2 : 0;
+      default:
+        process.stderr.write(`unknown command "${command}"\n\n${USAGE}`);
+        return 2;
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`${command}: ${(err as Error).stack ?? String(err)}\n`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    process.stderr.write(`${String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,80 @@
+/**
+ * The worker's configuration: one YAML file. Every field's description and default here is its
+ * documentation (`ksw config-docs` prints them). Component sections come from the components' own
+ * schemas through the registries, keyed by `type:`.
+ */
+import { z } from 'zod';
+import { checkpointConfigSchema } from '../consumers/coordinator.js';
+import { consumerRegistry, type ConsumerConfig } from '../consumers/registry.js';
+import { awsConfigSchema } from '../core/aws.js';
+import { decodeConfigSchema } from '../processors/decode.js';
+import { type DeadLetterConfig, dlqRegistry, type SinkConfig, sinkRegistry } from '../sinks/registry.js';
+import { byType } from './registry-union.js';
+
+const COMPONENT_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
+
+export const workerConfigSchema = z
+  .object({
+    app: z
+      .object({
+        name: z.string().min(1).default('ksw').describe('Application name, used in logs and metrics.'),
+        workerId: z
+          .string()
+          .min(1)
+          .optional()
+          .describe(
+            'Identity of this worker in the lease table. Default: hostname plus a random suffix. Set a stable, unique id (e.g. the pod name) so a restarted worker takes its own leases back at once.',
+          ),
+      })
+      .strict()
+      .default({ name: 'ksw' }),
+    aws: awsConfigSchema.default(awsConfigSchema.parse({})),
+    consumers: z
+      .array(byType<ConsumerConfig>(consumerRegistry, 'consumer'))
+      .min(1, 'at least one consumer is needed, e.g. [{ type: polling, stream: my-stream }]')
+      .describe('The Kinesis streams to read, one consumer per stream.'),
+    checkpoints: checkpointConfigSchema.default(checkpointConfigSchema.parse({})),
+    decode: decodeConfigSchema.default(decodeConfigSchema.parse({})),
+    sinks: z
+      .record(
+        z.string().regex(COMPONENT_NAME, 'sink names are lowercase letters, digits, _ and -'),
+        byType<SinkConfig>(sinkRegistry, 'sink'),
+      )
+      .refine((s) => Object.keys(s).length > 0, 'at least one sink is needed')
+      .describe('Named sinks; every event is written to every sink (routing comes with the routes section).'),
+    dlq: byType<DeadLetterConfig>(dlqRegistry, 'dlq').describe(
+      'Dead-letter queue for records that cannot be decoded or written, with the reason.',
+    ),
+    server: z
+      .object({
+        host: z
+          .string()
+          .default('127.0.0.1')
+          .describe('Address for /metrics, /healthz and /readyz. Use 0.0.0.0 in a container so Prometheus and probes reach it.'),
+        port: z.number().int().min(0).max(65_535).default(9400).describe('Port for /metrics, /healthz and /readyz (0 = any free port).'),
+      })
+      .strict()
+      .default({ host: '127.0.0.1', port: 9400 }),
+    log: z
+      .object({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info').describe('pino log level.'),
+      })
+      .strict()
+      .default({ level: 'info' }),
+    shutdown: z
+      .object({
+        deadlineMs: z
+          .number()
+          .int()
+          .min(100)
+          .default(30_000)
+          .describe(
+            'On SIGTERM/SIGINT: stop fetching, flush sinks, checkpoint and exit within this time. Keep it below the orchestrator grace period (terminationGracePeriodSeconds / stopTimeout).',
+          ),
+      })
+      .strict()
+      .default({ deadlineMs: 30_000 }),
+  })
+  .strict();
+
+export type WorkerConfig = z.infer<typeof workerConfigSchema>;

@@ -1,0 +1,96 @@
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { KinesisClient } from '@aws-sdk/client-kinesis';
+import { S3Client } from '@aws-sdk/client-s3';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { z } from 'zod';
+
+export const awsConfigSchema = z
+  .object({
+    region: z
+      .string()
+      .min(1)
+      .default('us-east-1')
+      .describe('AWS region of the stream, table and buckets. Falls back to us-east-1 when unset.'),
+    endpoints: z
+      .object({
+        kinesis: z.url().optional().describe('Kinesis endpoint override, e.g. http://127.0.0.1:4567 for an emulator.'),
+        s3: z.url().optional().describe('S3 endpoint override (path-style addressing is used when set).'),
+        dynamodb: z.url().optional().describe('DynamoDB endpoint override.'),
+      })
+      .default({})
+      .describe('Endpoint overrides for local emulators or VPC endpoints. Leave unset on AWS.'),
+    credentials: z
+      .object({
+        accessKeyId: z.string().min(1),
+        secretAccessKey: z.string().min(1),
+        sessionToken: z.string().optional(),
+      })
+      .optional()
+      .describe(
+        'Static credentials, for emulators only. On AWS leave unset: the default provider chain (IRSA, ECS task role, env) is used.',
+      ),
+    s3ChecksumMode: z
+      .enum(['when_supported', 'when_required'])
+      .default('when_supported')
+      .describe(
+        'SDK request/response checksums for S3. s3rver stores aws-chunked framing inside objects unless this is when_required.',
+      ),
+    maxAttempts: z
+      .number()
+      .int()
+      .min(1)
+      .default(3)
+      .describe('SDK-level attempts for S3 and DynamoDB calls (Kinesis reads use the consumer backoff instead).'),
+  })
+  .describe('How to reach AWS (or the local emulators).');
+
+export type AwsConfig = z.infer<typeof awsConfigSchema>;
+
+/** The SDK clients of one worker, built once from config and shared by every component. */
+export interface AwsClients {
+  readonly kinesis: KinesisClient;
+  readonly s3: S3Client;
+  readonly dynamodb: DynamoDBClient;
+  destroy(): void;
+}
+
+export function createAwsClients(config: AwsConfig): AwsClients {
+  const base = {
+    region: config.region,
+    ...(config.credentials ? { credentials: config.credentials } : {}),
+  };
+  // The Kinesis client defaults to HTTP/2, which the emulators do not speak; polling GetRecords works
+  // over HTTP/1.1 everywhere, so use it unless a handler is injected (enhanced fan-out).
+  const kinesis = new KinesisClient({
+    ...base,
+    ...(config.endpoints.kinesis ? { endpoint: config.endpoints.kinesis } : {}),
+    requestHandler: new NodeHttpHandler({ connectionTimeout: 5_000, requestTimeout: 30_000 }),
+    // The consumer owns retries for reads (backoff with jitter, expired iterators), so the SDK does not retry.
+    maxAttempts: 1,
+  });
+  const checksum = config.s3ChecksumMode === 'when_required' ? 'WHEN_REQUIRED' : 'WHEN_SUPPORTED';
+  const s3 = new S3Client({
+    ...base,
+    ...(config.endpoints.s3 ? { endpoint: config.endpoints.s3, forcePathStyle: true } : {}),
+    requestChecksumCalculation: checksum,
+    responseChecksumValidation: checksum,
+    maxAttempts: config.maxAttempts,
+    requestHandler: new NodeHttpHandler({ connectionTimeout: 5_000, requestTimeout: 120_000 }),
+  });
+  const dynamodb = new DynamoDBClient({
+    ...base,
+    ...(config.endpoints.dynamodb ? { endpoint: config.endpoints.dynamodb } : {}),
+    maxAttempts: config.maxAttempts,
+    requestHandler: new NodeHttpHandler({ connectionTimeout: 5_000, requestTimeout: 10_000 }),
+  });
+  return {
+    kinesis,
+    s3,
+    dynamodb,
+    destroy() {
+      kinesis.destroy();
+      s3.destroy();
+      dynamodb.destroy();
+    },
+  };
+}

@@ -1,0 +1,40 @@
+import type { Ack } from './ack.js';
+
+/** Where a record came from. Immutable, shared by every event decoded from that record. */
+export interface RecordOrigin {
+  readonly stream: string;
+  readonly shardId: string;
+  /** Kinesis sequence number: a decimal string of up to 128 digits; compare with `compareSequence`. */
+  readonly sequenceNumber: string;
+  /** Sub-sequence number inside a KPL aggregated record; 0 for plain records. */
+  readonly subSequenceNumber: number;
+  readonly partitionKey: string;
+  readonly arrivalTime: Date;
+}
+
+/** A Kinesis record as the consumer hands it to the chain. */
+export interface SourceRecord {
+  readonly origin: RecordOrigin;
+  readonly data: Uint8Array;
+  readonly ack: Ack;
+}
+
+/**
+ * One unit flowing through processors to sinks. `value` is the decoded document (a JSON object);
+ * `index` is its position inside the record (line number for NDJSON, 0 otherwise), so
+ * (stream, shard, sequence, subSequence, index) identifies an event uniquely and deterministically.
+ */
+export interface PipelineEvent {
+  readonly origin: RecordOrigin;
+  readonly index: number;
+  value: Record<string, unknown>;
+  /** The raw bytes the event was decoded from, kept for the dead-letter queue. */
+  readonly raw: Uint8Array;
+  readonly ack: Ack;
+}
+
+/** Compares two Kinesis sequence numbers (decimal strings without leading zeros). */
+export function compareSequence(a: string, b: string): number {
+  if (a.length !== b.length) return a.length < b.length ? -1 : 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}

@@ -1,0 +1,54 @@
+/**
+ * The operations port: /metrics (Prometheus exposition), /healthz (the process is alive and its event
+ * loop turns) and /readyz (the worker started and is not shutting down). Kept apart from any data path.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+
+export interface OpsServer {
+  readonly address: { host: string; port: number };
+  close(): Promise<void>;
+}
+
+export async function startOpsServer(opts: {
+  host: string;
+  port: number;
+  registry: Registry;
+  ready: () => boolean;
+}): Promise<OpsServer> {
+  const server = http.createServer((req, res) => {
+    const url = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405).end();
+      return;
+    }
+    if (url === '/metrics') {
+      opts.registry.metrics().then(
+        (body) => res.writeHead(200, { 'content-type': opts.registry.contentType }).end(body),
+        (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${err.message}\n`),
+      );
+    } else if (url === '/healthz') {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    } else if (url === '/readyz') {
+      const ready = opts.ready();
+      res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' }).end(ready ? 'ready\n' : 'not ready\n');
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics, /healthz or /readyz\n');
+    }
+  });
+  server.keepAliveTimeout = 5_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  return {
+    address: { host: addr.address, port: addr.port },
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}

@@ -1,0 +1,20 @@
+import { hostname } from 'node:os';
+import pino, { type Logger } from 'pino';
+
+/**
+ * JSON logs to stdout. Credentials are redacted wherever they appear in a logged object; record
+ * payloads are never logged by the components (they log positions: stream, shard, sequence).
+ */
+export function createLogger(level: string, name = 'ksw'): Logger {
+  return pino({
+    name,
+    level,
+    base: { pid: process.pid, host: hostname() },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    redact: {
+      paths: ['*.secretAccessKey', '*.sessionToken', '*.accessKeyId', '*.password', '*.*.secretAccessKey', 'config.aws.credentials'],
+      censor: '[redacted]',
+    },
+    formatters: { level: (label) => ({ level: label }) },
+  });
+}

@@ -1,0 +1,164 @@
+/**
+ * The worker process: wires config -> AWS clients -> DLQ, sinks, decoder, pipeline -> shard coordinator,
+ * and the operations server. `stop()` is the graceful shutdown: stop fetching, release what processors
+ * hold, flush sinks and the DLQ, wait until the watermarks cover everything (or the deadline passes),
+ * checkpoint, release the leases.
+ */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import type { WorkerConfig } from '../config/schema.js';
+import { ShardCoordinator, type ShardStatus } from '../consumers/coordinator.js';
+import { LeaseTable } from '../consumers/lease-table.js';
+import { type AwsClients, createAwsClients } from '../core/aws.js';
+import type { ComponentContext, DeadLetterQueue, Sink } from '../core/component.js';
+import { createRegistry, gauge } from '../metrics/registry.js';
+import { type OpsServer, startOpsServer } from '../metrics/server.js';
+import { RecordDecoder } from '../processors/decode.js';
+import { createDeadLetterQueue, createSink } from '../sinks/registry.js';
+import { createLogger } from './logger.js';
+import { Pipeline } from './pipeline.js';
+
+export interface WorkerStatus {
+  readonly ready: boolean;
+  readonly workerId: string;
+  readonly shards: ShardStatus[];
+}
+
+export function defaultWorkerId(): string {
+  return `${hostname()}-${randomBytes(4).toString('hex')}`;
+}
+
+export class Worker {
+  private ready = false;
+  private stopping: Promise<{ drained: boolean }> | undefined;
+
+  private constructor(
+    readonly config: WorkerConfig,
+    readonly workerId: string,
+    readonly logger: Logger,
+    readonly metrics: Registry,
+    private readonly aws: AwsClients,
+    private readonly dlq: DeadLetterQueue,
+    private readonly sinks: Sink[],
+    private readonly pipeline: Pipeline,
+    private readonly coordinator: ShardCoordinator,
+    private readonly server: OpsServer,
+  ) {}
+
+  get address(): { host: string; port: number } {
+    return this.server.address;
+  }
+
+  static async start(
+    config: WorkerConfig,
+    opts: { logger?: Logger; workerId?: string; registry?: Registry } = {},
+  ): Promise<Worker> {
+    const logger = opts.logger ?? createLogger(config.log.level, config.app.name);
+    const workerId = opts.workerId ?? config.app.workerId ?? defaultWorkerId();
+    const metrics = opts.registry ?? createRegistry();
+    metrics.setDefaultLabels({ app: config.app.name });
+    const aws = createAwsClients(config.aws);
+    const base = { logger, metrics, aws };
+    const dlq = createDeadLetterQueue(config.dlq, base);
+    const ctx: ComponentContext = { ...base, dlq };
+    const sinks = Object.entries(config.sinks).map(([name, sinkConfig]) =>
+      createSink(name, sinkConfig, { ...ctx, logger: logger.child({ sink: name }) }),
+    );
+    const decoder = new RecordDecoder(config.decode, dlq, metrics);
+    const pipeline = new Pipeline(decoder, [], sinks);
+    const coordinator = new ShardCoordinator(config.consumers, config.checkpoints, {
+      kinesis: aws.kinesis,
+      leases: new LeaseTable(aws.dynamodb, config.checkpoints.table),
+      logger,
+      metrics,
+      workerId,
+      sinks,
+      deliver: (records) => pipeline.push(records),
+      onBackpressure: () => pipeline.relievePressure(),
+    });
+    let worker: Worker | undefined;
+    const server = await startOpsServer({
+      host: config.server.host,
+      port: config.server.port,
+      registry: metrics,
+      ready: () => worker?.ready ?? false,
+    });
+    worker = new Worker(config, workerId, logger, metrics, aws, dlq, sinks, pipeline, coordinator, server);
+    gauge(metrics, { name: 'ksw_worker_ready', help: '1 while the worker is ready (started, not shutting down)' }).set(0);
+    try {
+      await coordinator.start();
+    } catch (err) {
+      await server.close();
+      aws.destroy();
+      throw err;
+    }
+    worker.ready = true;
+    gauge(metrics, { name: 'ksw_worker_ready', help: '' }).set(1);
+    logger.info(
+      { workerId, streams: config.consumers.map((c) => c.stream), shards: coordinator.heldCount, ops: server.address },
+      'worker started',
+    );
+    return worker;
+  }
+
+  status(): WorkerStatus {
+    return { ready: this.ready, workerId: this.workerId, shards: this.coordinator.status() };
+  }
+
+  /** Graceful shutdown within `config.shutdown.deadlineMs`; safe to call more than once. */
+  stop(): Promise<{ drained: boolean }> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<{ drained: boolean }> {
+    const deadline = Date.now() + this.config.shutdown.deadlineMs;
+    this.ready = false;
+    gauge(this.metrics, { name: 'ksw_worker_ready', help: '' }).set(0);
+    this.logger.info('shutting down: stop fetching, flush, checkpoint');
+    const remaining = () => deadline - Date.now();
+    // Leave a slice of the deadline for the final checkpoint and lease release.
+    const flushBudget = () => Math.max(0, remaining() - Math.min(2_000, this.config.shutdown.deadlineMs / 4));
+    let drained = false;
+    try {
+      await withTimeout(this.coordinator.stopReading(), flushBudget());
+      await withTimeout(
+        (async () => {
+          await this.pipeline.flush();
+          await this.dlq.flush();
+        })(),
+        flushBudget(),
+      );
+      drained = await this.coordinator.waitDrained(flushBudget());
+    } catch (err) {
+      this.logger.error({ err }, 'error while flushing at shutdown');
+    }
+    if (!drained) {
+      this.logger.warn('shutdown deadline reached before every record was acked; the rest will be read again');
+    }
+    await withTimeout(this.coordinator.checkpointAndRelease(), Math.max(500, remaining())).catch((err) =>
+      this.logger.error({ err }, 'final checkpoint failed'),
+    );
+    // Sinks and DLQ get what is left of the deadline to finish anything still uploading, then stop.
+    await withTimeout(
+      Promise.all([...this.sinks.map((s) => s.close()), this.dlq.close()]),
+      Math.max(100, remaining()),
+    ).catch(() => undefined);
+    await this.server.close();
+    this.aws.destroy();
+    this.logger.info({ drained }, 'worker stopped');
+    return { drained };
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise,
+    new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), Math.max(0, ms));
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
