@@ -4,10 +4,10 @@
  */
 import { createReadStream } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { setTimeout as delay } from 'node:timers/promises';
 import { ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import type { Counter, Histogram } from 'prom-client';
+import { backoffDelay, sleep } from '../../core/backoff.js';
 
 export interface BackoffOptions {
   readonly baseMs: number;
@@ -15,24 +15,6 @@ export interface BackoffOptions {
 }
 
 export const DEFAULT_BACKOFF: BackoffOptions = { baseMs: 200, maxMs: 30_000 };
-
-/** Full jitter (AWS architecture blog): uniform in [0, min(max, base * 2^attempt)). */
-export function fullJitterDelayMs(attempt: number, backoff: BackoffOptions, random = Math.random): number {
-  const ceiling = Math.min(backoff.maxMs, backoff.baseMs * 2 ** Math.min(attempt, 30));
-  return Math.floor(random() * ceiling);
-}
-
-/** Sleeps unless aborted; resolves false when aborted. */
-export async function sleepUnlessAborted(ms: number, signal: AbortSignal): Promise<boolean> {
-  if (signal.aborted) return false;
-  try {
-    // Referenced on purpose: a retry is work in progress; close() aborts it.
-    await delay(ms, undefined, { signal });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** What gets logged of an error: never the request, the response body or credentials. */
 export function errorSummary(err: unknown): { name: string; message: string; statusCode?: number } {
@@ -66,12 +48,13 @@ export async function retryUntilAborted<T>(
     } catch (err) {
       if (opts.signal.aborted) return undefined;
       opts.onError();
-      const waitMs = fullJitterDelayMs(failures, opts.backoff ?? DEFAULT_BACKOFF);
+      const backoff = opts.backoff ?? DEFAULT_BACKOFF;
+      const waitMs = backoffDelay(failures, backoff.baseMs, backoff.maxMs);
       opts.logger.warn(
         { ...opts.context, err: errorSummary(err), attempt: failures + 1, retryInMs: waitMs },
         `${what} failed; retrying`,
       );
-      if (!(await sleepUnlessAborted(waitMs, opts.signal))) return undefined;
+      await sleep(waitMs, opts.signal);
     }
   }
 }

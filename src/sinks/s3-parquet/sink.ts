@@ -188,7 +188,7 @@ export class S3ParquetSink implements Sink {
     readonly name: string,
     private readonly config: ParquetSinkConfig,
     private readonly ctx: ComponentContext,
-    options: ParquetSinkOptions = {},
+    private readonly options: ParquetSinkOptions = {},
   ) {
     this.component = `sink:${name}`;
     this.logger = ctx.logger.child({ component: this.component });
@@ -429,6 +429,7 @@ export class S3ParquetSink implements Sink {
           logger: this.logger,
           onError: () => this.metrics.uploadErrors.inc(this.labels),
           context: { key },
+          backoff: this.options.backoff,
         },
       );
       if (!encoded) return;
