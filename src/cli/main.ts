@@ -19,7 +19,11 @@ commands:
 `;
 
 async function run(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, allowPositionals: false });
+  const { values } = parseArgs({
+    args,
+    options: { config: { type: 'string', short: 'c' } },
+    allowPositionals: false,
+  });
   if (!values.config) {
     process.stderr.write('run: missing -c/--config FILE\n');
     return 2;
@@ -47,7 +51,11 @@ async function run(args: string[]): Promise<number> {
 }
 
 async function validate(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, allowPositionals: false });
+  const { values } = parseArgs({
+    args,
+    options: { config: { type: 'string', short: 'c' } },
+    allowPositionals: false,
+  });
   if (!values.config) {
     process.stderr.write('validate: missing -c/--config FILE\n');
     return 2;

@@ -11,7 +11,9 @@ export class ConfigError extends Error {
     readonly file: string,
     readonly problems: readonly ConfigProblem[],
   ) {
-    super(`${file}: invalid configuration\n${problems.map((p) => `  - ${p.path || '(root)'}: ${p.message}`).join('\n')}`);
+    super(
+      `${file}: invalid configuration\n${problems.map((p) => `  - ${p.path || '(root)'}: ${p.message}`).join('\n')}`,
+    );
     this.name = 'ConfigError';
   }
 }
@@ -32,7 +34,11 @@ function distance(a: string, b: string): number {
     dp[0] = i;
     for (let j = 1; j <= b.length; j++) {
       const tmp = dp[j]!;
-      dp[j] = Math.min(dp[j]! + 1, dp[j - 1]! + 1, prev + (a[i - 1]!.toLowerCase() === b[j - 1]!.toLowerCase() ? 0 : 1));
+      dp[j] = Math.min(
+        dp[j]! + 1,
+        dp[j - 1]! + 1,
+        prev + (a[i - 1]!.toLowerCase() === b[j - 1]!.toLowerCase() ? 0 : 1),
+      );
       prev = tmp;
     }
   }
@@ -64,8 +70,10 @@ export function describeIssue(issue: z.core.$ZodIssue, knownKeys?: readonly stri
         })
         .join('; ');
     }
-    case 'invalid_value':
-      return `${issue.message}; allowed values: ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
+    case 'invalid_value': {
+      const got = issue.input === undefined ? 'nothing' : JSON.stringify(issue.input);
+      return `got ${got}; allowed values: ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
+    }
     case 'invalid_type': {
       if (issue.input === undefined) return `required field is missing (expected ${issue.expected})`;
       return `expected ${issue.expected}, got ${JSON.stringify(issue.input)}`;
@@ -77,4 +85,34 @@ export function describeIssue(issue: z.core.$ZodIssue, knownKeys?: readonly stri
     default:
       return issue.message;
   }
+}
+
+/** Field names expected at a path of the schema, for "did you mean" hints. */
+export function keysAt(schema: z.ZodType, path: readonly PropertyKey[]): string[] {
+  let current: unknown = schema;
+  const unwrap = (s: unknown): unknown => {
+    let x = s as {
+      def?: { type?: string; innerType?: unknown; in?: unknown; element?: unknown; valueType?: unknown };
+    };
+    for (let i = 0; i < 10 && x?.def; i++) {
+      const t = x.def.type;
+      if (t === 'default' || t === 'optional' || t === 'nullable' || t === 'prefault')
+        x = x.def.innerType as typeof x;
+      else if (t === 'pipe') x = x.def.in as typeof x;
+      else break;
+    }
+    return x;
+  };
+  for (const part of path) {
+    const s = unwrap(current) as {
+      def?: { type?: string; element?: unknown; valueType?: unknown };
+      shape?: Record<string, unknown>;
+    };
+    if (s?.def?.type === 'array') current = s.def.element;
+    else if (s?.def?.type === 'record') current = s.def.valueType;
+    else if (s?.shape) current = s.shape[String(part)];
+    else return [];
+  }
+  const s = unwrap(current) as { shape?: Record<string, unknown> };
+  return s?.shape ? Object.keys(s.shape) : [];
 }

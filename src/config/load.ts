@@ -4,8 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
-import { z } from 'zod';
-import { type ConfigProblem, ConfigError, describeIssue, formatPath } from './errors.js';
+import { ConfigError, type ConfigProblem, describeIssue, formatPath, keysAt } from './errors.js';
 import { type WorkerConfig, workerConfigSchema } from './schema.js';
 
 const REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
@@ -53,35 +52,15 @@ function missingVar(name: string): string {
   return `environment variable ${name} is not set; export it, or give a default with \${${name}:-value}`;
 }
 
-/** Field names expected at a path of the schema, for "did you mean" hints. */
-function keysAt(schema: z.ZodType, path: readonly PropertyKey[]): string[] {
-  let current: unknown = schema;
-  const unwrap = (s: unknown): unknown => {
-    let x = s as { def?: { type?: string; innerType?: unknown; in?: unknown; element?: unknown; valueType?: unknown } };
-    for (let i = 0; i < 10 && x?.def; i++) {
-      const t = x.def.type;
-      if (t === 'default' || t === 'optional' || t === 'nullable' || t === 'prefault') x = x.def.innerType as typeof x;
-      else if (t === 'pipe') x = x.def.in as typeof x;
-      else break;
-    }
-    return x;
-  };
-  for (const part of path) {
-    const s = unwrap(current) as { def?: { type?: string; element?: unknown; valueType?: unknown }; shape?: Record<string, unknown> };
-    if (s?.def?.type === 'array') current = s.def.element;
-    else if (s?.def?.type === 'record') current = s.def.valueType;
-    else if (s?.shape) current = s.shape[String(part)];
-    else return [];
-  }
-  const s = unwrap(current) as { shape?: Record<string, unknown> };
-  return s?.shape ? Object.keys(s.shape) : [];
-}
-
 /** Validates an already parsed config object. Throws ConfigError listing every problem. */
-export function validateConfig(raw: unknown, file = '<config>', env: NodeJS.ProcessEnv = process.env): WorkerConfig {
+export function validateConfig(
+  raw: unknown,
+  file = '<config>',
+  env: NodeJS.ProcessEnv = process.env,
+): WorkerConfig {
   const problems: ConfigProblem[] = [];
   const interpolated = interpolate(raw ?? {}, env, problems);
-  const parsed = workerConfigSchema.safeParse(interpolated);
+  const parsed = workerConfigSchema.safeParse(interpolated, { reportInput: true });
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
       problems.push({

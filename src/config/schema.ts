@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { checkpointConfigSchema } from '../consumers/coordinator.js';
-import { consumerRegistry, type ConsumerConfig } from '../consumers/registry.js';
+import { type ConsumerConfig, consumerRegistry } from '../consumers/registry.js';
 import { awsConfigSchema } from '../core/aws.js';
 import { decodeConfigSchema } from '../processors/decode.js';
 import { type DeadLetterConfig, dlqRegistry, type SinkConfig, sinkRegistry } from '../sinks/registry.js';
@@ -50,14 +50,25 @@ export const workerConfigSchema = z
         host: z
           .string()
           .default('127.0.0.1')
-          .describe('Address for /metrics, /healthz and /readyz. Use 0.0.0.0 in a container so Prometheus and probes reach it.'),
-        port: z.number().int().min(0).max(65_535).default(9400).describe('Port for /metrics, /healthz and /readyz (0 = any free port).'),
+          .describe(
+            'Address for /metrics, /healthz and /readyz. Use 0.0.0.0 in a container so Prometheus and probes reach it.',
+          ),
+        port: z
+          .number()
+          .int()
+          .min(0)
+          .max(65_535)
+          .default(9400)
+          .describe('Port for /metrics, /healthz and /readyz (0 = any free port).'),
       })
       .strict()
       .default({ host: '127.0.0.1', port: 9400 }),
     log: z
       .object({
-        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info').describe('pino log level.'),
+        level: z
+          .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace'])
+          .default('info')
+          .describe('pino log level.'),
       })
       .strict()
       .default({ level: 'info' }),

@@ -7,7 +7,7 @@
  * every parent lease reached SHARD_END (or the parent is gone), so per-key order holds across reshards.
  * Balancing between several workers comes with the fleet issue; this worker takes all it may.
  */
-import { ListShardsCommand, type KinesisClient, type Shard } from '@aws-sdk/client-kinesis';
+import { type KinesisClient, ListShardsCommand, type Shard } from '@aws-sdk/client-kinesis';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
@@ -32,7 +32,10 @@ export const checkpointConfigSchema = z
       .min(3)
       .default('ksw-leases')
       .describe('DynamoDB lease table (KCL 2.x row format). One table per application, like the KCL.'),
-    createTable: z.boolean().default(true).describe('Create the table (on-demand billing) when it is missing.'),
+    createTable: z
+      .boolean()
+      .default(true)
+      .describe('Create the table (on-demand billing) when it is missing.'),
     intervalMs: z
       .number()
       .int()
@@ -44,13 +47,17 @@ export const checkpointConfigSchema = z
       .int()
       .min(1_000)
       .default(10_000)
-      .describe('A lease whose counter has not moved for this long is expired and may be taken by another worker.'),
+      .describe(
+        'A lease whose counter has not moved for this long is expired and may be taken by another worker.',
+      ),
     shardSyncIntervalMs: z
       .number()
       .int()
       .min(500)
       .default(30_000)
-      .describe('How often to list shards and look for leases to take (new shards after a reshard, expired leases).'),
+      .describe(
+        'How often to list shards and look for leases to take (new shards after a reshard, expired leases).',
+      ),
   })
   .strict()
   .describe('Checkpoints and leases.');
@@ -113,8 +120,15 @@ export class ShardCoordinator {
     this.m = {
       leasesHeld: gauge(r, { name: 'ksw_leases_held', help: 'Leases held by this worker' }),
       leaseTakes: counter(r, { name: 'ksw_lease_takes_total', help: 'Leases taken' }),
-      leaseLosses: counter(r, { name: 'ksw_lease_losses_total', help: 'Leases lost to another worker or to expiry' }),
-      checkpoints: counter(r, { name: 'ksw_checkpoints_total', help: 'Checkpoints written', labelNames: shardLabels }),
+      leaseLosses: counter(r, {
+        name: 'ksw_lease_losses_total',
+        help: 'Leases lost to another worker or to expiry',
+      }),
+      checkpoints: counter(r, {
+        name: 'ksw_checkpoints_total',
+        help: 'Checkpoints written',
+        labelNames: shardLabels,
+      }),
       checkpointErrors: counter(r, { name: 'ksw_checkpoint_errors_total', help: 'Failed checkpoint writes' }),
       inFlightBytes: gauge(r, {
         name: 'ksw_shard_in_flight_bytes',
@@ -143,7 +157,10 @@ export class ShardCoordinator {
     await this.deps.leases.ensureTable(this.config.createTable);
     await this.sync();
     const every = (ms: number, fn: () => Promise<void>) => {
-      const t = setInterval(() => void fn().catch((err) => this.log.error({ err }, 'periodic task failed')), ms);
+      const t = setInterval(
+        () => void fn().catch((err) => this.log.error({ err }, 'periodic task failed')),
+        ms,
+      );
       t.unref();
       this.timers.push(t);
     };
@@ -190,7 +207,9 @@ export class ShardCoordinator {
         if (!lease) {
           const parents = [shard.ParentShardId, shard.AdjacentParentShardId].filter((p): p is string => !!p);
           // A child of a reshard starts at its beginning: TRIM_HORIZON, whatever the configured start.
-          const initial: InitialPosition = parents.some((p) => live.has(p)) ? 'TRIM_HORIZON' : consumer.startPosition;
+          const initial: InitialPosition = parents.some((p) => live.has(p))
+            ? 'TRIM_HORIZON'
+            : consumer.startPosition;
           lease = await this.deps.leases.createIfMissing(key, initial, parents);
           leases.set(key, lease);
         }
@@ -254,7 +273,8 @@ export class ShardCoordinator {
           ...(consumer.startTimestamp ? { timestamp: new Date(consumer.startTimestamp) } : {}),
         };
     const watermark = new ShardWatermark(consumer.maxInFlightBytes, position);
-    for (const sink of this.deps.sinks) await sink.openShard?.({ stream: consumer.stream, shardId }, position);
+    for (const sink of this.deps.sinks)
+      await sink.openShard?.({ stream: consumer.stream, shardId }, position);
     const reader = new PollingShardReader(consumer, shardId, start, {
       kinesis: this.deps.kinesis,
       logger: this.deps.logger,
@@ -275,7 +295,10 @@ export class ShardCoordinator {
       lost: false,
     };
     this.held.set(key, held);
-    this.log.info({ stream: consumer.stream, shard: shardId, checkpoint: taken.checkpoint }, 'lease taken; reading shard');
+    this.log.info(
+      { stream: consumer.stream, shard: shardId, checkpoint: taken.checkpoint },
+      'lease taken; reading shard',
+    );
     held.done = reader.run().then(
       (end) => this.onReaderEnd(key, held, end),
       (err) => {
@@ -296,7 +319,10 @@ export class ShardCoordinator {
       this.log.info({ shard: held.shardId }, 'checkpointed SHARD_END; children may start');
       await this.writeLease(held, (l) => this.deps.leases.release(l));
     } catch (err) {
-      this.log.warn({ err, shard: held.shardId }, 'could not record SHARD_END; will retry after the lease is re-taken');
+      this.log.warn(
+        { err, shard: held.shardId },
+        'could not record SHARD_END; will retry after the lease is re-taken',
+      );
     }
     this.held.delete(key);
     this.m.leasesHeld.set(this.held.size);
@@ -333,7 +359,10 @@ export class ShardCoordinator {
           } else if (Date.now() - held.lastRenewedAt > this.config.failoverMs) {
             // Others may consider the lease expired by now: stop before two workers process the shard.
             this.m.leaseLosses.inc();
-            this.log.error({ err, shard: held.shardId }, 'could not renew the lease within failoverMs; stopping the shard');
+            this.log.error(
+              { err, shard: held.shardId },
+              'could not renew the lease within failoverMs; stopping the shard',
+            );
             this.drop(key, held);
           } else {
             this.log.warn({ err, shard: held.shardId }, 'lease renewal failed; will retry');
@@ -352,7 +381,8 @@ export class ShardCoordinator {
     const wm = held.watermark.watermark;
     if (!wm || held.lost) return;
     const last = held.lastCheckpointed;
-    if (last && last.sequenceNumber === wm.sequenceNumber && last.subSequenceNumber === wm.subSequenceNumber) return;
+    if (last && last.sequenceNumber === wm.sequenceNumber && last.subSequenceNumber === wm.subSequenceNumber)
+      return;
     try {
       await this.writeLease(held, (l) => this.deps.leases.checkpoint(l, wm));
       held.lastCheckpointed = wm;

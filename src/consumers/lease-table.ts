@@ -11,6 +11,7 @@
  * Attributes we do not know are never touched (UpdateItem only sets named attributes).
  */
 import {
+  type AttributeValue,
   ConditionalCheckFailedException,
   CreateTableCommand,
   DescribeTableCommand,
@@ -20,7 +21,6 @@ import {
   ResourceNotFoundException,
   ScanCommand,
   UpdateItemCommand,
-  type AttributeValue,
 } from '@aws-sdk/client-dynamodb';
 import type { ShardPosition } from '../core/watermark.js';
 
@@ -70,7 +70,10 @@ function fromItem(item: Record<string, AttributeValue>): Lease {
 }
 
 function isConditionFailure(err: unknown): boolean {
-  return err instanceof ConditionalCheckFailedException || (err as Error)?.name === 'ConditionalCheckFailedException';
+  return (
+    err instanceof ConditionalCheckFailedException ||
+    (err as Error)?.name === 'ConditionalCheckFailedException'
+  );
 }
 
 export class LeaseTable {
@@ -85,7 +88,8 @@ export class LeaseTable {
       const described = await this.client.send(new DescribeTableCommand({ TableName: this.tableName }));
       if (described.Table?.TableStatus === 'ACTIVE') return;
     } catch (err) {
-      if (!(err instanceof ResourceNotFoundException || (err as Error).name === 'ResourceNotFoundException')) throw err;
+      if (!(err instanceof ResourceNotFoundException || (err as Error).name === 'ResourceNotFoundException'))
+        throw err;
       if (!create) {
         throw new Error(
           `lease table ${this.tableName} does not exist: create it (hash key leaseKey, type S) or set checkpoints.createTable: true`,
@@ -115,7 +119,11 @@ export class LeaseTable {
 
   async get(leaseKey: string): Promise<Lease | undefined> {
     const out = await this.client.send(
-      new GetItemCommand({ TableName: this.tableName, Key: { leaseKey: { S: leaseKey } }, ConsistentRead: true }),
+      new GetItemCommand({
+        TableName: this.tableName,
+        Key: { leaseKey: { S: leaseKey } },
+        ConsistentRead: true,
+      }),
     );
     return out.Item ? fromItem(out.Item) : undefined;
   }
@@ -134,7 +142,11 @@ export class LeaseTable {
   }
 
   /** Creates an unowned lease unless one exists; returns the lease as stored. */
-  async createIfMissing(leaseKey: string, initial: InitialPosition, parentShardIds: readonly string[]): Promise<Lease> {
+  async createIfMissing(
+    leaseKey: string,
+    initial: InitialPosition,
+    parentShardIds: readonly string[],
+  ): Promise<Lease> {
     const item: Record<string, AttributeValue> = {
       leaseKey: { S: leaseKey },
       leaseCounter: { N: '0' },

@@ -5,8 +5,8 @@
  * while the shard has too much data in flight.
  */
 import {
-  type GetRecordsCommandOutput,
   GetRecordsCommand,
+  type GetRecordsCommandOutput,
   GetShardIteratorCommand,
   type KinesisClient,
   type ShardIteratorType,
@@ -21,7 +21,9 @@ import { counter, gauge } from '../metrics/registry.js';
 
 export const pollingConsumerConfigSchema = z
   .object({
-    type: z.literal('polling').describe('Polling consumer: GetRecords, sharing the 2 MB/s per shard read budget.'),
+    type: z
+      .literal('polling')
+      .describe('Polling consumer: GetRecords, sharing the 2 MB/s per shard read budget.'),
     stream: z.string().min(1).describe('Name of the Kinesis data stream.'),
     startPosition: z
       .enum(['TRIM_HORIZON', 'LATEST', 'AT_TIMESTAMP'])
@@ -37,7 +39,9 @@ export const pollingConsumerConfigSchema = z
       .int()
       .min(0)
       .default(1_000)
-      .describe('Wait between GetRecords calls when the shard is caught up (MillisBehindLatest = 0 or no records).'),
+      .describe(
+        'Wait between GetRecords calls when the shard is caught up (MillisBehindLatest = 0 or no records).',
+      ),
     busyIntervalMs: z
       .number()
       .int()
@@ -49,8 +53,15 @@ export const pollingConsumerConfigSchema = z
       .int()
       .min(1_024)
       .default(64 * 1024 * 1024)
-      .describe('Record bytes per shard fetched but not yet covered by the checkpoint watermark; fetching pauses above it.'),
-    backoffBaseMs: z.number().int().min(1).default(200).describe('First retry delay after throttling or errors.'),
+      .describe(
+        'Record bytes per shard fetched but not yet covered by the checkpoint watermark; fetching pauses above it.',
+      ),
+    backoffBaseMs: z
+      .number()
+      .int()
+      .min(1)
+      .default(200)
+      .describe('First retry delay after throttling or errors.'),
     backoffMaxMs: z.number().int().min(1).default(10_000).describe('Largest retry delay.'),
   })
   .strict()
@@ -60,7 +71,8 @@ export const pollingConsumerConfigSchema = z
         ctx.addIssue({
           code: 'custom',
           path: ['startTimestamp'],
-          message: 'required when startPosition is AT_TIMESTAMP (an ISO-8601 time such as 2026-11-22T00:00:00Z)',
+          message:
+            'required when startPosition is AT_TIMESTAMP (an ISO-8601 time such as 2026-11-22T00:00:00Z)',
         });
       } else if (Number.isNaN(Date.parse(cfg.startTimestamp))) {
         ctx.addIssue({

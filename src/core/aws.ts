@@ -13,7 +13,10 @@ export const awsConfigSchema = z
       .describe('AWS region of the stream, table and buckets. Falls back to us-east-1 when unset.'),
     endpoints: z
       .object({
-        kinesis: z.url().optional().describe('Kinesis endpoint override, e.g. http://127.0.0.1:4567 for an emulator.'),
+        kinesis: z
+          .url()
+          .optional()
+          .describe('Kinesis endpoint override, e.g. http://127.0.0.1:4567 for an emulator.'),
         s3: z.url().optional().describe('S3 endpoint override (path-style addressing is used when set).'),
         dynamodb: z.url().optional().describe('DynamoDB endpoint override.'),
       })
@@ -40,7 +43,9 @@ export const awsConfigSchema = z
       .int()
       .min(1)
       .default(3)
-      .describe('SDK-level attempts for S3 and DynamoDB calls (Kinesis reads use the consumer backoff instead).'),
+      .describe(
+        'SDK-level attempts for S3 and DynamoDB calls (Kinesis reads use the consumer backoff instead).',
+      ),
   })
   .describe('How to reach AWS (or the local emulators).');
 

@@ -35,15 +35,23 @@ export function freePort(): Promise<number> {
     server.on('error', reject);
     server.listen(0, '127.0.0.1', () => {
       const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+      server.close(() =>
+        typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port')),
+      );
     });
   });
 }
 
-async function waitForPort(port: number, child: ChildProcess, name: string, timeoutMs: number): Promise<void> {
+async function waitForPort(
+  port: number,
+  child: ChildProcess,
+  name: string,
+  timeoutMs: number,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`${name} exited with code ${child.exitCode} before listening`);
+    if (child.exitCode !== null)
+      throw new Error(`${name} exited with code ${child.exitCode} before listening`);
     const ok = await new Promise<boolean>((resolve) => {
       const socket = net.connect({ host: '127.0.0.1', port }, () => {
         socket.destroy();
@@ -110,7 +118,16 @@ export function startKinesalite(opts: { logDir?: string; port?: number } = {}): 
   return startNodeEmulator(
     'kinesalite',
     require.resolve('kinesalite/cli.js'),
-    (port) => ['--port', String(port), '--shardLimit', '100', '--createStreamMs', '50', '--updateStreamMs', '50'],
+    (port) => [
+      '--port',
+      String(port),
+      '--shardLimit',
+      '100',
+      '--createStreamMs',
+      '50',
+      '--updateStreamMs',
+      '50',
+    ],
     opts,
   );
 }

@@ -26,15 +26,20 @@ export async function startOpsServer(opts: {
     if (url === '/metrics') {
       opts.registry.metrics().then(
         (body) => res.writeHead(200, { 'content-type': opts.registry.contentType }).end(body),
-        (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${err.message}\n`),
+        (err: Error) =>
+          res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${err.message}\n`),
       );
     } else if (url === '/healthz') {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     } else if (url === '/readyz') {
       const ready = opts.ready();
-      res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' }).end(ready ? 'ready\n' : 'not ready\n');
+      res
+        .writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' })
+        .end(ready ? 'ready\n' : 'not ready\n');
     } else {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics, /healthz or /readyz\n');
+      res
+        .writeHead(404, { 'content-type': 'text/plain' })
+        .end('not found: try /metrics, /healthz or /readyz\n');
     }
   });
   server.keepAliveTimeout = 5_000;

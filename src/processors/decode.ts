@@ -23,7 +23,9 @@ export const decodeConfigSchema = z
       .int()
       .min(1)
       .default(10 * 1024 * 1024)
-      .describe('Records larger than this go to the DLQ undecoded (Kinesis caps records at 1 MiB; S3 pointers resolve larger ones).'),
+      .describe(
+        'Records larger than this go to the DLQ undecoded (Kinesis caps records at 1 MiB; S3 pointers resolve larger ones).',
+      ),
   })
   .strict()
   .describe('How record bytes become JSON documents.');
@@ -79,17 +81,33 @@ export class RecordDecoder {
     return events;
   }
 
-  private deadLetter(record: SourceRecord, reason: string, kind: string, index?: number, data?: Uint8Array): void {
+  private deadLetter(
+    record: SourceRecord,
+    reason: string,
+    kind: string,
+    index?: number,
+    data?: Uint8Array,
+  ): void {
     this.failed.inc({ reason: kind });
     this.dlq.put(
-      { origin: record.origin, data: data ?? record.data, reason, component: 'decode', ...(index === undefined ? {} : { index }) },
+      {
+        origin: record.origin,
+        data: data ?? record.data,
+        reason,
+        component: 'decode',
+        ...(index === undefined ? {} : { index }),
+      },
       record.ack,
     );
   }
 
   private decodeRecord(record: SourceRecord, out: PipelineEvent[]): void {
     if (record.data.byteLength > this.config.maxRecordBytes) {
-      this.deadLetter(record, `record of ${record.data.byteLength} bytes exceeds decode.maxRecordBytes`, 'too_large');
+      this.deadLetter(
+        record,
+        `record of ${record.data.byteLength} bytes exceeds decode.maxRecordBytes`,
+        'too_large',
+      );
       return;
     }
     let text: string;
@@ -105,7 +123,8 @@ export class RecordDecoder {
       return;
     }
     // Parse every line first so the record's ack can be split once, into exactly the parts needed.
-    const values: Array<{ index: number; value?: Record<string, unknown>; error?: string; line: string }> = [];
+    const values: Array<{ index: number; value?: Record<string, unknown>; error?: string; line: string }> =
+      [];
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i]!;
       try {
@@ -160,6 +179,9 @@ export class RecordDecoder {
         // not one document: fall through to NDJSON
       }
     }
-    return trimmed.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
+    return trimmed
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l.length > 0);
   }
 }

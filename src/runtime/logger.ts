@@ -12,7 +12,14 @@ export function createLogger(level: string, name = 'ksw'): Logger {
     base: { pid: process.pid, host: hostname() },
     timestamp: pino.stdTimeFunctions.isoTime,
     redact: {
-      paths: ['*.secretAccessKey', '*.sessionToken', '*.accessKeyId', '*.password', '*.*.secretAccessKey', 'config.aws.credentials'],
+      paths: [
+        '*.secretAccessKey',
+        '*.sessionToken',
+        '*.accessKeyId',
+        '*.password',
+        '*.*.secretAccessKey',
+        'config.aws.credentials',
+      ],
       censor: '[redacted]',
     },
     formatters: { level: (label) => ({ level: label }) },

@@ -86,7 +86,10 @@ export class Worker {
       ready: () => worker?.ready ?? false,
     });
     worker = new Worker(config, workerId, logger, metrics, aws, dlq, sinks, pipeline, coordinator, server);
-    gauge(metrics, { name: 'ksw_worker_ready', help: '1 while the worker is ready (started, not shutting down)' }).set(0);
+    gauge(metrics, {
+      name: 'ksw_worker_ready',
+      help: '1 while the worker is ready (started, not shutting down)',
+    }).set(0);
     try {
       await coordinator.start();
     } catch (err) {
@@ -97,7 +100,12 @@ export class Worker {
     worker.ready = true;
     gauge(metrics, { name: 'ksw_worker_ready', help: '' }).set(1);
     logger.info(
-      { workerId, streams: config.consumers.map((c) => c.stream), shards: coordinator.heldCount, ops: server.address },
+      {
+        workerId,
+        streams: config.consumers.map((c) => c.stream),
+        shards: coordinator.heldCount,
+        ops: server.address,
+      },
       'worker started',
     );
     return worker;
@@ -136,7 +144,9 @@ export class Worker {
       this.logger.error({ err }, 'error while flushing at shutdown');
     }
     if (!drained) {
-      this.logger.warn('shutdown deadline reached before every record was acked; the rest will be read again');
+      this.logger.warn(
+        'shutdown deadline reached before every record was acked; the rest will be read again',
+      );
     }
     await withTimeout(this.coordinator.checkpointAndRelease(), Math.max(500, remaining())).catch((err) =>
       this.logger.error({ err }, 'final checkpoint failed'),

@@ -21,7 +21,10 @@ export function createSink(name: string, config: SinkConfig, ctx: ComponentConte
   return def.create(name, config as never, ctx);
 }
 
-export function createDeadLetterQueue(config: DeadLetterConfig, ctx: Omit<ComponentContext, 'dlq'>): DeadLetterQueue {
+export function createDeadLetterQueue(
+  config: DeadLetterConfig,
+  ctx: Omit<ComponentContext, 'dlq'>,
+): DeadLetterQueue {
   const def = dlqRegistry[config.type as keyof typeof dlqRegistry];
   return def.create('dlq', config as never, ctx as ComponentContext);
 }

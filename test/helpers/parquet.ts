@@ -7,7 +7,9 @@ export async function listKeys(s3: S3Client, bucket: string, prefix: string): Pr
   const keys: string[] = [];
   let token: string | undefined;
   do {
-    const out = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
+    const out = await s3.send(
+      new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }),
+    );
     for (const o of out.Contents ?? []) keys.push(o.Key!);
     token = out.IsTruncated ? out.NextContinuationToken : undefined;
   } while (token);

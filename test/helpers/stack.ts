@@ -1,7 +1,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { CreateStreamCommand, DescribeStreamSummaryCommand, type KinesisClient, ListShardsCommand, PutRecordsCommand } from '@aws-sdk/client-kinesis';
+import {
+  CreateStreamCommand,
+  DescribeStreamSummaryCommand,
+  type KinesisClient,
+  ListShardsCommand,
+  PutRecordsCommand,
+} from '@aws-sdk/client-kinesis';
 import pino from 'pino';
 import { type AwsClients, awsConfigSchema, createAwsClients } from '../../src/core/aws.js';
 import { type LocalStack, startLocalStack } from '../../src/local/emulators.js';
@@ -61,14 +67,19 @@ export async function putRecords(
       }),
     );
     if (out.FailedRecordCount) throw new Error(`${out.FailedRecordCount} records failed to put`);
-    for (const r of out.Records ?? []) results.push({ shardId: r.ShardId!, sequenceNumber: r.SequenceNumber! });
+    for (const r of out.Records ?? [])
+      results.push({ shardId: r.ShardId!, sequenceNumber: r.SequenceNumber! });
   }
   return results;
 }
 
 export const silentLogger = pino({ level: 'silent' });
 
-export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+export async function waitFor(
+  cond: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  what: string,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (await cond()) return;

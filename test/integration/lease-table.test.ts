@@ -1,7 +1,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
-import { checkpointPosition, LeaseLostError, LeaseTable, SHARD_END } from '../../src/consumers/lease-table.js';
+import {
+  checkpointPosition,
+  LeaseLostError,
+  LeaseTable,
+  SHARD_END,
+} from '../../src/consumers/lease-table.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 describe('LeaseTable against dynalite', () => {
@@ -19,15 +24,25 @@ describe('LeaseTable against dynalite', () => {
   });
 
   it('refuses to run on a missing table when createTable is false, naming the fix', async () => {
-    await assert.rejects(new LeaseTable(t.aws.dynamodb, 'no-such-table').ensureTable(false), /createTable: true/);
+    await assert.rejects(
+      new LeaseTable(t.aws.dynamodb, 'no-such-table').ensureTable(false),
+      /createTable: true/,
+    );
   });
 
   it('writes rows in the KCL 2.x format', async () => {
-    const lease = await table.createIfMissing('shardId-000000000001', 'TRIM_HORIZON', ['shardId-000000000000']);
+    const lease = await table.createIfMissing('shardId-000000000001', 'TRIM_HORIZON', [
+      'shardId-000000000000',
+    ]);
     const taken = await table.take(lease, 'worker-a');
-    await table.checkpoint(taken, { sequenceNumber: '49590338271490256608559692538361571095921575989136588898', subSequenceNumber: 0 });
+    await table.checkpoint(taken, {
+      sequenceNumber: '49590338271490256608559692538361571095921575989136588898',
+      subSequenceNumber: 0,
+    });
     const item = (
-      await t.aws.dynamodb.send(new GetItemCommand({ TableName: 'leases-test', Key: { leaseKey: { S: 'shardId-000000000001' } } }))
+      await t.aws.dynamodb.send(
+        new GetItemCommand({ TableName: 'leases-test', Key: { leaseKey: { S: 'shardId-000000000001' } } }),
+      )
     ).Item!;
     assert.deepEqual(item.leaseKey, { S: 'shardId-000000000001' });
     assert.deepEqual(item.leaseOwner, { S: 'worker-a' });
@@ -62,7 +77,9 @@ describe('LeaseTable against dynalite', () => {
     assert.equal(taken.ownerSwitchesSinceCheckpoint, 2);
     await table.renew(taken);
     const item = (
-      await t.aws.dynamodb.send(new GetItemCommand({ TableName: 'leases-test', Key: { leaseKey: { S: 'shardId-000000000007' } } }))
+      await t.aws.dynamodb.send(
+        new GetItemCommand({ TableName: 'leases-test', Key: { leaseKey: { S: 'shardId-000000000007' } } }),
+      )
     ).Item!;
     assert.deepEqual(item.throughputKBps, { N: '12.5' }, 'unknown attributes are preserved');
     assert.deepEqual(item.leaseCounter, { N: '44' });
@@ -82,12 +99,18 @@ describe('LeaseTable against dynalite', () => {
     const lease = await table.createIfMissing('shardId-000000000003', 'TRIM_HORIZON', []);
     const mine = await table.take(lease, 'old-owner');
     await table.take(mine, 'new-owner');
-    await assert.rejects(table.checkpoint(mine, { sequenceNumber: '1', subSequenceNumber: 0 }), LeaseLostError);
+    await assert.rejects(
+      table.checkpoint(mine, { sequenceNumber: '1', subSequenceNumber: 0 }),
+      LeaseLostError,
+    );
     await assert.rejects(table.renew(mine), LeaseLostError);
   });
 
   it('release removes the owner; SHARD_END is a checkpoint', async () => {
-    const lease = await table.take(await table.createIfMissing('shardId-000000000004', 'TRIM_HORIZON', []), 'w');
+    const lease = await table.take(
+      await table.createIfMissing('shardId-000000000004', 'TRIM_HORIZON', []),
+      'w',
+    );
     const ended = await table.checkpoint(lease, SHARD_END);
     const released = await table.release(ended);
     assert.equal(released.leaseOwner, undefined);

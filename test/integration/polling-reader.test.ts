@@ -1,14 +1,29 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { KinesisClient } from '@aws-sdk/client-kinesis';
-import { type PollingConsumerConfig, PollingShardReader, pollingConsumerConfigSchema, type StartingPoint } from '../../src/consumers/polling.js';
+import {
+  type PollingConsumerConfig,
+  PollingShardReader,
+  pollingConsumerConfigSchema,
+  type StartingPoint,
+} from '../../src/consumers/polling.js';
 import type { SourceRecord } from '../../src/core/records.js';
 import { ShardWatermark } from '../../src/core/watermark.js';
 import { createRegistry } from '../../src/metrics/registry.js';
-import { createStream, putRecords, silentLogger, startTestStack, type TestStack, waitFor } from '../helpers/stack.js';
+import {
+  createStream,
+  putRecords,
+  silentLogger,
+  startTestStack,
+  type TestStack,
+  waitFor,
+} from '../helpers/stack.js';
 
 /** Injects failures into chosen Kinesis commands of a real client (the emulators never throttle). */
-function injectFaults(client: KinesisClient, plan: (command: string, input: Record<string, unknown>) => Error | undefined) {
+function injectFaults(
+  client: KinesisClient,
+  plan: (command: string, input: Record<string, unknown>) => Error | undefined,
+) {
   const seen: Array<{ command: string; input: Record<string, unknown> }> = [];
   const name = `fault-${Math.random()}`;
   client.middlewareStack.add(
@@ -26,7 +41,11 @@ function injectFaults(client: KinesisClient, plan: (command: string, input: Reco
 }
 
 function awsError(name: string, status: number): Error {
-  return Object.assign(new Error(`injected ${name}`), { name, $fault: 'client', $metadata: { httpStatusCode: status } });
+  return Object.assign(new Error(`injected ${name}`), {
+    name,
+    $fault: 'client',
+    $metadata: { httpStatusCode: status },
+  });
 }
 
 describe('PollingShardReader against kinesalite', () => {
@@ -90,7 +109,10 @@ describe('PollingShardReader against kinesalite', () => {
   });
 
   it('resumes right after a checkpoint', async () => {
-    const { r, got } = reader({ kind: 'after', position: { sequenceNumber: sequences[9]!, subSequenceNumber: 0 } });
+    const { r, got } = reader({
+      kind: 'after',
+      position: { sequenceNumber: sequences[9]!, subSequenceNumber: 0 },
+    });
     const run = r.run();
     await waitFor(() => got.length === 20, 10_000, '20 records');
     r.stop();
@@ -105,7 +127,11 @@ describe('PollingShardReader against kinesalite', () => {
     latest.r.stop();
     await run;
     assert.equal(latest.got.length, 0);
-    const at = reader({ kind: 'initial', position: 'AT_TIMESTAMP', timestamp: new Date(Date.now() - 3_600_000) });
+    const at = reader({
+      kind: 'initial',
+      position: 'AT_TIMESTAMP',
+      timestamp: new Date(Date.now() - 3_600_000),
+    });
     const run2 = at.r.run();
     await waitFor(() => at.got.length === 30, 10_000, '30 records');
     at.r.stop();
@@ -130,10 +156,16 @@ describe('PollingShardReader against kinesalite', () => {
         sequences,
         'each record exactly once, in order',
       );
-      const iterators = faults.seen.filter((s) => s.command === 'GetShardIteratorCommand').map((s) => s.input);
+      const iterators = faults.seen
+        .filter((s) => s.command === 'GetShardIteratorCommand')
+        .map((s) => s.input);
       assert.equal(iterators.length, 2);
       assert.equal(iterators[1]!.ShardIteratorType, 'AFTER_SEQUENCE_NUMBER');
-      assert.equal(iterators[1]!.StartingSequenceNumber, sequences[13], 'after the last record read (2 calls x 7)');
+      assert.equal(
+        iterators[1]!.StartingSequenceNumber,
+        sequences[13],
+        'after the last record read (2 calls x 7)',
+      );
       const text = await metrics.metrics();
       assert.match(text, /ksw_kinesis_expired_iterators_total\{stream="reader-test",shard="[^"]+"\} 1/);
     } finally {
@@ -161,7 +193,10 @@ describe('PollingShardReader against kinesalite', () => {
         sequences,
       );
       const text = await metrics.metrics();
-      assert.match(text, /ksw_kinesis_read_errors_total\{[^}]*error="ProvisionedThroughputExceededException"\} 3/);
+      assert.match(
+        text,
+        /ksw_kinesis_read_errors_total\{[^}]*error="ProvisionedThroughputExceededException"\} 3/,
+      );
       assert.match(text, /ksw_kinesis_read_errors_total\{[^}]*error="InternalFailure"\} 1/);
     } finally {
       faults.remove();
@@ -180,18 +215,23 @@ describe('PollingShardReader against kinesalite', () => {
     const watermark = new ShardWatermark(30); // 5 records of 7-8 bytes exceed it
     const got: SourceRecord[] = [];
     let pressure = 0;
-    const r = new PollingShardReader(config, shardId, { kind: 'initial', position: 'TRIM_HORIZON' }, {
-      kinesis: t.aws.kinesis,
-      logger: silentLogger,
-      metrics: createRegistry(false),
-      watermark,
-      deliver: async (records) => {
-        got.push(...records);
+    const r = new PollingShardReader(
+      config,
+      shardId,
+      { kind: 'initial', position: 'TRIM_HORIZON' },
+      {
+        kinesis: t.aws.kinesis,
+        logger: silentLogger,
+        metrics: createRegistry(false),
+        watermark,
+        deliver: async (records) => {
+          got.push(...records);
+        },
+        onBackpressure: () => {
+          pressure += 1;
+        },
       },
-      onBackpressure: () => {
-        pressure += 1;
-      },
-    });
+    );
     const run = r.run();
     await waitFor(() => got.length >= 5, 5_000, 'first batch');
     await new Promise((res) => setTimeout(res, 200));

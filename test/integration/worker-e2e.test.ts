@@ -10,11 +10,18 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand, GetObjectCommand } from '@aws-sdk/client-s3';
 import { stringify } from 'yaml';
-import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { validateConfig } from '../../src/config/load.js';
+import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { Worker } from '../../src/runtime/worker.js';
 import { download, duck, listKeys } from '../helpers/parquet.js';
-import { createStream, putRecords, silentLogger, startTestStack, type TestStack, waitFor } from '../helpers/stack.js';
+import {
+  createStream,
+  putRecords,
+  silentLogger,
+  startTestStack,
+  type TestStack,
+  waitFor,
+} from '../helpers/stack.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const CLI = path.join(ROOT, 'src/cli/main.ts');
@@ -29,7 +36,13 @@ function span(i: number) {
   };
 }
 
-function workerConfig(t: TestStack, stream: string, bucket: string, table: string, extra: Record<string, unknown> = {}) {
+function workerConfig(
+  t: TestStack,
+  stream: string,
+  bucket: string,
+  table: string,
+  extra: Record<string, unknown> = {},
+) {
   return {
     app: { name: 'e2e', workerId: `w-${stream}` },
     aws: t.stack.awsConfig,
@@ -86,7 +99,9 @@ describe('worker end to end', () => {
     const worker = await Worker.start(config, { logger: silentLogger });
     try {
       await waitFor(
-        async () => (await metricValue(worker, 'ksw_parquet_rows_total')) >= 400 && (await metricValue(worker, 'ksw_dlq_records_total')) >= 3,
+        async () =>
+          (await metricValue(worker, 'ksw_parquet_rows_total')) >= 400 &&
+          (await metricValue(worker, 'ksw_dlq_records_total')) >= 3,
         30_000,
         'rows and dead letters',
       );
@@ -114,7 +129,9 @@ describe('worker end to end', () => {
     const dlqKeys = await listKeys(t.aws.s3, bucket, 'dlq/');
     const lines: Array<{ reason: string; sequenceNumber: string; data: string }> = [];
     for (const key of dlqKeys) {
-      const body = await (await t.aws.s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body!.transformToString();
+      const body = await (
+        await t.aws.s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }))
+      ).Body!.transformToString();
       for (const line of body.split('\n').filter(Boolean)) lines.push(JSON.parse(line));
     }
     assert.equal(lines.length, 3);
@@ -162,7 +179,11 @@ describe('worker end to end', () => {
 
     const first = startWorker();
     // Kill once some files are uploaded but the run is far from done.
-    await waitFor(async () => (await listKeys(t.aws.s3, bucket, 'lake/')).length >= 3, 30_000, 'first uploads');
+    await waitFor(
+      async () => (await listKeys(t.aws.s3, bucket, 'lake/')).length >= 3,
+      30_000,
+      'first uploads',
+    );
     first.kill('SIGKILL');
     await new Promise((r) => first.once('exit', r));
     const beforeRestart = (await listKeys(t.aws.s3, bucket, 'lake/')).length;
@@ -201,9 +222,12 @@ describe('worker end to end', () => {
     );
     assert.equal(stats[0]!.d, BigInt(total), 'nothing missing');
     assert.equal(stats[0]!.c, BigInt(total), 'no record twice in the final object set');
-    const got = await duck(`SELECT _shard_id AS s, _sequence_number AS q FROM read_parquet('${dir}/lake/**/*.parquet')`);
+    const got = await duck(
+      `SELECT _shard_id AS s, _sequence_number AS q FROM read_parquet('${dir}/lake/**/*.parquet')`,
+    );
     const have = new Set(got.map((r) => `${r.s}/${r.q}`));
-    for (const p of put) assert.ok(have.has(`${p.shardId}/${p.sequenceNumber}`), `missing ${p.shardId}/${p.sequenceNumber}`);
+    for (const p of put)
+      assert.ok(have.has(`${p.shardId}/${p.sequenceNumber}`), `missing ${p.shardId}/${p.sequenceNumber}`);
   });
 
   it('CLI: a bad config fails at start-up naming the field and the fix', () => {
@@ -217,14 +241,23 @@ describe('worker end to end', () => {
       }),
     );
     for (const command of ['validate', 'run']) {
-      const out = spawnSync(process.execPath, ['--import', 'tsx', CLI, command, '-c', file], { cwd: ROOT, encoding: 'utf8' });
+      const out = spawnSync(process.execPath, ['--import', 'tsx', CLI, command, '-c', file], {
+        cwd: ROOT,
+        encoding: 'utf8',
+      });
       assert.equal(out.status, 1, command);
-      assert.match(out.stderr, /consumers\[0\]\.startPosition: .*allowed values: "TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"/);
+      assert.match(
+        out.stderr,
+        /consumers\[0\]\.startPosition: .*allowed values: "TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"/,
+      );
       assert.match(out.stderr, /sinks\.lake\.bucket: required field is missing/);
     }
     const good = path.join(t.dir, 'good.yaml');
     writeFileSync(good, stringify(workerConfig(t, 's', 'b-b-b', 'tbl')));
-    const ok = spawnSync(process.execPath, ['--import', 'tsx', CLI, 'validate', '-c', good], { cwd: ROOT, encoding: 'utf8' });
+    const ok = spawnSync(process.execPath, ['--import', 'tsx', CLI, 'validate', '-c', good], {
+      cwd: ROOT,
+      encoding: 'utf8',
+    });
     assert.equal(ok.status, 0, ok.stderr);
     assert.match(ok.stdout, /OK/);
   });
@@ -234,6 +267,8 @@ async function countRows(t: TestStack, bucket: string, dir: string): Promise<num
   const scratch = `${dir}-probe-${Date.now()}`;
   const files = await download(t.aws.s3, bucket, 'lake/', scratch);
   if (files.length === 0) return 0;
-  const rows = await duck(`SELECT count(DISTINCT (_shard_id, _sequence_number)) AS d FROM read_parquet('${scratch}/lake/**/*.parquet')`);
+  const rows = await duck(
+    `SELECT count(DISTINCT (_shard_id, _sequence_number)) AS d FROM read_parquet('${scratch}/lake/**/*.parquet')`,
+  );
   return Number(rows[0]!.d);
 }

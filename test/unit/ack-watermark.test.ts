@@ -112,7 +112,13 @@ describe('ShardWatermark', () => {
 describe('compareSequence', () => {
   it('orders decimal sequence numbers of any length numerically', () => {
     assert.equal(compareSequence('9', '10'), -1);
-    assert.equal(compareSequence('49590338271490256608559692538361571095921575989136588898', '49590338271490256608559692538361571095921575989136588899'), -1);
+    assert.equal(
+      compareSequence(
+        '49590338271490256608559692538361571095921575989136588898',
+        '49590338271490256608559692538361571095921575989136588899',
+      ),
+      -1,
+    );
     assert.equal(compareSequence('123', '123'), 0);
     assert.equal(compareSequence('200', '199'), 1);
   });

@@ -56,7 +56,7 @@ describe('config', () => {
   });
 
   it('names the field and the variable when an environment variable is missing', () => {
-    const p = problems({ ...minimal, consumers: [{ type: 'polling', stream: '${STREAM_NAME}' }] });
+    const p = problems({ ...minimal, consumers: [{ type: 'polling', stream: '$' + '{STREAM_NAME}' }] });
     assert.equal(p[0]!.path, 'consumers[0].stream');
     assert.match(p[0]!.message, /STREAM_NAME is not set/);
     assert.match(p[0]!.message, /\$\{STREAM_NAME:-value\}/);
@@ -65,13 +65,19 @@ describe('config', () => {
   it('reports every problem at once, each with its path and a hint', () => {
     const p = problems({
       consumers: [{ type: 'polling', stream: 'spans', startPosition: 'OLDEST', maxRecordsPerCal: 5 }],
-      sinks: { lake: { type: 's3_parquet', bucket: 'b', compression: 'lz5' } },
+      sinks: { lake: { type: 's3_parquet', bucket: 'bbb', compression: 'lz5' } },
       dlq: { type: 's3' },
       checkpoints: { intervalMs: 'often' },
     });
     const byPath = new Map(p.map((x) => [x.path, x.message]));
-    assert.match(byPath.get('consumers[0].startPosition')!, /allowed values: "TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"/);
-    assert.match(byPath.get('consumers[0]')!, /unknown field "maxRecordsPerCal" \(did you mean "maxRecordsPerCall"\?\)/);
+    assert.match(
+      byPath.get('consumers[0].startPosition')!,
+      /allowed values: "TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"/,
+    );
+    assert.match(
+      byPath.get('consumers[0]')!,
+      /unknown field "maxRecordsPerCal" \(did you mean "maxRecordsPerCall"\?\)/,
+    );
     assert.match(byPath.get('sinks.lake.compression')!, /allowed values/);
     assert.match(byPath.get('dlq.bucket')!, /required field is missing/);
     assert.match(byPath.get('checkpoints.intervalMs')!, /expected number, got "often"/);
@@ -84,11 +90,16 @@ describe('config', () => {
   });
 
   it('requires startTimestamp for AT_TIMESTAMP and checks it is a time', () => {
-    const p = problems({ ...minimal, consumers: [{ type: 'polling', stream: 's', startPosition: 'AT_TIMESTAMP' }] });
+    const p = problems({
+      ...minimal,
+      consumers: [{ type: 'polling', stream: 's', startPosition: 'AT_TIMESTAMP' }],
+    });
     assert.equal(p[0]!.path, 'consumers[0].startTimestamp');
     const q = problems({
       ...minimal,
-      consumers: [{ type: 'polling', stream: 's', startPosition: 'AT_TIMESTAMP', startTimestamp: 'yesterday' }],
+      consumers: [
+        { type: 'polling', stream: 's', startPosition: 'AT_TIMESTAMP', startTimestamp: 'yesterday' },
+      ],
     });
     assert.match(q[0]!.message, /not an ISO-8601 time/);
   });
@@ -102,7 +113,10 @@ describe('config', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'cfg-'));
     const bad = path.join(dir, 'bad.yaml');
     writeFileSync(bad, 'consumers: [\n  - type: polling\n');
-    assert.throws(() => loadConfig(bad, {}), (err: unknown) => err instanceof ConfigError && /YAML syntax error/.test(err.message));
+    assert.throws(
+      () => loadConfig(bad, {}),
+      (err: unknown) => err instanceof ConfigError && /YAML syntax error/.test(err.message),
+    );
     assert.throws(() => loadConfig(path.join(dir, 'missing.yaml'), {}), /cannot read the file/);
   });
 });

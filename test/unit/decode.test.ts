@@ -1,13 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { decodeConfigSchema } from '../../src/processors/decode.js';
-import { RecordDecoder, parseJsonDocument } from '../../src/processors/decode.js';
 import { createRegistry } from '../../src/metrics/registry.js';
+import { decodeConfigSchema, parseJsonDocument, RecordDecoder } from '../../src/processors/decode.js';
 import { MemoryDeadLetterQueue, sourceRecord } from '../helpers/fakes.js';
 
 function decoder(format: 'auto' | 'json' | 'ndjson' = 'auto') {
   const dlq = new MemoryDeadLetterQueue();
-  return { dlq, decoder: new RecordDecoder(decodeConfigSchema.parse({ format }), dlq, createRegistry(false)) };
+  return {
+    dlq,
+    decoder: new RecordDecoder(decodeConfigSchema.parse({ format }), dlq, createRegistry(false)),
+  };
 }
 
 describe('parseJsonDocument', () => {

@@ -92,7 +92,9 @@ export const parquetSinkConfigSchema = z
           .int()
           .min(1)
           .default(64 * MiB)
-          .describe('Roll a shard file once the raw bytes of the events buffered for it reach this (default 64 MiB).'),
+          .describe(
+            'Roll a shard file once the raw bytes of the events buffered for it reach this (default 64 MiB).',
+          ),
         maxFileRows: z
           .number()
           .int()
@@ -149,15 +151,23 @@ export const parquetSinkConfigSchema = z
   })
   .superRefine((config, ctx) => {
     const seen = new Set<string>(METADATA_COLUMNS);
-    const names = [...config.columns.map((c) => c.name), ...(config.recordColumn ? [config.recordColumn] : [])];
+    const names = [
+      ...config.columns.map((c) => c.name),
+      ...(config.recordColumn ? [config.recordColumn] : []),
+    ];
     for (const name of names) {
       const key = name.toLowerCase();
-      if (seen.has(key)) ctx.addIssue({ code: 'custom', message: `duplicate column name "${name}"`, path: ['columns'] });
+      if (seen.has(key))
+        ctx.addIssue({ code: 'custom', message: `duplicate column name "${name}"`, path: ['columns'] });
       seen.add(key);
     }
     config.columns.forEach((column, i) => {
       if (column.timeUnit !== 'ms' && !column.type.startsWith('timestamp')) {
-        ctx.addIssue({ code: 'custom', message: 'timeUnit applies to timestamp columns only', path: ['columns', i] });
+        ctx.addIssue({
+          code: 'custom',
+          message: 'timeUnit applies to timestamp columns only',
+          path: ['columns', i],
+        });
       }
     });
   })

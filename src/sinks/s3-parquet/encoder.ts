@@ -20,7 +20,9 @@ import { METADATA_COLUMNS, type ParquetColumnConfig, type ParquetColumnType } fr
 /** A converted value, ready for the appender: timestamps are bigints in the column's unit. */
 export type Cell = string | number | bigint | boolean | null;
 
-export type Conversion = { readonly ok: true; readonly value: Cell } | { readonly ok: false; readonly reason: string };
+export type Conversion =
+  | { readonly ok: true; readonly value: Cell }
+  | { readonly ok: false; readonly reason: string };
 
 export type TimeUnit = 'ns' | 'us' | 'ms' | 's';
 
@@ -200,7 +202,10 @@ export function convertValue(type: ParquetColumnType, value: unknown, timeUnit: 
       try {
         return { ok: true, value: stringifyJson(value) };
       } catch (err) {
-        return { ok: false, reason: `expected json, got a value that cannot be serialized: ${(err as Error).message}` };
+        return {
+          ok: false,
+          reason: `expected json, got a value that cannot be serialized: ${(err as Error).message}`,
+        };
       }
   }
 }
@@ -295,7 +300,9 @@ export interface TableColumn {
   readonly sqlType: SqlType;
 }
 
-export type RowResult = { readonly ok: true; readonly row: Cell[] } | { readonly ok: false; readonly reason: string };
+export type RowResult =
+  | { readonly ok: true; readonly row: Cell[] }
+  | { readonly ok: false; readonly reason: string };
 
 interface ColumnExtractor {
   readonly config: ParquetColumnConfig;
@@ -311,7 +318,15 @@ export class RowBuilder {
   constructor(columns: readonly ParquetColumnConfig[], recordColumn: string | false) {
     this.extractors = columns.map((config) => ({ config, path: (config.path ?? config.name).split('.') }));
     this.recordColumn = recordColumn !== false;
-    const metadataTypes: SqlType[] = ['VARCHAR', 'VARCHAR', 'VARCHAR', 'BIGINT', 'INTEGER', 'VARCHAR', 'TIMESTAMP_MS'];
+    const metadataTypes: SqlType[] = [
+      'VARCHAR',
+      'VARCHAR',
+      'VARCHAR',
+      'BIGINT',
+      'INTEGER',
+      'VARCHAR',
+      'TIMESTAMP_MS',
+    ];
     this.columns = [
       ...METADATA_COLUMNS.map((name, i) => ({ name, sqlType: metadataTypes[i]! })),
       ...columns.map((c) => ({ name: c.name, sqlType: SQL_TYPE[c.type] })),
@@ -340,7 +355,10 @@ export class RowBuilder {
       try {
         row.push(stringifyJson(event.value));
       } catch (err) {
-        return { ok: false, reason: `record column: cannot serialize the event as JSON: ${(err as Error).message}` };
+        return {
+          ok: false,
+          reason: `record column: cannot serialize the event as JSON: ${(err as Error).message}`,
+        };
       }
     }
     return { ok: true, row };
@@ -388,7 +406,6 @@ export class ParquetEncoder {
     await connection.run(`CREATE TABLE ${table} (${this.ddl})`);
     try {
       const appender = await connection.createAppender(table);
-      let appended = false;
       try {
         for (let start = 0; start < rows.length; start += APPEND_SLICE_ROWS) {
           if (start > 0) await yieldToEventLoop();
@@ -403,15 +420,14 @@ export class ParquetEncoder {
             appender.endRow();
           }
         }
-        appended = true;
-      } finally {
-        // closeSync flushes; after a failed append it may throw too, and the first error is the one to report.
+      } catch (err) {
+        // closeSync flushes and may throw too after a failed append; the first error is the one to report.
         try {
           appender.closeSync();
-        } catch (err) {
-          if (appended) throw err;
-        }
+        } catch {}
+        throw err;
       }
+      appender.closeSync();
       await connection.run(
         `COPY ${table} TO ${quoteLiteral(path)} (FORMAT parquet, COMPRESSION ${this.options.compression}, ` +
           `ROW_GROUP_SIZE ${this.options.rowGroupRows})`,

@@ -2,7 +2,12 @@ import type { ComponentDefinition, Sink } from '../../core/component.js';
 import { type ParquetSinkConfig, parquetSinkConfigSchema } from './config.js';
 import { S3ParquetSink } from './sink.js';
 
-export { type ParquetColumnConfig, type ParquetSinkConfig, parquetColumnSchema, parquetSinkConfigSchema } from './config.js';
+export {
+  type ParquetColumnConfig,
+  type ParquetSinkConfig,
+  parquetColumnSchema,
+  parquetSinkConfigSchema,
+} from './config.js';
 export { convertValue, stringifyJson } from './encoder.js';
 export { S3ParquetSink } from './sink.js';
 

@@ -51,7 +51,7 @@ export async function retryUntilAborted<T>(
       const backoff = opts.backoff ?? DEFAULT_BACKOFF;
       const waitMs = backoffDelay(failures, backoff.baseMs, backoff.maxMs);
       opts.logger.warn(
-        { ...opts.context, err: errorSummary(err), attempt: failures + 1, retryInMs: waitMs },
+        { ...opts.context, error: errorSummary(err), attempt: failures + 1, retryInMs: waitMs },
         `${what} failed; retrying`,
       );
       await sleep(waitMs, opts.signal);

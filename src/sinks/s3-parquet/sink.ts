@@ -116,8 +116,16 @@ class Slots {
 function createMetrics(ctx: ComponentContext) {
   const labelNames = ['sink'] as const;
   return {
-    files: counter(ctx.metrics, { name: 'ksw_parquet_files_total', help: 'Parquet files uploaded.', labelNames }),
-    rows: counter(ctx.metrics, { name: 'ksw_parquet_rows_total', help: 'Rows in uploaded Parquet files.', labelNames }),
+    files: counter(ctx.metrics, {
+      name: 'ksw_parquet_files_total',
+      help: 'Parquet files uploaded.',
+      labelNames,
+    }),
+    rows: counter(ctx.metrics, {
+      name: 'ksw_parquet_rows_total',
+      help: 'Rows in uploaded Parquet files.',
+      labelNames,
+    }),
     fileBytes: histogram(ctx.metrics, {
       name: 'ksw_parquet_file_bytes',
       help: 'Size of uploaded Parquet files in bytes.',
@@ -340,7 +348,9 @@ export class S3ParquetSink implements Sink {
     if (ranges.length === 0) return false;
     // Events arrive in order: a range that ends before this event can never match again.
     while (ranges.length > 0 && comparePosition(ranges[0]!.last, position) < 0) ranges.shift();
-    return ranges.some((r) => comparePosition(r.first, position) <= 0 && comparePosition(position, r.last) <= 0);
+    return ranges.some(
+      (r) => comparePosition(r.first, position) <= 0 && comparePosition(position, r.last) <= 0,
+    );
   }
 
   private deadLetter(event: PipelineEvent, reason: string): void {
@@ -398,7 +408,10 @@ export class S3ParquetSink implements Sink {
     const committed = this.commit(file)
       .catch((err: unknown) => {
         // Not expected (every step retries); the events stay unacked and are read again after a restart.
-        this.logger.error({ err: (err as Error)?.message, stream: file.stream, shardId: file.shardId }, 'commit failed');
+        this.logger.error(
+          { error: (err as Error)?.message, stream: file.stream, shardId: file.shardId },
+          'commit failed',
+        );
       })
       .finally(() => {
         this.pendingFiles -= 1;
@@ -465,7 +478,7 @@ export class S3ParquetSink implements Sink {
         try {
           ack.done();
         } catch (err) {
-          this.logger.error({ err: (err as Error).message, key }, 'ack failed');
+          this.logger.error({ error: (err as Error).message, key }, 'ack failed');
         }
       }
     } finally {

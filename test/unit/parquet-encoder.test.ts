@@ -1,0 +1,351 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { DuckDBInstance } from '@duckdb/node-api';
+import { parse as parseLossless } from 'lossless-json';
+import { Ack } from '../../src/core/ack.js';
+import type { PipelineEvent } from '../../src/core/records.js';
+import { parquetSinkConfigSchema } from '../../src/sinks/s3-parquet/config.js';
+import {
+  type Conversion,
+  convertValue,
+  lookupPath,
+  ParquetEncoder,
+  parseIsoMicros,
+  RowBuilder,
+  scaleDecimal,
+  stringifyJson,
+} from '../../src/sinks/s3-parquet/encoder.js';
+import { formatPosition, parseObjectName } from '../../src/sinks/s3-parquet/sink.js';
+
+const INT64_MIN = -9223372036854775808n;
+const INT64_MAX = 9223372036854775807n;
+
+function ok(result: Conversion): unknown {
+  assert.equal(result.ok, true, result.ok ? '' : result.reason);
+  return (result as { value: unknown }).value;
+}
+
+function reason(result: Conversion): string {
+  assert.equal(result.ok, false, `expected a failure, got ${String((result as { value: unknown }).value)}`);
+  return (result as { reason: string }).reason;
+}
+
+describe('int64', () => {
+  test('extremes as strings and bigints are exact', () => {
+    assert.equal(ok(convertValue('int64', '-9223372036854775808')), INT64_MIN);
+    assert.equal(ok(convertValue('int64', '9223372036854775807')), INT64_MAX);
+    assert.equal(ok(convertValue('int64', INT64_MIN)), INT64_MIN);
+    assert.equal(ok(convertValue('int64', INT64_MAX)), INT64_MAX);
+    // An OTLP nanosecond timestamp that a double would round.
+    assert.equal(ok(convertValue('int64', '1700000000123456789')), 1700000000123456789n);
+  });
+
+  test('safe JS numbers are accepted, unsafe ones rejected', () => {
+    assert.equal(ok(convertValue('int64', 42)), 42n);
+    assert.equal(ok(convertValue('int64', -(2 ** 53 - 1))), -(2n ** 53n - 1n));
+    assert.match(reason(convertValue('int64', 2 ** 53)), /lost precision/);
+    assert.match(
+      reason(convertValue('int64', Number('1700000000123456789'))),
+      /^expected int64, got 1700000000123456800 /,
+    );
+    assert.equal(reason(convertValue('int64', 1.5)), 'expected int64, got 1.5');
+  });
+
+  test('out of range and malformed values are rejected', () => {
+    assert.match(reason(convertValue('int64', '9223372036854775808')), /out of range/);
+    assert.match(reason(convertValue('int64', INT64_MIN - 1n)), /out of range/);
+    assert.equal(reason(convertValue('int64', 'abc')), 'expected int64, got "abc"');
+    assert.match(reason(convertValue('int64', '1e3')), /expected int64/);
+    assert.match(reason(convertValue('int64', '12.0')), /expected int64/);
+    assert.match(reason(convertValue('int64', '')), /expected int64/);
+    assert.match(reason(convertValue('int64', true)), /expected int64, got true/);
+    assert.match(reason(convertValue('int64', { a: 1 })), /expected int64, got a object/);
+  });
+
+  test('lossless-json numbers keep every digit', () => {
+    const parsed = parseLossless('{"n": 9223372036854775807, "small": -5}') as Record<string, unknown>;
+    assert.equal(ok(convertValue('int64', parsed.n)), INT64_MAX);
+    assert.equal(ok(convertValue('int64', parsed.small)), -5n);
+  });
+});
+
+describe('int32', () => {
+  test('range is checked for every input form', () => {
+    assert.equal(ok(convertValue('int32', 2147483647)), 2147483647);
+    assert.equal(ok(convertValue('int32', '-2147483648')), -2147483648);
+    assert.equal(ok(convertValue('int32', 7n)), 7);
+    assert.match(reason(convertValue('int32', 2147483648)), /out of range/);
+    assert.match(reason(convertValue('int32', '-2147483649')), /out of range/);
+    assert.match(reason(convertValue('int32', 2n ** 40n)), /out of range/);
+    assert.match(reason(convertValue('int32', 0.5)), /expected int32/);
+  });
+});
+
+describe('double, boolean, string', () => {
+  test('double', () => {
+    assert.equal(ok(convertValue('double', 1.25)), 1.25);
+    assert.equal(ok(convertValue('double', '-2.5e3')), -2500);
+    assert.equal(ok(convertValue('double', 3n)), 3);
+    assert.ok(Number.isNaN(ok(convertValue('double', 'NaN')) as number));
+    assert.equal(ok(convertValue('double', '-Infinity')), Number.NEGATIVE_INFINITY);
+    assert.match(reason(convertValue('double', 'abc')), /expected double/);
+    assert.match(reason(convertValue('double', '')), /expected double/);
+    assert.match(reason(convertValue('double', false)), /expected double/);
+  });
+
+  test('boolean', () => {
+    assert.equal(ok(convertValue('boolean', true)), true);
+    assert.equal(ok(convertValue('boolean', 'false')), false);
+    assert.match(reason(convertValue('boolean', 1)), /expected boolean, got 1/);
+    assert.match(reason(convertValue('boolean', 'yes')), /expected boolean/);
+  });
+
+  test('string', () => {
+    assert.equal(ok(convertValue('string', 'ünïcødé 日本 🚀')), 'ünïcødé 日本 🚀');
+    assert.equal(ok(convertValue('string', 42)), '42');
+    assert.equal(ok(convertValue('string', 12345678901234567890n)), '12345678901234567890');
+    assert.equal(ok(convertValue('string', false)), 'false');
+    assert.match(reason(convertValue('string', { a: 1 })), /expected string, got a object/);
+    assert.match(reason(convertValue('string', [1])), /expected string, got an array/);
+  });
+
+  test('long rejected strings are truncated in the reason', () => {
+    const r = reason(convertValue('int64', 'x'.repeat(500)));
+    assert.ok(r.length < 80, r);
+  });
+});
+
+describe('null and undefined', () => {
+  for (const type of [
+    'string',
+    'int32',
+    'int64',
+    'double',
+    'boolean',
+    'timestamp_ms',
+    'timestamp_us',
+    'json',
+  ] as const) {
+    test(`${type}: null and undefined become NULL`, () => {
+      assert.equal(ok(convertValue(type, null)), null);
+      assert.equal(ok(convertValue(type, undefined)), null);
+    });
+  }
+});
+
+describe('timestamps', () => {
+  const iso = '2023-11-14T22:13:20.123456Z';
+  test('numbers and decimal strings in each unit', () => {
+    assert.equal(ok(convertValue('timestamp_ms', 1700000000123, 'ms')), 1700000000123n);
+    assert.equal(ok(convertValue('timestamp_us', 1700000000123, 'ms')), 1700000000123000n);
+    assert.equal(ok(convertValue('timestamp_ms', 1700000000.123, 's')), 1700000000123n);
+    assert.equal(ok(convertValue('timestamp_us', 1700000000.123456, 's')), 1700000000123456n);
+    assert.equal(ok(convertValue('timestamp_ms', '1700000000123456789', 'ns')), 1700000000123n);
+    assert.equal(ok(convertValue('timestamp_us', '1700000000123456789', 'ns')), 1700000000123456n);
+    assert.equal(ok(convertValue('timestamp_us', 1700000000123456789n, 'ns')), 1700000000123456n);
+    assert.equal(ok(convertValue('timestamp_us', 1700000000123456, 'us')), 1700000000123456n);
+    // Before the epoch, sub-unit parts round down (towards the past), not towards zero.
+    assert.equal(ok(convertValue('timestamp_ms', '-1', 'ns')), -1n);
+  });
+
+  test('ISO strings, with offsets and fractions', () => {
+    assert.equal(ok(convertValue('timestamp_us', iso)), 1700000000123456n);
+    assert.equal(ok(convertValue('timestamp_ms', iso)), 1700000000123n);
+    assert.equal(ok(convertValue('timestamp_us', '2023-11-14T23:43:20.123456+01:30')), 1700000000123456n);
+    assert.equal(ok(convertValue('timestamp_ms', '2023-11-14 22:13:20')), 1700000000000n);
+    assert.equal(ok(convertValue('timestamp_ms', '1970-01-01')), 0n);
+    assert.equal(ok(convertValue('timestamp_ms', '0001-01-01T00:00:00Z')), -62135596800000n);
+    assert.equal(ok(convertValue('timestamp_ms', new Date(1700000000123))), 1700000000123n);
+    assert.equal(parseIsoMicros('2023-11-14T22:13:20.123456789Z'), 1700000000123456n);
+  });
+
+  test('invalid and out-of-range values are rejected', () => {
+    assert.match(reason(convertValue('timestamp_ms', '2023-02-30T00:00:00Z')), /expected timestamp_ms/);
+    assert.match(reason(convertValue('timestamp_ms', '2023-11-14T25:00:00Z')), /expected timestamp_ms/);
+    assert.match(reason(convertValue('timestamp_ms', 'yesterday')), /expected timestamp_ms, got "yesterday"/);
+    assert.match(reason(convertValue('timestamp_us', true)), /expected timestamp_us/);
+    assert.match(reason(convertValue('timestamp_ms', 253402300800000, 'ms')), /outside years/);
+    assert.match(reason(convertValue('timestamp_us', Number.NaN)), /expected timestamp_us/);
+    assert.match(reason(convertValue('timestamp_ms', new Date(Number.NaN))), /expected timestamp_ms/);
+  });
+
+  test('scaleDecimal is exact', () => {
+    assert.equal(scaleDecimal('1.5e-3', 6), 1500n);
+    assert.equal(scaleDecimal('-1.0001', 3), -1001n);
+    assert.equal(scaleDecimal('12', -1), 1n);
+    assert.equal(scaleDecimal('1e999', 0), undefined);
+  });
+});
+
+describe('json', () => {
+  test('serializes nested values with bigints as digits', () => {
+    const value = {
+      a: [1, 'x', null, undefined],
+      big: 9223372036854775807n,
+      nested: { ok: true, skip: undefined },
+    };
+    const text = ok(convertValue('json', value)) as string;
+    assert.equal(text, '{"a":[1,"x",null,null],"big":9223372036854775807,"nested":{"ok":true}}');
+    const lossless = parseLossless('{"n":12345678901234567890123}');
+    assert.equal(stringifyJson(lossless), '{"n":12345678901234567890123}');
+    assert.equal(stringifyJson('ünï "q"'), JSON.stringify('ünï "q"'));
+    assert.equal(stringifyJson(new Date(0)), '"1970-01-01T00:00:00.000Z"');
+  });
+
+  test('matches JSON.stringify where that works', () => {
+    const value = { s: 'a\nb\u2028', n: -0.5, arr: [[], {}], t: false, inf: Number.POSITIVE_INFINITY };
+    assert.equal(stringifyJson(value), JSON.stringify(value));
+  });
+
+  test('a circular value is rejected', () => {
+    const value: Record<string, unknown> = {};
+    value.self = value;
+    assert.match(reason(convertValue('json', value)), /circular/);
+  });
+});
+
+test('lookupPath follows own properties and array indexes only', () => {
+  const value = { a: { b: [{ c: 1 }, { c: 2 }] }, 'x.y': 3 };
+  assert.equal(lookupPath(value, ['a', 'b', '1', 'c']), 2);
+  assert.equal(lookupPath(value, ['a', 'b', 'length']), undefined);
+  assert.equal(lookupPath(value, ['constructor']), undefined);
+  assert.equal(lookupPath(value, ['a', 'missing', 'c']), undefined);
+});
+
+test('object names round-trip positions', () => {
+  assert.equal(formatPosition({ sequenceNumber: '49590', subSequenceNumber: 0 }), '49590');
+  assert.equal(formatPosition({ sequenceNumber: '49590', subSequenceNumber: 3 }), '49590.3');
+  assert.deepEqual(parseObjectName('100.2_205.parquet'), {
+    first: { sequenceNumber: '100', subSequenceNumber: 2 },
+    last: { sequenceNumber: '205', subSequenceNumber: 0 },
+  });
+  assert.equal(parseObjectName('100_205.jsonl'), undefined);
+  assert.equal(parseObjectName('x/100_205.parquet'), undefined);
+});
+
+test('config rejects duplicate and reserved column names', () => {
+  const base = { type: 's3_parquet', bucket: 'lake' } as const;
+  assert.equal(
+    parquetSinkConfigSchema.safeParse({ ...base, columns: [{ name: '_stream', type: 'string' }] }).success,
+    false,
+  );
+  assert.equal(
+    parquetSinkConfigSchema.safeParse({
+      ...base,
+      columns: [
+        { name: 'a', type: 'string' },
+        { name: 'A', type: 'int64' },
+      ],
+    }).success,
+    false,
+  );
+  const parsed = parquetSinkConfigSchema.parse(base);
+  assert.equal(parsed.roll.maxFileRows, 1_000_000);
+  assert.equal(parsed.recordColumn, '_record');
+});
+
+function event(value: Record<string, unknown>, sequenceNumber = '100', index = 0): PipelineEvent {
+  return {
+    origin: {
+      stream: 's',
+      shardId: 'shardId-000000000000',
+      sequenceNumber,
+      subSequenceNumber: 0,
+      partitionKey: 'pk',
+      arrivalTime: new Date(1700000000123),
+    },
+    index,
+    value,
+    raw: Buffer.from(stringifyJson(value)),
+    ack: new Ack(() => {}),
+  };
+}
+
+describe('RowBuilder and ParquetEncoder', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'parquet-encoder-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const columns = parquetSinkConfigSchema.parse({
+    type: 's3_parquet',
+    bucket: 'lake',
+    columns: [
+      { name: 'startTimeUnixNano', type: 'int64' },
+      { name: 'service', type: 'string', path: 'resource.service' },
+      { name: 'start', type: 'timestamp_us', path: 'startTimeUnixNano', timeUnit: 'ns' },
+    ],
+  }).columns;
+
+  test('a bad value names the column and the value', () => {
+    const rows = new RowBuilder(columns, '_record');
+    const built = rows.build(event({ startTimeUnixNano: 'abc' }));
+    assert.equal(built.ok, false);
+    assert.equal((built as { reason: string }).reason, 'column startTimeUnixNano: expected int64, got "abc"');
+  });
+
+  test('rows written and read back by DuckDB hold the exact values', async () => {
+    const rows = new RowBuilder(columns, '_record');
+    const values = [
+      { startTimeUnixNano: '1700000000123456789', resource: { service: 'ünïcødé 日本 🚀' } },
+      { startTimeUnixNano: 1700000000123456789n },
+      { resource: { service: null } },
+    ];
+    const built = values.map((v, i) => rows.build(event(v, String(100 + i), i)));
+    const encoder = new ParquetEncoder({ columns: rows.columns, compression: 'snappy', rowGroupRows: 2 });
+    const file = path.join(dir, "it's.parquet");
+    try {
+      const bytes = await encoder.encode(
+        built.map((b) => {
+          assert.ok(b.ok);
+          return b.row;
+        }),
+        file,
+      );
+      assert.ok(bytes > 0);
+    } finally {
+      await encoder.close();
+    }
+    const db = await DuckDBInstance.create(':memory:');
+    const conn = await db.connect();
+    const reader = await conn.runAndReadAll(
+      'SELECT _sequence_number, _event_index, startTimeUnixNano, epoch_us(start) AS start_us, service, _record, ' +
+        `epoch_ms(_arrival_time) AS arrival FROM read_parquet('${file.replaceAll("'", "''")}') ORDER BY _sequence_number`,
+    );
+    assert.deepEqual(reader.getRowObjectsJS(), [
+      {
+        _sequence_number: '100',
+        _event_index: 0,
+        startTimeUnixNano: 1700000000123456789n,
+        start_us: 1700000000123456n,
+        service: 'ünïcødé 日本 🚀',
+        _record: '{"startTimeUnixNano":"1700000000123456789","resource":{"service":"ünïcødé 日本 🚀"}}',
+        arrival: 1700000000123n,
+      },
+      {
+        _sequence_number: '101',
+        _event_index: 1,
+        startTimeUnixNano: 1700000000123456789n,
+        start_us: 1700000000123456n,
+        service: null,
+        _record: '{"startTimeUnixNano":1700000000123456789}',
+        arrival: 1700000000123n,
+      },
+      {
+        _sequence_number: '102',
+        _event_index: 2,
+        startTimeUnixNano: null,
+        start_us: null,
+        service: null,
+        _record: '{"resource":{"service":null}}',
+        arrival: 1700000000123n,
+      },
+    ]);
+    const codecs = await conn.runAndReadAll(
+      `SELECT DISTINCT compression FROM parquet_metadata('${file.replaceAll("'", "''")}')`,
+    );
+    assert.deepEqual(codecs.getRowObjectsJS(), [{ compression: 'SNAPPY' }]);
+    conn.closeSync();
+    db.closeSync();
+  });
+});
