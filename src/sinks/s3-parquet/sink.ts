@@ -491,6 +491,9 @@ export class S3ParquetSink implements Sink {
     while (this.pendingFiles > 2 * this.config.uploadConcurrency && !this.abort.signal.aborted) {
       await new Promise<void>((resolve) => this.capacityWaiters.push(resolve));
     }
+    // Closed while waiting: the rest of the batch stays unacked (read again after restart) rather than
+    // being buffered in a sink that will never upload it.
+    if (this.abort.signal.aborted) throw new Error(`sink ${this.name} was closed during write`);
   }
 
   private wakeCapacityWaiters(): void {
