@@ -189,15 +189,19 @@ describe('json', () => {
     };
     const text = ok(convertValue('json', value)) as string;
     assert.equal(text, '{"a":[1,"x",null,null],"big":9223372036854775807,"nested":{"ok":true}}');
-    const lossless = parseLossless('{"n":12345678901234567890123}');
-    assert.equal(stringifyJson(lossless), '{"n":12345678901234567890123}');
-    assert.equal(stringifyJson('ünï "q"'), JSON.stringify('ünï "q"'));
-    assert.equal(stringifyJson(new Date(0)), '"1970-01-01T00:00:00.000Z"');
+    // As the decoder parses big literals: bigint, everything else as number.
+    const text2 = '{"n":12345678901234567890123,"m":-1,"d":{"at":"x","when":[0.5]}}';
+    const parsed = parseLossless(text2, null, (t) => (/^-?\d{16,}$/.test(t) ? BigInt(t) : Number(t)));
+    assert.equal(stringifyJson(parsed), text2);
+    // The exact path (taken because of the bigint) treats Dates and strings as JSON.stringify does.
+    const mixed = { b: 1n, at: new Date(0), s: 'ünï "q"\u2028', skip: () => 1 };
+    assert.equal(stringifyJson(mixed), '{"b":1,"at":"1970-01-01T00:00:00.000Z","s":"ünï \\"q\\"\u2028"}');
   });
 
   test('matches JSON.stringify where that works', () => {
     const value = { s: 'a\nb\u2028', n: -0.5, arr: [[], {}], t: false, inf: Number.POSITIVE_INFINITY };
-    assert.equal(stringifyJson(value), JSON.stringify(value));
+    // The bigint sends it down the exact path, which must agree with JSON.stringify on everything else.
+    assert.equal(stringifyJson({ ...value, big: 1n }), JSON.stringify({ ...value, big: 1 }));
   });
 
   test('a circular value is rejected', () => {
@@ -301,6 +305,7 @@ describe('RowBuilder and ParquetEncoder', () => {
           return b.row;
         }),
         file,
+        { stream: 's', shardId: "shard'q" },
       );
       assert.ok(bytes > 0);
     } finally {
@@ -309,11 +314,13 @@ describe('RowBuilder and ParquetEncoder', () => {
     const db = await DuckDBInstance.create(':memory:');
     const conn = await db.connect();
     const reader = await conn.runAndReadAll(
-      'SELECT _sequence_number, _event_index, startTimeUnixNano, epoch_us(start) AS start_us, service, _record, ' +
+      'SELECT _stream, _shard_id, _sequence_number, _event_index, startTimeUnixNano, epoch_us(start) AS start_us, service, _record, ' +
         `epoch_ms(_arrival_time) AS arrival FROM read_parquet('${file.replaceAll("'", "''")}') ORDER BY _sequence_number`,
     );
     assert.deepEqual(reader.getRowObjectsJS(), [
       {
+        _stream: 's',
+        _shard_id: "shard'q",
         _sequence_number: '100',
         _event_index: 0,
         startTimeUnixNano: 1700000000123456789n,
@@ -323,6 +330,8 @@ describe('RowBuilder and ParquetEncoder', () => {
         arrival: 1700000000123n,
       },
       {
+        _stream: 's',
+        _shard_id: "shard'q",
         _sequence_number: '101',
         _event_index: 1,
         startTimeUnixNano: 1700000000123456789n,
@@ -332,6 +341,8 @@ describe('RowBuilder and ParquetEncoder', () => {
         arrival: 1700000000123n,
       },
       {
+        _stream: 's',
+        _shard_id: "shard'q",
         _sequence_number: '102',
         _event_index: 2,
         startTimeUnixNano: null,
@@ -340,6 +351,14 @@ describe('RowBuilder and ParquetEncoder', () => {
         _record: '{"resource":{"service":null}}',
         arrival: 1700000000123n,
       },
+    ]);
+    const schema = await conn.runAndReadAll(
+      `SELECT name, type, converted_type FROM parquet_schema('${file.replaceAll("'", "''")}') WHERE name IN ('_arrival_time', 'start', '_stream') ORDER BY name`,
+    );
+    assert.deepEqual(schema.getRowObjectsJS(), [
+      { name: '_arrival_time', type: 'INT64', converted_type: 'TIMESTAMP_MILLIS' },
+      { name: '_stream', type: 'BYTE_ARRAY', converted_type: 'UTF8' },
+      { name: 'start', type: 'INT64', converted_type: 'TIMESTAMP_MICROS' },
     ]);
     const codecs = await conn.runAndReadAll(
       `SELECT DISTINCT compression FROM parquet_metadata('${file.replaceAll("'", "''")}')`,

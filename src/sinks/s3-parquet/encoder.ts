@@ -10,7 +10,6 @@ import {
   type DuckDBAppender,
   type DuckDBConnection,
   DuckDBInstance,
-  DuckDBTimestampMillisecondsValue,
   DuckDBTimestampValue,
 } from '@duckdb/node-api';
 import { isLosslessNumber } from 'lossless-json';
@@ -296,19 +295,26 @@ const SQL_TYPE: Record<ParquetColumnType, SqlType> = {
 
 type Append = (appender: DuckDBAppender, cell: Exclude<Cell, null>) => void;
 
+// TIMESTAMP_MS cells are staged as TIMESTAMP (micros) and cast back in the COPY query: the appender's
+// millisecond method goes through its generic, several times slower value path.
 const APPEND: Record<SqlType, Append> = {
   VARCHAR: (a, c) => a.appendVarchar(c as string),
   BIGINT: (a, c) => a.appendBigInt(c as bigint),
   INTEGER: (a, c) => a.appendInteger(c as number),
   DOUBLE: (a, c) => a.appendDouble(c as number),
   BOOLEAN: (a, c) => a.appendBoolean(c as boolean),
-  TIMESTAMP_MS: (a, c) => a.appendTimestampMilliseconds(new DuckDBTimestampMillisecondsValue(c as bigint)),
+  TIMESTAMP_MS: (a, c) => a.appendTimestamp(new DuckDBTimestampValue((c as bigint) * 1000n)),
   TIMESTAMP: (a, c) => a.appendTimestamp(new DuckDBTimestampValue(c as bigint)),
 };
 
+/**
+ * A column of the output file. `row` columns are cells of each row; `stream` and `shard` are the same for
+ * every row of a file (one file = one shard), so they are written as constants instead of per row.
+ */
 export interface TableColumn {
   readonly name: string;
   readonly sqlType: SqlType;
+  readonly source: 'row' | 'stream' | 'shard';
 }
 
 export type RowResult =
@@ -320,7 +326,10 @@ interface ColumnExtractor {
   readonly path: readonly string[];
 }
 
-/** Turns events into rows: metadata columns, configured columns, then the optional whole-record column. */
+/**
+ * Turns events into rows: metadata columns, configured columns, then the optional whole-record column.
+ * A row holds the cells of the `row` columns only (not _stream and _shard_id).
+ */
 export class RowBuilder {
   readonly columns: readonly TableColumn[];
   private readonly extractors: readonly ColumnExtractor[];
@@ -329,19 +338,21 @@ export class RowBuilder {
   constructor(columns: readonly ParquetColumnConfig[], recordColumn: string | false) {
     this.extractors = columns.map((config) => ({ config, path: (config.path ?? config.name).split('.') }));
     this.recordColumn = recordColumn !== false;
-    const metadataTypes: SqlType[] = [
-      'VARCHAR',
-      'VARCHAR',
-      'VARCHAR',
-      'BIGINT',
-      'INTEGER',
-      'VARCHAR',
-      'TIMESTAMP_MS',
-    ];
+    const metadata: Record<(typeof METADATA_COLUMNS)[number], Omit<TableColumn, 'name'>> = {
+      _stream: { sqlType: 'VARCHAR', source: 'stream' },
+      _shard_id: { sqlType: 'VARCHAR', source: 'shard' },
+      _sequence_number: { sqlType: 'VARCHAR', source: 'row' },
+      _sub_sequence_number: { sqlType: 'BIGINT', source: 'row' },
+      _event_index: { sqlType: 'INTEGER', source: 'row' },
+      _partition_key: { sqlType: 'VARCHAR', source: 'row' },
+      _arrival_time: { sqlType: 'TIMESTAMP_MS', source: 'row' },
+    };
     this.columns = [
-      ...METADATA_COLUMNS.map((name, i) => ({ name, sqlType: metadataTypes[i]! })),
-      ...columns.map((c) => ({ name: c.name, sqlType: SQL_TYPE[c.type] })),
-      ...(recordColumn === false ? [] : [{ name: recordColumn, sqlType: 'VARCHAR' as const }]),
+      ...METADATA_COLUMNS.map((name) => ({ name, ...metadata[name] })),
+      ...columns.map((c) => ({ name: c.name, sqlType: SQL_TYPE[c.type], source: 'row' as const })),
+      ...(recordColumn === false
+        ? []
+        : [{ name: recordColumn, sqlType: 'VARCHAR' as const, source: 'row' as const }]),
     ];
   }
 
@@ -349,8 +360,6 @@ export class RowBuilder {
     const { origin } = event;
     const arrival = origin.arrivalTime.getTime();
     const row: Cell[] = [
-      origin.stream,
-      origin.shardId,
       origin.sequenceNumber,
       BigInt(origin.subSequenceNumber),
       event.index,
@@ -382,6 +391,12 @@ export interface EncoderOptions {
   readonly rowGroupRows: number;
 }
 
+/** Values shared by every row of one file. */
+export interface FileConstants {
+  readonly stream: string;
+  readonly shardId: string;
+}
+
 const quoteIdentifier = (name: string) => `"${name.replaceAll('"', '""')}"`;
 const quoteLiteral = (text: string) => `'${text.replaceAll("'", "''")}'`;
 /** Rows appended between yields: appending is synchronous native work and must not starve the event loop. */
@@ -399,18 +414,32 @@ export class ParquetEncoder {
   private readonly ddl: string;
 
   constructor(private readonly options: EncoderOptions) {
-    this.append = options.columns.map((c) => APPEND[c.sqlType]);
-    this.ddl = options.columns.map((c) => `${quoteIdentifier(c.name)} ${c.sqlType}`).join(', ');
+    const stored = options.columns.filter((c) => c.source === 'row');
+    this.append = stored.map((c) => APPEND[c.sqlType]);
+    this.ddl = stored
+      .map((c) => `${quoteIdentifier(c.name)} ${c.sqlType === 'TIMESTAMP_MS' ? 'TIMESTAMP' : c.sqlType}`)
+      .join(', ');
   }
 
-  /** Writes `rows` to a Parquet file at `path` and returns its size in bytes. */
-  encode(rows: readonly Cell[][], path: string): Promise<number> {
-    const run = this.queue.then(() => this.encodeNow(rows, path));
+  /** Writes `rows` (as built by RowBuilder) to a Parquet file at `path` and returns its size in bytes. */
+  encode(rows: readonly Cell[][], path: string, constants: FileConstants): Promise<number> {
+    const run = this.queue.then(() => this.encodeNow(rows, path, constants));
     this.queue = run.catch(() => undefined);
     return run;
   }
 
-  private async encodeNow(rows: readonly Cell[][], path: string): Promise<number> {
+  private selectList(constants: FileConstants): string {
+    return this.options.columns
+      .map((c) => {
+        const name = quoteIdentifier(c.name);
+        if (c.source === 'stream') return `${quoteLiteral(constants.stream)}::VARCHAR AS ${name}`;
+        if (c.source === 'shard') return `${quoteLiteral(constants.shardId)}::VARCHAR AS ${name}`;
+        return c.sqlType === 'TIMESTAMP_MS' ? `${name}::TIMESTAMP_MS AS ${name}` : name;
+      })
+      .join(', ');
+  }
+
+  private async encodeNow(rows: readonly Cell[][], path: string, constants: FileConstants): Promise<number> {
     const { connection } = await this.open();
     this.tables += 1;
     const table = `roll_${this.tables}`;
@@ -440,8 +469,8 @@ export class ParquetEncoder {
       }
       appender.closeSync();
       await connection.run(
-        `COPY ${table} TO ${quoteLiteral(path)} (FORMAT parquet, COMPRESSION ${this.options.compression}, ` +
-          `ROW_GROUP_SIZE ${this.options.rowGroupRows})`,
+        `COPY (SELECT ${this.selectList(constants)} FROM ${table}) TO ${quoteLiteral(path)} ` +
+          `(FORMAT parquet, COMPRESSION ${this.options.compression}, ROW_GROUP_SIZE ${this.options.rowGroupRows})`,
       );
     } finally {
       await connection.run(`DROP TABLE IF EXISTS ${table}`);

@@ -435,7 +435,7 @@ export class S3ParquetSink implements Sink {
         'parquet encode',
         async () => {
           await mkdir(this.config.tmpDir, { recursive: true });
-          return this.encoder.encode(file.rows, tmpFile);
+          return this.encoder.encode(file.rows, tmpFile, { stream: file.stream, shardId: file.shardId });
         },
         {
           signal: this.abort.signal,
