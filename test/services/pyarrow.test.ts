@@ -1,0 +1,119 @@
+/**
+ * pyarrow (PyPI) reads what the Parquet sink wrote: an independent implementation from the one that
+ * encoded it, compared value by value (int64 extremes, nulls, non-ASCII, timestamps).
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { CreateBucketCommand, GetObjectCommand } from '@aws-sdk/client-s3';
+import { Ack } from '../../src/core/ack.js';
+import { type AwsClients, awsConfigSchema, createAwsClients } from '../../src/core/aws.js';
+import type { PipelineEvent } from '../../src/core/records.js';
+import { type Emulator, startS3rver } from '../../src/local/emulators.js';
+import { createRegistry } from '../../src/metrics/registry.js';
+import { parquetSinkConfigSchema, S3ParquetSink } from '../../src/sinks/s3-parquet/index.js';
+import { MemoryDeadLetterQueue, origin } from '../helpers/fakes.js';
+import { listKeys } from '../helpers/parquet.js';
+import { silentLogger } from '../helpers/stack.js';
+
+const python = process.env.KSW_PYTHON;
+if (!python) throw new Error('KSW_PYTHON is not set: run this tier with `npm run test:services`');
+
+const READER = `
+import json, sys, pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+md = pq.ParquetFile(sys.argv[1]).metadata
+rows = []
+for r in t.to_pylist():
+    rows.append({k: (str(v) if isinstance(v, int) and not isinstance(v, bool) else (v.isoformat() if hasattr(v, 'isoformat') else v)) for k, v in r.items()})
+print(json.dumps({"rows": rows, "codec": md.row_group(0).column(0).compression, "types": {f.name: str(f.type) for f in t.schema}}))
+`;
+
+describe('Parquet read back by pyarrow', () => {
+  let dir: string;
+  let s3rver: Emulator;
+  let aws: AwsClients;
+
+  before(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'ksw-pyarrow-'));
+    s3rver = await startS3rver({ dir: path.join(dir, 's3') });
+    aws = createAwsClients(
+      awsConfigSchema.parse({
+        endpoints: { s3: s3rver.endpoint },
+        credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+        s3ChecksumMode: 'when_required',
+      }),
+    );
+    await aws.s3.send(new CreateBucketCommand({ Bucket: 'pyarrow-bucket' }));
+  });
+  after(async () => {
+    aws.destroy();
+    await s3rver.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('every value matches, including int64 extremes, nulls, non-ASCII text and timestamps', async () => {
+    const values = [
+      { id: '-9223372036854775808', name: 'ünïcødé 日本 🚀', ts: '1700000000123456789', ok: true },
+      { id: '9223372036854775807', name: null, ts: '1700000000000000001', ok: false },
+      { id: '0', name: 'plain', ts: null, ok: null },
+    ];
+    const dlq = new MemoryDeadLetterQueue();
+    const sink = new S3ParquetSink(
+      'lake',
+      parquetSinkConfigSchema.parse({
+        type: 's3_parquet',
+        bucket: 'pyarrow-bucket',
+        columns: [
+          { name: 'id', type: 'int64' },
+          { name: 'name', type: 'string' },
+          { name: 'ts', type: 'int64' },
+          { name: 'at', type: 'timestamp_us', path: 'ts', timeUnit: 'ns' },
+          { name: 'ok', type: 'boolean' },
+        ],
+      }),
+      { logger: silentLogger, metrics: createRegistry(false), aws, dlq },
+    );
+    const acks: Ack[] = [];
+    const events: PipelineEvent[] = values.map((value, i) => {
+      const ack = new Ack(() => undefined);
+      acks.push(ack);
+      return {
+        origin: origin(String(100 + i)),
+        index: 0,
+        value,
+        raw: Buffer.from(JSON.stringify(value)),
+        ack,
+      };
+    });
+    await sink.write(events);
+    await sink.close();
+    assert.ok(acks.every((a) => a.completed));
+    assert.equal(dlq.letters.length, 0);
+    const [key] = await listKeys(aws.s3, 'pyarrow-bucket', '');
+    const file = path.join(dir, 'out.parquet');
+    const body = await aws.s3.send(new GetObjectCommand({ Bucket: 'pyarrow-bucket', Key: key! }));
+    writeFileSync(file, await body.Body!.transformToByteArray());
+    const out = JSON.parse(execFileSync(python!, ['-c', READER, file], { encoding: 'utf8' })) as {
+      rows: Array<Record<string, string | boolean | null>>;
+      codec: string;
+      types: Record<string, string>;
+    };
+    assert.equal(out.codec, 'ZSTD');
+    assert.equal(out.types.id, 'int64');
+    assert.match(out.types.at!, /^timestamp\[us/);
+    assert.deepEqual(
+      out.rows.map((r) => [r.id, r.name, r.ts, r.ok]),
+      values.map((v) => [v.id, v.name, v.ts, v.ok]),
+    );
+    assert.equal(out.rows[0]!.at, '2023-11-14T22:13:20.123456');
+    assert.equal(out.rows[2]!.at, null);
+    assert.deepEqual(
+      out.rows.map((r) => r._sequence_number),
+      ['100', '101', '102'],
+    );
+  });
+});
