@@ -9,7 +9,7 @@ import { PutObjectCommand } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { Ack } from '../core/ack.js';
-import { backoffDelay, sleep } from '../core/backoff.js';
+import { backoffDelay, settlesWithin, sleep } from '../core/backoff.js';
 import type {
   ComponentContext,
   ComponentDefinition,
@@ -222,19 +222,13 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
 
   private async closeNow(): Promise<void> {
     this.closed = true;
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), this.config.closeTimeoutMs);
-      timer.unref();
-    });
     const flushed = this.flush();
-    if ((await Promise.race([flushed.then(() => 'flushed' as const), deadline])) === 'timeout') {
+    if (!(await settlesWithin(flushed, this.config.closeTimeoutMs))) {
       this.logger.warn(
         { pendingLetters: this.pendingLetters },
         'close: giving up on dead-letter writes still failing; their records stay unacked and will be read again',
       );
     }
-    clearTimeout(timer);
     this.abort.abort();
     await flushed;
     for (const batch of this.batches.values()) clearTimeout(batch.timer);

@@ -87,3 +87,30 @@ export async function waitFor(
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
 }
+
+/** Only s3rver, for sink tests: a temp dir, a client configured for it, and the given buckets. */
+export async function startS3Only(
+  buckets: string[],
+): Promise<{ aws: AwsClients; dir: string; stop(): Promise<void> }> {
+  const { startS3rver } = await import('../../src/local/emulators.js');
+  const { CreateBucketCommand } = await import('@aws-sdk/client-s3');
+  const dir = mkdtempSync(path.join(tmpdir(), 'ksw-s3-'));
+  const s3rver = await startS3rver({ dir: path.join(dir, 's3') });
+  const aws = createAwsClients(
+    awsConfigSchema.parse({
+      endpoints: { s3: s3rver.endpoint },
+      credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+      s3ChecksumMode: 'when_required',
+    }),
+  );
+  for (const bucket of buckets) await aws.s3.send(new CreateBucketCommand({ Bucket: bucket }));
+  return {
+    aws,
+    dir,
+    async stop() {
+      aws.destroy();
+      await s3rver.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -3,11 +3,10 @@
  * and compared value by value with what was written.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { CreateBucketCommand, GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { asyncBufferFromFile, parquetReadObjects } from 'hyparquet';
 import { compressors } from 'hyparquet-compressors';
@@ -15,31 +14,20 @@ import { parse as parseJson } from 'lossless-json';
 import pino from 'pino';
 import type { Registry } from 'prom-client';
 import { Ack } from '../../src/core/ack.js';
-import { type AwsClients, awsConfigSchema, createAwsClients } from '../../src/core/aws.js';
-import type { ComponentContext, DeadLetter, DeadLetterQueue } from '../../src/core/component.js';
+import type { AwsClients } from '../../src/core/aws.js';
+import type { ComponentContext } from '../../src/core/component.js';
 import type { PipelineEvent } from '../../src/core/records.js';
-import type { Emulator } from '../../src/local/emulators.js';
-import { startS3rver } from '../../src/local/emulators.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { parquetSinkConfigSchema } from '../../src/sinks/s3-parquet/config.js';
 import { parquetSinkDefinition, S3ParquetSink } from '../../src/sinks/s3-parquet/index.js';
+import { MemoryDeadLetterQueue } from '../helpers/fakes.js';
+import { startS3Only } from '../helpers/stack.js';
 
 const BUCKET = 'lake-bucket';
 const STREAM = 'spans';
 const SHARD_A = 'shardId-000000000000';
 const SHARD_B = 'shardId-000000000001';
 const FAST_BACKOFF = { baseMs: 5, maxMs: 50 };
-
-/** Records letters and completes their acks at once. */
-class RecordingDeadLetterQueue implements DeadLetterQueue {
-  readonly letters: DeadLetter[] = [];
-  put(letter: DeadLetter, ack: Ack): void {
-    this.letters.push(letter);
-    ack.done();
-  }
-  async flush(): Promise<void> {}
-  async close(): Promise<void> {}
-}
 
 /** A 56-digit Kinesis-like sequence number, so lexical and numeric order agree as in a real shard. */
 function seq(n: number): string {
@@ -110,30 +98,20 @@ async function query(sql: string): Promise<Record<string, unknown>[]> {
 
 describe('S3 Parquet sink (s3rver)', () => {
   let dir: string;
-  let s3rver: Emulator;
   let aws: AwsClients;
+  let s3: Awaited<ReturnType<typeof startS3Only>>;
 
   before(async () => {
-    dir = mkdtempSync(path.join(os.tmpdir(), 'ksw-parquet-sink-'));
-    s3rver = await startS3rver({ dir: path.join(dir, 's3') });
-    aws = createAwsClients(
-      awsConfigSchema.parse({
-        endpoints: { s3: s3rver.endpoint },
-        credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
-        s3ChecksumMode: 'when_required',
-      }),
-    );
-    await aws.s3.send(new CreateBucketCommand({ Bucket: BUCKET }));
+    s3 = await startS3Only([BUCKET]);
+    aws = s3.aws;
+    dir = s3.dir;
   });
-
   after(async () => {
-    aws?.destroy();
-    await s3rver?.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await s3.stop();
   });
 
-  function context(): { ctx: ComponentContext; dlq: RecordingDeadLetterQueue; registry: Registry } {
-    const dlq = new RecordingDeadLetterQueue();
+  function context(): { ctx: ComponentContext; dlq: MemoryDeadLetterQueue; registry: Registry } {
+    const dlq = new MemoryDeadLetterQueue();
     const registry = createRegistry(false);
     return { ctx: { logger: pino({ level: 'silent' }), metrics: registry, aws, dlq }, dlq, registry };
   }

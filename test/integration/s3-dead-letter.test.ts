@@ -3,18 +3,14 @@
  * parseDeadLetterLine and compared with what was put, byte for byte.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import pino from 'pino';
 import type { Registry } from 'prom-client';
 import { Ack } from '../../src/core/ack.js';
-import { type AwsClients, awsConfigSchema, createAwsClients } from '../../src/core/aws.js';
+import type { AwsClients } from '../../src/core/aws.js';
 import type { DeadLetter } from '../../src/core/component.js';
 import type { RecordOrigin } from '../../src/core/records.js';
-import { type Emulator, startS3rver } from '../../src/local/emulators.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import {
   type DeadLetterLine,
@@ -25,6 +21,7 @@ import {
   s3DeadLetterConfigSchema,
   s3DeadLetterDefinition,
 } from '../../src/sinks/s3-dead-letter.js';
+import { startS3Only } from '../helpers/stack.js';
 
 const BUCKET = 'dead-letters';
 const STREAM = 'orders';
@@ -60,27 +57,17 @@ async function waitUntil(cond: () => boolean, what: string, timeoutMs = 20_000):
 }
 
 describe('S3 dead-letter queue (s3rver)', () => {
-  let dir: string;
-  let s3rver: Emulator;
+  let _dir: string;
   let aws: AwsClients;
+  let s3: Awaited<ReturnType<typeof startS3Only>>;
 
   before(async () => {
-    dir = mkdtempSync(path.join(os.tmpdir(), 'ksw-dlq-'));
-    s3rver = await startS3rver({ dir: path.join(dir, 's3') });
-    aws = createAwsClients(
-      awsConfigSchema.parse({
-        endpoints: { s3: s3rver.endpoint },
-        credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
-        s3ChecksumMode: 'when_required',
-      }),
-    );
-    await aws.s3.send(new CreateBucketCommand({ Bucket: BUCKET }));
+    s3 = await startS3Only([BUCKET]);
+    aws = s3.aws;
+    _dir = s3.dir;
   });
-
   after(async () => {
-    aws?.destroy();
-    await s3rver?.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await s3.stop();
   });
 
   function dlq(config: Record<string, unknown>) {

@@ -4,20 +4,18 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { CreateBucketCommand, GetObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { Ack } from '../../src/core/ack.js';
-import { type AwsClients, awsConfigSchema, createAwsClients } from '../../src/core/aws.js';
+import type { AwsClients } from '../../src/core/aws.js';
 import type { PipelineEvent } from '../../src/core/records.js';
-import { type Emulator, startS3rver } from '../../src/local/emulators.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { parquetSinkConfigSchema, S3ParquetSink } from '../../src/sinks/s3-parquet/index.js';
 import { MemoryDeadLetterQueue, origin } from '../helpers/fakes.js';
 import { listKeys } from '../helpers/parquet.js';
-import { silentLogger } from '../helpers/stack.js';
+import { silentLogger, startS3Only } from '../helpers/stack.js';
 
 const python = process.env.KSW_PYTHON;
 if (!python) throw new Error('KSW_PYTHON is not set: run this tier with `npm run test:services`');
@@ -34,25 +32,16 @@ print(json.dumps({"rows": rows, "codec": md.row_group(0).column(0).compression, 
 
 describe('Parquet read back by pyarrow', () => {
   let dir: string;
-  let s3rver: Emulator;
   let aws: AwsClients;
+  let s3: Awaited<ReturnType<typeof startS3Only>>;
 
   before(async () => {
-    dir = mkdtempSync(path.join(tmpdir(), 'ksw-pyarrow-'));
-    s3rver = await startS3rver({ dir: path.join(dir, 's3') });
-    aws = createAwsClients(
-      awsConfigSchema.parse({
-        endpoints: { s3: s3rver.endpoint },
-        credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
-        s3ChecksumMode: 'when_required',
-      }),
-    );
-    await aws.s3.send(new CreateBucketCommand({ Bucket: 'pyarrow-bucket' }));
+    s3 = await startS3Only(['pyarrow-bucket']);
+    aws = s3.aws;
+    dir = s3.dir;
   });
   after(async () => {
-    aws.destroy();
-    await s3rver.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await s3.stop();
   });
 
   it('every value matches, including int64 extremes, nulls, non-ASCII text and timestamps', async () => {

@@ -14,6 +14,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Ack } from '../../core/ack.js';
+import { settlesWithin } from '../../core/backoff.js';
 import type { ComponentContext, ShardRef, Sink } from '../../core/component.js';
 import { compareSequence, type PipelineEvent, type RecordOrigin } from '../../core/records.js';
 import type { ShardPosition } from '../../core/watermark.js';
@@ -296,23 +297,17 @@ export class S3ParquetSink implements Sink {
 
   private async closeNow(): Promise<void> {
     this.closed = true;
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), this.config.closeTimeoutMs);
-      timer.unref();
-    });
     const drained = (async () => {
       // Writers that were waiting for capacity may still append after the first flush.
       do await this.flush();
       while ([...this.shards.values()].some((s) => s.rows.length > 0) || this.inflight.size > 0);
     })();
-    if ((await Promise.race([drained.then(() => 'drained' as const), deadline])) === 'timeout') {
+    if (!(await settlesWithin(drained, this.config.closeTimeoutMs))) {
       this.logger.warn(
         { pendingFiles: this.pendingFiles, closeTimeoutMs: this.config.closeTimeoutMs },
         'close: giving up on uploads still failing; their events stay unacked and will be read again',
       );
     }
-    clearTimeout(timer);
     this.abort.abort();
     this.wakeCapacityWaiters();
     await drained.catch(() => undefined);
