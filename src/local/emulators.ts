@@ -81,7 +81,9 @@ async function startNodeEmulator(
   const child = spawn(
     process.execPath,
     [...(opts.nodeFlags ?? []), '--require', LOOPBACK_PRELOAD, script, ...args(port)],
-    { stdio, env: { ...process.env, NODE_OPTIONS: '' } },
+    // detached: a Ctrl-C in the terminal reaches our process only, so the worker can still flush to the
+    // emulators before they are stopped (by PID, below and at exit).
+    { stdio, env: { ...process.env, NODE_OPTIONS: '' }, detached: true },
   );
   running.add(child);
   child.once('exit', () => running.delete(child));

@@ -1,21 +1,46 @@
 /**
- * Deterministic OpenTelemetry-like spans (flat span JSON) for the demo, tests and benchmarks.
- * int64 fields are decimal strings, as OTLP/JSON encodes them; their values (~1.7e18 ns) lie beyond
- * 2^53, so any lossy conversion shows up when the output is compared with what was produced.
+ * Deterministic OpenTelemetry-like spans (flat span JSON, about 1 KB each) for the demo, tests and
+ * benchmarks. int64 fields are decimal strings, as OTLP/JSON encodes them; their values (~1.76e18 ns)
+ * lie beyond 2^53, so any conversion through a JS number shows up when the output is compared with
+ * what was produced. A trace is a root span (frontend) followed by its children (downstream services), all with the
+ * same traceId, which is also the Kinesis partition key (so a trace stays on one shard, in order).
  */
+
+/** OTLP span status: 0 UNSET, 1 OK, 2 ERROR. */
+export type SpanStatusCode = 0 | 1 | 2;
+
 export interface SyntheticSpan {
+  /** 32 lowercase hex characters. */
   traceId: string;
+  /** 16 lowercase hex characters. */
   spanId: string;
+  /** The root span's id for children; '' for the root. */
   parentSpanId: string;
   name: string;
   kind: 'SPAN_KIND_SERVER' | 'SPAN_KIND_CLIENT' | 'SPAN_KIND_INTERNAL';
   serviceName: string;
+  /** Decimal string, nanoseconds since the epoch. */
   startTimeUnixNano: string;
+  /** Decimal string, nanoseconds since the epoch. */
   endTimeUnixNano: string;
+  /** Decimal string, endTimeUnixNano - startTimeUnixNano. */
   durationNano: string;
-  status: { code: 0 | 1 | 2; message: string };
+  status: { code: SpanStatusCode; message: string };
   attributes: Record<string, string | number>;
   resource: Record<string, string>;
+}
+
+export interface SpanGeneratorOptions {
+  /** PRNG seed; the same seed yields the same spans on every machine. Default 42. */
+  seed?: number;
+  /** Spans per trace: one root plus `spansPerTrace - 1` children. Default 5. */
+  spansPerTrace?: number;
+  /** Fraction of traces with an error: one child fails with 503 and the root answers 500. Default 0.02. */
+  errorRate?: number;
+  /** Fraction of slow traces: spans last 1-5 s instead of 1-5 ms. Default 0.05. */
+  slowRate?: number;
+  /** Start of the first trace, in ns since the epoch. Default 1763769600123456789n (2025-11-22). */
+  startNanos?: bigint;
 }
 
 /** mulberry32: a small seeded PRNG, so the same seed gives the same spans on every machine. */
@@ -30,76 +55,141 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
-const SERVICES = ['checkout', 'cart', 'payment', 'catalog', 'shipping', 'frontend'];
-const ROUTES = ['/api/cart', '/api/checkout', '/api/products/{id}', '/api/pay', '/api/ship', '/'];
+const SERVICES = ['frontend', 'checkout', 'cart', 'payment', 'catalog', 'shipping', 'currency'];
+const ROUTES = [
+  { method: 'GET', route: '/api/products/{id}' },
+  { method: 'GET', route: '/api/cart' },
+  { method: 'POST', route: '/api/cart/items' },
+  { method: 'POST', route: '/api/checkout' },
+  { method: 'POST', route: '/api/pay' },
+  { method: 'GET', route: '/api/shipping/quote' },
+];
+const STATEMENTS = [
+  'SELECT id, name, price_units, price_nanos, stock FROM products WHERE id = $1 AND region = $2',
+  'UPDATE carts SET items = $1, updated_at = now() WHERE user_id = $2 RETURNING version',
+  'INSERT INTO orders (id, user_id, total_units, currency, created_at) VALUES ($1, $2, $3, $4, now())',
+];
+const USER_AGENTS = [
+  'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36',
+  'Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari',
+  'okhttp/4.12.0 (Android 14; Pixel 8)',
+];
 
 function hex(random: () => number, chars: number): string {
   let out = '';
   for (let i = 0; i < chars; i++) out += Math.floor(random() * 16).toString(16);
-  return out;
+  // An all-zero id is invalid in OTLP; vanishingly rare, but keep ids valid whatever the seed.
+  return /^0+$/.test(out) ? `${out.slice(0, -1)}1` : out;
 }
 
-export interface SpanGeneratorOptions {
-  seed?: number;
-  spansPerTrace?: number;
-  errorRate?: number;
-  slowRate?: number;
-  /** Start of the first trace, in ns since the epoch. */
-  startNanos?: bigint;
+function pick<T>(random: () => number, items: readonly T[]): T {
+  return items[Math.floor(random() * items.length)]!;
 }
 
-/** Yields `count` spans, `spansPerTrace` per trace (same traceId, consecutive). */
+function resourceOf(random: () => number, service: string): Record<string, string> {
+  return {
+    'service.name': service,
+    'service.namespace': 'shop',
+    'service.version': `1.${Math.floor(random() * 9)}.${Math.floor(random() * 20)}`,
+    'deployment.environment': 'demo',
+    'host.name': `ip-10-0-${Math.floor(random() * 255)}-${Math.floor(random() * 255)}.ec2.internal`,
+    'cloud.provider': 'aws',
+    'cloud.region': 'us-east-1',
+    'telemetry.sdk.language': 'nodejs',
+  };
+}
+
+/**
+ * Yields `count` spans, `spansPerTrace` per trace (consecutive, root first). Deterministic for a seed;
+ * the last trace may be cut short when `count` is not a multiple of `spansPerTrace`.
+ */
 export function* generateSpans(count: number, opts: SpanGeneratorOptions = {}): Generator<SyntheticSpan> {
   const random = seededRandom(opts.seed ?? 42);
-  const perTrace = opts.spansPerTrace ?? 5;
+  const perTrace = Math.max(1, Math.floor(opts.spansPerTrace ?? 5));
+  const errorRate = opts.errorRate ?? 0.02;
+  const slowRate = opts.slowRate ?? 0.05;
   let clock = opts.startNanos ?? 1_763_769_600_123_456_789n;
-  let traceId = '';
-  let rootSpanId = '';
-  let traceIsError = false;
-  let traceIsSlow = false;
-  for (let i = 0; i < count; i++) {
-    if (i % perTrace === 0) {
-      traceId = hex(random, 32);
-      rootSpanId = '';
-      traceIsError = random() < (opts.errorRate ?? 0.02);
-      traceIsSlow = random() < (opts.slowRate ?? 0.05);
+  let produced = 0;
+  while (produced < count) {
+    const traceId = hex(random, 32);
+    const isError = random() < errorRate;
+    const isSlow = random() < slowRate;
+    const unit = isSlow ? 1_000_000_000 : 1_000_000;
+    const { method, route } = pick(random, ROUTES);
+    const rootService = SERVICES[0]!;
+    const rootId = hex(random, 16);
+    const rootStart = clock;
+    const userAgent = pick(random, USER_AGENTS);
+    // Children run one after another inside the root; their end times decide the root's end.
+    const failingChild = isError ? 1 + Math.floor(random() * Math.max(1, perTrace - 1)) : -1;
+    const children: SyntheticSpan[] = [];
+    let cursor = rootStart + BigInt(Math.floor(random() * 50_000)) + 1n;
+    for (let c = 1; c < perTrace; c++) {
+      const service = pick(random, SERVICES.slice(1));
+      const duration = BigInt(Math.floor(unit * (1 + random() * 4))) + BigInt(Math.floor(random() * 1_000));
+      const failed = c === failingChild;
+      children.push({
+        traceId,
+        spanId: hex(random, 16),
+        parentSpanId: rootId,
+        name: `${method} /internal/${service}`,
+        // Each child is the downstream service's own SERVER span, so serviceName varies within a trace.
+        kind: 'SPAN_KIND_SERVER',
+        serviceName: service,
+        startTimeUnixNano: cursor.toString(),
+        endTimeUnixNano: (cursor + duration).toString(),
+        durationNano: duration.toString(),
+        status: failed
+          ? { code: 2, message: `${service} returned 503 Service Unavailable` }
+          : { code: 0, message: '' },
+        attributes: {
+          'http.request.method': method,
+          'http.route': `/internal/${service}`,
+          'http.response.status_code': failed ? 503 : 200,
+          'server.address': `${service}.shop.svc.cluster.local`,
+          'server.port': 8080,
+          'db.system': 'postgresql',
+          'db.statement': pick(random, STATEMENTS),
+          'shop.caller': rootService,
+        },
+        resource: resourceOf(random, service),
+      });
+      cursor += duration + BigInt(Math.floor(random() * 20_000));
     }
-    const spanId = hex(random, 16);
-    const service = SERVICES[Math.floor(random() * SERVICES.length)]!;
-    const route = ROUTES[Math.floor(random() * ROUTES.length)]!;
-    const durationNs =
-      BigInt(Math.floor((traceIsSlow ? 1_000_000_000 : 1_000_000) * (1 + random() * 4))) + 7n;
-    clock += BigInt(Math.floor(random() * 1_000_000)) + 1n;
-    const isError = traceIsError && i % perTrace === perTrace - 1;
-    const span: SyntheticSpan = {
+    const rootEnd = cursor + BigInt(Math.floor(random() * 100_000)) + 1n;
+    const root: SyntheticSpan = {
       traceId,
-      spanId,
-      parentSpanId: rootSpanId,
-      name: `${i % perTrace === 0 ? 'GET' : 'call'} ${route}`,
-      kind: i % perTrace === 0 ? 'SPAN_KIND_SERVER' : 'SPAN_KIND_CLIENT',
-      serviceName: service,
-      startTimeUnixNano: clock.toString(),
-      endTimeUnixNano: (clock + durationNs).toString(),
-      durationNano: durationNs.toString(),
-      status: { code: isError ? 2 : 1, message: isError ? 'upstream returned 503' : '' },
+      spanId: rootId,
+      parentSpanId: '',
+      name: `${method} ${route}`,
+      kind: 'SPAN_KIND_SERVER',
+      serviceName: rootService,
+      startTimeUnixNano: rootStart.toString(),
+      endTimeUnixNano: rootEnd.toString(),
+      durationNano: (rootEnd - rootStart).toString(),
+      status: isError ? { code: 2, message: 'downstream call failed' } : { code: 1, message: '' },
       attributes: {
-        'http.method': 'GET',
+        'http.request.method': method,
         'http.route': route,
-        'http.status_code': isError ? 503 : 200,
-        'net.peer.name': `${service}.internal`,
-        'user_agent.original':
-          'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0',
-        'db.statement': 'SELECT id, name, price, stock FROM products WHERE id = ? AND region = ?',
+        'http.response.status_code': isError ? 500 : 200,
+        'url.scheme': 'https',
+        'client.address': `203.0.113.${Math.floor(random() * 254) + 1}`,
+        'user_agent.original': userAgent,
+        'shop.user_id': `u-${Math.floor(random() * 1_000_000)}`,
       },
-      resource: {
-        'service.name': service,
-        'service.version': '1.4.2',
-        'deployment.environment': 'demo',
-        'host.name': `ip-10-0-${Math.floor(random() * 255)}-${Math.floor(random() * 255)}.ec2.internal`,
-        'cloud.region': 'us-east-1',
-      },
+      resource: resourceOf(random, rootService),
     };
-    if (!rootSpanId) rootSpanId = spanId;
-    yield span;
+    for (const span of [root, ...children]) {
+      if (produced >= count) return;
+      produced += 1;
+      yield span;
+    }
+    // Traces start a few hundred microseconds apart, so even 1M spans stay within minutes of startNanos.
+    clock += BigInt(Math.floor(random() * 500_000)) + 1n;
   }
+}
+
+/** The Kinesis record for a span: the traceId as partition key (one trace, one shard) and JSON bytes. */
+export function spanRecord(span: SyntheticSpan): { partitionKey: string; data: Uint8Array } {
+  return { partitionKey: span.traceId, data: Buffer.from(JSON.stringify(span), 'utf8') };
 }
