@@ -14,6 +14,7 @@ import {
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
+import { awsErrorName, isRetryableAwsError } from '../core/aws-errors.js';
 import { backoffDelay, sleep } from '../core/backoff.js';
 import type { SourceRecord } from '../core/records.js';
 import type { ShardPosition, ShardWatermark } from '../core/watermark.js';
@@ -90,34 +91,6 @@ export type PollingConsumerConfig = z.infer<typeof pollingConsumerConfigSchema>;
 export type StartingPoint =
   | { kind: 'after'; position: ShardPosition }
   | { kind: 'initial'; position: 'TRIM_HORIZON' | 'LATEST' | 'AT_TIMESTAMP'; timestamp?: Date };
-
-const RETRYABLE = new Set([
-  'ProvisionedThroughputExceededException',
-  'LimitExceededException',
-  'KMSThrottlingException',
-  'InternalFailure',
-  'InternalFailureException',
-  'ServiceUnavailable',
-  'ServiceUnavailableException',
-  'ThrottlingException',
-  'TimeoutError',
-  'RequestTimeout',
-  'ECONNRESET',
-  'ECONNREFUSED',
-  'EPIPE',
-  'ETIMEDOUT',
-]);
-
-function errorName(err: unknown): string {
-  const e = err as { name?: string; code?: string };
-  return e?.code && RETRYABLE.has(e.code) ? e.code : (e?.name ?? 'Error');
-}
-
-function isRetryable(err: unknown): boolean {
-  const e = err as { $metadata?: { httpStatusCode?: number }; $retryable?: unknown };
-  const status = e?.$metadata?.httpStatusCode ?? 0;
-  return RETRYABLE.has(errorName(err)) || status >= 500 || status === 429 || e?.$retryable !== undefined;
-}
 
 export interface ShardReaderDeps {
   readonly kinesis: KinesisClient;
@@ -224,7 +197,7 @@ export class PollingShardReader {
         await sleep(caughtUp ? this.config.idleIntervalMs : this.config.busyIntervalMs, signal);
       } catch (err) {
         if (signal.aborted) break;
-        const name = errorName(err);
+        const name = awsErrorName(err);
         this.readErrors.inc({ ...this.labels, error: name });
         if (name === 'ExpiredIteratorException') {
           this.expiredIterators.inc(this.labels);
@@ -236,12 +209,13 @@ export class PollingShardReader {
           log.error({ err: (err as Error).message }, 'stream or shard not found; stopping this shard');
           return 'stream-gone';
         }
-        if (!isRetryable(err)) log.error({ err: (err as Error).message, errName: name }, 'GetRecords failed');
+        if (!isRetryableAwsError(err))
+          log.error({ err: (err as Error).message, errName: name }, 'GetRecords failed');
         const delay = backoffDelay(attempt, this.config.backoffBaseMs, this.config.backoffMaxMs);
         attempt += 1;
         log.warn({ errName: name, attempt, delayMs: delay }, 'Kinesis read failed; backing off');
         // An iterator whose call failed may be fine, but a fresh one after the last record is always right.
-        if (!isRetryable(err)) iterator = undefined;
+        if (!isRetryableAwsError(err)) iterator = undefined;
         await sleep(delay, signal);
       }
     }

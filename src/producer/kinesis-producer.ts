@@ -15,6 +15,7 @@ import {
   type PutRecordsRequestEntry,
 } from '@aws-sdk/client-kinesis';
 import { z } from 'zod';
+import { awsErrorName, isRetryableAwsError } from '../core/aws-errors.js';
 import { backoffDelay, sleep } from '../core/backoff.js';
 
 export const producerConfigSchema = z
@@ -163,34 +164,6 @@ export function batchRecords<T extends ProducerRecord>(records: readonly T[]): T
   return batches;
 }
 
-/** Whole-call failures worth retrying: throttling, 5xx, timeouts and dropped connections. */
-const RETRYABLE_CALL_ERRORS = new Set([
-  'ProvisionedThroughputExceededException',
-  'LimitExceededException',
-  'ThrottlingException',
-  'KMSThrottlingException',
-  'InternalFailure',
-  'InternalFailureException',
-  'ServiceUnavailable',
-  'ServiceUnavailableException',
-  'TimeoutError',
-  'RequestTimeout',
-  'ECONNRESET',
-  'ECONNREFUSED',
-  'EPIPE',
-  'ETIMEDOUT',
-]);
-
-function callErrorName(err: unknown): string {
-  const e = err as { name?: string; code?: string };
-  return e?.code && RETRYABLE_CALL_ERRORS.has(e.code) ? e.code : (e?.name ?? 'Error');
-}
-
-function isRetryableCallError(err: unknown): boolean {
-  const status = (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode ?? 0;
-  return RETRYABLE_CALL_ERRORS.has(callErrorName(err)) || status >= 500 || status === 429;
-}
-
 type Indexed = ProducerRecord & { readonly index: number };
 
 export class KinesisProducer {
@@ -275,11 +248,11 @@ export class KinesisProducer {
         });
       } catch (err) {
         if (signal?.aborted) throw err;
-        lastError = callErrorName(err);
+        lastError = awsErrorName(err);
         this.countError(lastError);
         // A failed call wrote nothing we know of: retry it whole when the failure is transient.
         // (A timeout may hide a call that did write: Kinesis has no idempotent put, so that is a duplicate.)
-        if (isRetryableCallError(err)) continue;
+        if (isRetryableAwsError(err)) continue;
         throw err;
       }
       const answers = out.Records ?? [];
