@@ -8,6 +8,8 @@ import { checkpointConfigSchema } from '../consumers/coordinator.js';
 import { type ConsumerConfig, consumerRegistry } from '../consumers/registry.js';
 import { awsConfigSchema } from '../core/aws.js';
 import { decodeConfigSchema } from '../processors/decode.js';
+import { type ProcessorConfig, processorRegistry } from '../processors/registry.js';
+import { checkRouting, routedSinkNames, routingConfigSchema } from '../processors/router.js';
 import { type DeadLetterConfig, dlqRegistry, type SinkConfig, sinkRegistry } from '../sinks/registry.js';
 import { byType } from './registry-union.js';
 
@@ -35,13 +37,20 @@ export const workerConfigSchema = z
       .describe('The Kinesis streams to read, one consumer per stream.'),
     checkpoints: checkpointConfigSchema.default(checkpointConfigSchema.parse({})),
     decode: decodeConfigSchema.default(decodeConfigSchema.parse({})),
+    processors: z
+      .array(byType<ProcessorConfig>(processorRegistry, 'processor'))
+      .default([])
+      .describe(
+        'Processors between decoding and routing, run in this order (e.g. RED metrics, then sampling).',
+      ),
+    routing: routingConfigSchema.optional(),
     sinks: z
       .record(
         z.string().regex(COMPONENT_NAME, 'sink names are lowercase letters, digits, _ and -'),
         byType<SinkConfig>(sinkRegistry, 'sink'),
       )
       .refine((s) => Object.keys(s).length > 0, 'at least one sink is needed')
-      .describe('Named sinks; every event is written to every sink (routing comes with the routes section).'),
+      .describe('Named sinks. Without a routing section every event is written to every sink.'),
     dlq: byType<DeadLetterConfig>(dlqRegistry, 'dlq').describe(
       'Dead-letter queue for records that cannot be decoded or written, with the reason.',
     ),
@@ -86,6 +95,25 @@ export const workerConfigSchema = z
       .strict()
       .default({ deadlineMs: 30_000 }),
   })
-  .strict();
+  .strict()
+  .superRefine((config, ctx) => {
+    const sinkNames = Object.keys(config.sinks);
+    if (config.routing) {
+      for (const { sink, path } of routedSinkNames(config.routing)) {
+        if (!sinkNames.includes(sink)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['routing', ...path],
+            message: `no sink is named "${sink}"; configured sinks: ${sinkNames.join(', ')}`,
+          });
+        }
+      }
+      try {
+        checkRouting(config.routing);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', path: ['routing'], message: (err as Error).message });
+      }
+    }
+  });
 
 export type WorkerConfig = z.infer<typeof workerConfigSchema>;

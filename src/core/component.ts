@@ -28,10 +28,19 @@ export interface ComponentContext {
 export interface Processor {
   readonly name: string;
   process(events: PipelineEvent[]): PipelineEvent[] | Promise<PipelineEvent[]>;
+  /**
+   * Called once before the first `process`, with the rest of the chain after this processor. A
+   * processor that releases events on its own clock (a tail sampler's decision wait, a metrics
+   * window) sends them through `downstream` instead of waiting for the next `process` call.
+   */
+  start?(downstream: Downstream): void;
   /** Releases whatever it holds back (at shutdown). */
   flush?(): Promise<PipelineEvent[]>;
   close?(): Promise<void>;
 }
+
+/** The part of the chain after a processor: later processors, routing, then the sinks. */
+export type Downstream = (events: PipelineEvent[]) => Promise<void>;
 
 /**
  * A sink makes events durable. `write` takes ownership of the events' acks and completes each one

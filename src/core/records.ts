@@ -31,6 +31,12 @@ export interface PipelineEvent {
   /** The raw bytes the event was decoded from, kept for the dead-letter queue. */
   readonly raw: Uint8Array;
   readonly ack: Ack;
+  /**
+   * Names of the sinks this event goes to. Set by routing, or by the processor that generated the event
+   * (e.g. RED metric windows name their own sinks); undefined means every sink. An empty list means
+   * the event is deliberately written nowhere: its ack completes at delivery.
+   */
+  sinks?: readonly string[];
 }
 
 /** Compares two Kinesis sequence numbers (decimal strings without leading zeros). */

@@ -1,41 +1,80 @@
 /**
- * The processor chain: decode -> processors -> sinks. Data flows forward only; each event's ack is
- * split once per sink it is written to, so a record is acked when every sink made it durable.
+ * The processor chain: record stages + decode -> processors -> routing -> sinks. Data flows forward
+ * only; each event's ack is split once per sink it is written to, so a record is acked when every sink
+ * it was routed to made it durable (or at once when it was routed nowhere on purpose).
  */
 import type { Processor, Sink } from '../core/component.js';
 import type { PipelineEvent, SourceRecord } from '../core/records.js';
-import type { RecordDecoder } from '../processors/decode.js';
+
+/** Turns fetched records into events (gzip, chunks, S3 pointers, JSON); see processors/decode.ts. */
+export interface EventSource {
+  decode(records: readonly SourceRecord[]): PipelineEvent[] | Promise<PipelineEvent[]>;
+}
+
+/** Decides `event.sinks` for events that do not name their sinks yet; see processors/router.ts. */
+export interface EventRouter {
+  route(events: PipelineEvent[]): void;
+}
 
 export class Pipeline {
   private lastPressureFlush = 0;
+  private readonly sinkIndex = new Map<string, number>();
 
   constructor(
-    private readonly decoder: RecordDecoder,
+    private readonly decoder: EventSource,
     private readonly processors: readonly Processor[],
     readonly sinks: readonly Sink[],
-  ) {}
+    private readonly router?: EventRouter,
+  ) {
+    sinks.forEach((s, i) => {
+      this.sinkIndex.set(s.name, i);
+    });
+    processors.forEach((p, i) => {
+      p.start?.((events) => this.runFrom(i + 1, events));
+    });
+  }
 
   async push(records: readonly SourceRecord[]): Promise<void> {
-    let events = this.decoder.decode(records);
-    for (const processor of this.processors) {
+    const events = await this.decoder.decode(records);
+    await this.runFrom(0, events);
+  }
+
+  /** Runs events through processors `from..` then routing and delivery. */
+  private async runFrom(from: number, input: PipelineEvent[]): Promise<void> {
+    let events = input;
+    for (let i = from; i < this.processors.length; i++) {
       if (events.length === 0) return;
-      events = await processor.process(events);
+      events = await this.processors[i]!.process(events);
     }
     await this.deliver(events);
   }
 
   private async deliver(events: PipelineEvent[]): Promise<void> {
     if (events.length === 0) return;
-    if (this.sinks.length === 1) {
+    this.router?.route(events);
+    if (this.sinks.length === 1 && events.every((e) => e.sinks === undefined)) {
       await this.sinks[0]!.write(events);
       return;
     }
     const perSink: PipelineEvent[][] = this.sinks.map(() => []);
     for (const event of events) {
-      const parts = event.ack.split(this.sinks.length);
-      for (let i = 0; i < parts.length; i++) perSink[i]!.push({ ...event, ack: parts[i]! });
+      const targets = event.sinks;
+      if (targets === undefined) {
+        const parts = event.ack.split(this.sinks.length);
+        for (let i = 0; i < parts.length; i++) perSink[i]!.push({ ...event, ack: parts[i]! });
+        continue;
+      }
+      const parts = event.ack.split(targets.length);
+      for (let t = 0; t < targets.length; t++) {
+        const i = this.sinkIndex.get(targets[t]!);
+        // Config validation makes every route name a configured sink; reaching this is a bug.
+        if (i === undefined) throw new Error(`event routed to unknown sink "${targets[t]}"`);
+        perSink[i]!.push({ ...event, ack: parts[t]! });
+      }
     }
-    await Promise.all(this.sinks.map((sink, i) => sink.write(perSink[i]!)));
+    await Promise.all(
+      this.sinks.map((sink, i) => (perSink[i]!.length > 0 ? sink.write(perSink[i]!) : undefined)),
+    );
   }
 
   /**
@@ -49,7 +88,7 @@ export class Pipeline {
     void this.flushSinks().catch(() => undefined);
   }
 
-  /** Releases what processors hold back, then makes every sink durable. */
+  /** Releases what processors hold back (in chain order), then makes every sink durable. */
   async flush(): Promise<void> {
     let held: PipelineEvent[] = [];
     for (const processor of this.processors) {
@@ -58,6 +97,11 @@ export class Pipeline {
     }
     await this.deliver(held);
     await this.flushSinks();
+  }
+
+  /** Stops processors' clocks (after `flush`). */
+  async close(): Promise<void> {
+    for (const processor of this.processors) await processor.close?.();
   }
 
   private async flushSinks(): Promise<void> {

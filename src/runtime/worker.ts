@@ -16,6 +16,8 @@ import type { ComponentContext, DeadLetterQueue, Sink } from '../core/component.
 import { createRegistry, gauge } from '../metrics/registry.js';
 import { type OpsServer, startOpsServer } from '../metrics/server.js';
 import { RecordDecoder } from '../processors/decode.js';
+import { createProcessor, processorNames } from '../processors/registry.js';
+import { PartitionKeyRouter } from '../processors/router.js';
 import { createDeadLetterQueue, createSink } from '../sinks/registry.js';
 import { createLogger } from './logger.js';
 import { Pipeline } from './pipeline.js';
@@ -67,7 +69,14 @@ export class Worker {
       createSink(name, sinkConfig, { ...ctx, logger: logger.child({ sink: name }) }),
     );
     const decoder = new RecordDecoder(config.decode, dlq, metrics);
-    const pipeline = new Pipeline(decoder, [], sinks);
+    const names = processorNames(config.processors as Array<{ type: string; name?: string }>);
+    const processors = config.processors.map((processorConfig, i) =>
+      createProcessor(names[i]!, processorConfig, { ...ctx, logger: logger.child({ processor: names[i] }) }),
+    );
+    const router = config.routing
+      ? new PartitionKeyRouter(config.routing, metrics, logger.child({ component: 'router' }))
+      : undefined;
+    const pipeline = new Pipeline(decoder, processors, sinks, router);
     const coordinator = new ShardCoordinator(config.consumers, config.checkpoints, {
       kinesis: aws.kinesis,
       leases: new LeaseTable(aws.dynamodb, config.checkpoints.table),
@@ -135,6 +144,7 @@ export class Worker {
       await withTimeout(
         (async () => {
           await this.pipeline.flush();
+          await this.pipeline.close();
           await this.dlq.flush();
         })(),
         flushBudget(),

@@ -1,0 +1,239 @@
+/**
+ * Partition-key routing: the last stage before the sinks. Named routes match on the record's partition
+ * key (exact, prefix, regex, Kinesis hash-key range) and on decoded fields (`status >= 500`); each
+ * route names its sinks. An event that matches no route goes to the default route's sinks, or, without
+ * one, is acked and counted as unmatched: deliberately written nowhere, never silently lost.
+ */
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Counter, Registry } from 'prom-client';
+import { z } from 'zod';
+import type { PipelineEvent } from '../core/records.js';
+import { counter } from '../metrics/registry.js';
+import type { EventRouter } from '../runtime/pipeline.js';
+import { type Condition, compileCondition } from './conditions.js';
+
+const MAX_HASH_KEY = (1n << 128n) - 1n;
+
+const hashKey = z
+  .union([z.string().regex(/^\d{1,39}$/, 'a decimal integer'), z.number().int().min(0)])
+  .transform((v) => BigInt(v))
+  .refine((v) => v <= MAX_HASH_KEY, 'hash keys are 0 .. 2^128-1');
+
+const partitionKeyMatchSchema = z
+  .object({
+    exact: z
+      .union([z.string(), z.array(z.string()).min(1)])
+      .optional()
+      .describe('The key equals this string (or one of these strings).'),
+    prefix: z.string().min(1).optional().describe('The key starts with this string.'),
+    regex: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('The key matches this JavaScript regular expression (unanchored; add ^ and $ to anchor).'),
+    hashRange: z
+      .object({
+        from: hashKey.describe('First hash key of the range (decimal, inclusive).'),
+        to: hashKey.describe('Last hash key of the range (decimal, inclusive).'),
+      })
+      .strict()
+      .optional()
+      .describe(
+        "The key's Kinesis hash key, MD5(partition key) as a 128-bit integer, is in this range: the same ranges `list-shards` prints, so a route can follow a shard's key space.",
+      ),
+  })
+  .strict()
+  .refine((m) => Object.keys(m).length > 0, 'give at least one of exact, prefix, regex, hashRange')
+  .describe('Conditions on the record partition key; all given ones must hold.');
+
+const routeSchema = z
+  .object({
+    name: z
+      .string()
+      .regex(/^[a-z][a-z0-9_-]{0,62}$/, 'route names are lowercase letters, digits, _ and -')
+      .describe('Route name, used in metrics (ksw_route_events_total{route}).'),
+    partitionKey: partitionKeyMatchSchema.optional(),
+    where: z
+      .array(z.string().min(1))
+      .default([])
+      .describe(
+        'Conditions on decoded fields, all of which must hold: `status >= 500`, `service == "checkout"`, `attributes["http.route"] != "/health"`, `error exists`. Values in JSON syntax.',
+      ),
+    sinks: z.array(z.string().min(1)).min(1).describe('Sinks that receive the events this route matches.'),
+  })
+  .strict();
+
+export const routingConfigSchema = z
+  .object({
+    mode: z
+      .enum(['all_matches', 'first_match'])
+      .default('all_matches')
+      .describe(
+        'all_matches: an event goes to the sinks of every route it matches (each sink once). first_match: only the first matching route, in order.',
+      ),
+    routes: z.array(routeSchema).default([]).describe('Named routes, evaluated in order.'),
+    default: z
+      .object({
+        sinks: z
+          .array(z.string().min(1))
+          .describe('Sinks for events that match no route; [] acks them without writing (counted).'),
+      })
+      .strict()
+      .optional()
+      .describe('Where events that match no route go. Without it they are acked and counted as unmatched.'),
+  })
+  .strict()
+  .describe('Routing of events to sinks. Without this section every event goes to every sink.');
+
+export type RoutingConfig = z.infer<typeof routingConfigSchema>;
+
+/** Every sink name a routing config refers to, with its config path, for start-up validation. */
+export function routedSinkNames(config: RoutingConfig): Array<{ sink: string; path: (string | number)[] }> {
+  const out: Array<{ sink: string; path: (string | number)[] }> = [];
+  config.routes.forEach((r, i) => {
+    r.sinks.forEach((s, j) => {
+      out.push({ sink: s, path: ['routes', i, 'sinks', j] });
+    });
+  });
+  config.default?.sinks.forEach((s, j) => {
+    out.push({ sink: s, path: ['default', 'sinks', j] });
+  });
+  return out;
+}
+
+/** MD5 of the partition key as an unsigned 128-bit integer: how Kinesis maps a key to a shard. */
+export function kinesisHashKey(partitionKey: string): bigint {
+  return BigInt(`0x${createHash('md5').update(partitionKey, 'utf8').digest('hex')}`);
+}
+
+interface CompiledRoute {
+  readonly name: string;
+  readonly sinks: readonly string[];
+  matchKey(key: string, hash: () => bigint): boolean;
+  readonly where: readonly Condition[];
+}
+
+function compileRoute(route: RoutingConfig['routes'][number], index: number): CompiledRoute {
+  const where = route.where.map((text, j) => {
+    try {
+      return compileCondition(text);
+    } catch (err) {
+      throw new Error(`routing.routes[${index}].where[${j}]: ${(err as Error).message}`);
+    }
+  });
+  const pk = route.partitionKey;
+  const tests: Array<(key: string, hash: () => bigint) => boolean> = [];
+  if (pk?.exact !== undefined) {
+    const set = new Set(typeof pk.exact === 'string' ? [pk.exact] : pk.exact);
+    tests.push((k) => set.has(k));
+  }
+  if (pk?.prefix !== undefined) {
+    const prefix = pk.prefix;
+    tests.push((k) => k.startsWith(prefix));
+  }
+  if (pk?.regex !== undefined) {
+    let re: RegExp;
+    try {
+      re = new RegExp(pk.regex);
+    } catch (err) {
+      throw new Error(`routing.routes[${index}].partitionKey.regex: ${(err as Error).message}`);
+    }
+    tests.push((k) => re.test(k));
+  }
+  if (pk?.hashRange !== undefined) {
+    const { from, to } = pk.hashRange;
+    if (from > to)
+      throw new Error(`routing.routes[${index}].partitionKey.hashRange: from is greater than to`);
+    tests.push((_k, hash) => {
+      const h = hash();
+      return h >= from && h <= to;
+    });
+  }
+  return {
+    name: route.name,
+    sinks: [...new Set(route.sinks)],
+    where,
+    matchKey: (key, hash) => tests.every((t) => t(key, hash)),
+  };
+}
+
+/** Validates a routing config beyond its schema (conditions, regexes); throws naming the field. */
+export function checkRouting(config: RoutingConfig): void {
+  config.routes.forEach(compileRoute);
+}
+
+export class PartitionKeyRouter implements EventRouter {
+  private readonly routes: CompiledRoute[];
+  private readonly routed: Counter<'route'>;
+  private readonly unmatched: Counter;
+  private lastUnmatchedLog = 0;
+
+  constructor(
+    private readonly config: RoutingConfig,
+    metrics: Registry,
+    private readonly logger?: Logger,
+  ) {
+    this.routes = config.routes.map(compileRoute);
+    this.routed = counter(metrics, {
+      name: 'ksw_route_events_total',
+      help: 'Events by the route that matched them ("default" for the default route)',
+      labelNames: ['route'],
+    });
+    this.unmatched = counter(metrics, {
+      name: 'ksw_route_unmatched_total',
+      help: 'Events that matched no route and no default route: acked without being written',
+    });
+  }
+
+  /** Sets `event.sinks` on every event that does not name its sinks yet. */
+  route(events: PipelineEvent[]): void {
+    let lastKey: string | undefined;
+    let lastHash: bigint | undefined;
+    let unmatched = 0;
+    for (const event of events) {
+      if (event.sinks !== undefined) continue;
+      const key = event.origin.partitionKey;
+      const hash = () => {
+        if (lastKey !== key || lastHash === undefined) {
+          lastKey = key;
+          lastHash = kinesisHashKey(key);
+        }
+        return lastHash;
+      };
+      let sinks: string[] | undefined;
+      for (const route of this.routes) {
+        if (!route.matchKey(key, hash)) continue;
+        if (!route.where.every((c) => c.test(event.value))) continue;
+        this.routed.inc({ route: route.name });
+        if (this.config.mode === 'first_match') {
+          sinks = [...route.sinks];
+          break;
+        }
+        sinks ??= [];
+        for (const s of route.sinks) if (!sinks.includes(s)) sinks.push(s);
+      }
+      if (sinks === undefined) {
+        if (this.config.default) {
+          this.routed.inc({ route: 'default' });
+          sinks = [...this.config.default.sinks];
+        } else {
+          unmatched += 1;
+          sinks = [];
+        }
+      }
+      event.sinks = sinks;
+    }
+    if (unmatched > 0) {
+      this.unmatched.inc(unmatched);
+      const now = Date.now();
+      if (now - this.lastUnmatchedLog > 60_000) {
+        this.lastUnmatchedLog = now;
+        this.logger?.warn(
+          { unmatched },
+          'events matched no route and there is no default route: acked without being written',
+        );
+      }
+    }
+  }
+}
