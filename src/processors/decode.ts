@@ -1,14 +1,27 @@
 /**
- * Turns a record's bytes into events: one JSON document, or one per line of NDJSON.
- * What does not decode goes to the dead-letter queue with the reason, and its ack is completed there:
- * the worker keeps running and the record is kept, never dropped.
+ * Turns a record's bytes into events. In order:
+ *   1. chunked records are reassembled (chunks.ts),
+ *   2. gzip is inflated (gzip.ts),
+ *   3. S3 pointer records are replaced by the object they point to (s3-pointer-resolver.ts), which
+ *      is inflated in turn when it is gzip,
+ *   4. the bytes are parsed: one JSON document, or one per line of NDJSON.
+ * What fails at any step goes to the dead-letter queue with the reason, and its ack is completed there:
+ * the worker keeps running and the record is kept, never dropped. The order of records in a batch is
+ * kept through every step (pointer fetches run concurrently but are reassembled in order), so events
+ * of one partition key leave in the order their records arrived.
  */
+import type { S3Client } from '@aws-sdk/client-s3';
 import { parse as parseLossless } from 'lossless-json';
+import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import type { DeadLetterQueue } from '../core/component.js';
 import type { PipelineEvent, SourceRecord } from '../core/records.js';
+import { mayBePointer } from '../core/s3-pointer.js';
 import { counter } from '../metrics/registry.js';
+import { ChunkAssembler, chunkConfigSchema, isChunk } from './chunks.js';
+import { GzipError, gunzipLimited, gzipConfigSchema, isGzip } from './gzip.js';
+import { PointerError, S3PointerResolver, s3PointerConfigSchema } from './s3-pointer-resolver.js';
 
 export const decodeConfigSchema = z
   .object({
@@ -24,8 +37,11 @@ export const decodeConfigSchema = z
       .min(1)
       .default(10 * 1024 * 1024)
       .describe(
-        'Records larger than this go to the DLQ undecoded (Kinesis caps records at 1 MiB; S3 pointers resolve larger ones).',
+        'Records larger than this go to the DLQ undecoded (Kinesis caps records at 1 MiB; S3 pointers and chunks resolve larger ones).',
       ),
+    gzip: gzipConfigSchema.default(gzipConfigSchema.parse({})),
+    chunks: chunkConfigSchema.default(chunkConfigSchema.parse({})),
+    s3Pointers: s3PointerConfigSchema.default(s3PointerConfigSchema.parse({})),
   })
   .strict()
   .describe('How record bytes become JSON documents.');
@@ -57,15 +73,31 @@ export function parseJsonDocument(text: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
+export interface DecoderDeps {
+  /** Needed when `s3Pointers.enabled`. */
+  readonly s3?: Pick<S3Client, 'send'>;
+  readonly logger?: Logger;
+}
+
 export class RecordDecoder {
   private readonly decoded;
   private readonly failed;
+  private readonly chunks: ChunkAssembler | undefined;
+  private readonly pointers: S3PointerResolver | undefined;
 
   constructor(
     private readonly config: DecodeConfig,
     private readonly dlq: DeadLetterQueue,
     metrics: Registry,
+    deps: DecoderDeps = {},
   ) {
+    this.chunks = config.chunks.enabled
+      ? new ChunkAssembler(config.chunks, dlq, metrics, deps.logger)
+      : undefined;
+    if (config.s3Pointers.enabled) {
+      if (!deps.s3) throw new Error('decode.s3Pointers.enabled needs an S3 client');
+      this.pointers = new S3PointerResolver(config.s3Pointers, deps.s3, metrics, deps.logger);
+    }
     this.decoded = counter(metrics, { name: 'ksw_decode_events_total', help: 'Events decoded from records' });
     this.failed = counter(metrics, {
       name: 'ksw_decode_failures_total',
@@ -74,11 +106,95 @@ export class RecordDecoder {
     });
   }
 
-  decode(records: readonly SourceRecord[]): PipelineEvent[] {
+  /** Steps 1-4 for a batch; the events come out in record order. */
+  async decode(records: readonly SourceRecord[]): Promise<PipelineEvent[]> {
+    if (!records.some((r) => this.needsPreparation(r.data))) return this.parse(records);
+    const ready = await Promise.all(records.map((r) => this.prepare(r)));
+    return this.parse(ready);
+  }
+
+  /** Step 4 alone, for records whose bytes are already plain JSON. */
+  parse(records: ReadonlyArray<SourceRecord | undefined>): PipelineEvent[] {
     const events: PipelineEvent[] = [];
-    for (const record of records) this.decodeRecord(record, events);
+    for (const record of records) if (record) this.decodeRecord(record, events);
     this.decoded.inc(events.length);
     return events;
+  }
+
+  private needsPreparation(data: Uint8Array): boolean {
+    return (
+      (this.chunks !== undefined && isChunk(data)) ||
+      (this.config.gzip.enabled && isGzip(data)) ||
+      (this.pointers !== undefined && mayBePointer(data))
+    );
+  }
+
+  /** Stops the chunk assembler's timeout clock. */
+  close(): void {
+    this.chunks?.close();
+  }
+
+  /**
+   * Steps 1-3 for one record: the record with plain bytes, or undefined when it is held (an incomplete
+   * chunked message) or went to the DLQ. Synchronous unless a pointer is fetched or gzip inflated, so
+   * ordinary records cost nothing here.
+   */
+  private async prepare(input: SourceRecord): Promise<SourceRecord | undefined> {
+    let record = input;
+    if (this.chunks && isChunk(record.data)) {
+      const whole = this.chunks.add(record);
+      if (!whole) return undefined;
+      record = whole;
+    }
+    const gzip = this.config.gzip;
+    if (gzip.enabled && isGzip(record.data)) {
+      const inflated = await this.inflate(record);
+      if (!inflated) return undefined;
+      record = inflated;
+    }
+    if (this.pointers) {
+      let pointer: ReturnType<S3PointerResolver['pointerOf']>;
+      try {
+        pointer = this.pointers.pointerOf(record.data);
+      } catch (err) {
+        const e = err as PointerError;
+        this.pointers.countFailure(e.kind);
+        this.deadLetter(record, e.message, e.kind);
+        return undefined;
+      }
+      if (pointer) {
+        let data: Uint8Array;
+        try {
+          data = await this.pointers.fetch(pointer);
+        } catch (err) {
+          if (!(err instanceof PointerError)) throw err;
+          this.deadLetter(record, err.message, err.kind);
+          return undefined;
+        }
+        record = { origin: record.origin, data, ack: record.ack };
+        if (gzip.enabled && isGzip(record.data)) {
+          const inflated = await this.inflate(record, input);
+          if (!inflated) return undefined;
+          record = inflated;
+        }
+      }
+    }
+    return record;
+  }
+
+  /** `original` is what the DLQ keeps when inflating fails (the pointer record, not the fetched object). */
+  private async inflate(
+    record: SourceRecord,
+    original: SourceRecord = record,
+  ): Promise<SourceRecord | undefined> {
+    try {
+      const data = await gunzipLimited(record.data, this.config.gzip.maxDecompressedBytes);
+      return { origin: record.origin, data, ack: record.ack };
+    } catch (err) {
+      if (!(err instanceof GzipError)) throw err;
+      this.deadLetter(original, err.message, err.kind, undefined, original.data);
+      return undefined;
+    }
   }
 
   private deadLetter(

@@ -9,6 +9,7 @@ import type { PipelineEvent, SourceRecord } from '../core/records.js';
 /** Turns fetched records into events (gzip, chunks, S3 pointers, JSON); see processors/decode.ts. */
 export interface EventSource {
   decode(records: readonly SourceRecord[]): PipelineEvent[] | Promise<PipelineEvent[]>;
+  close?(): void;
 }
 
 /** Decides `event.sinks` for events that do not name their sinks yet; see processors/router.ts. */
@@ -102,6 +103,7 @@ export class Pipeline {
   /** Stops processors' clocks (after `flush`). */
   async close(): Promise<void> {
     for (const processor of this.processors) await processor.close?.();
+    this.decoder.close?.();
   }
 
   private async flushSinks(): Promise<void> {

@@ -68,7 +68,10 @@ export class Worker {
     const sinks = Object.entries(config.sinks).map(([name, sinkConfig]) =>
       createSink(name, sinkConfig, { ...ctx, logger: logger.child({ sink: name }) }),
     );
-    const decoder = new RecordDecoder(config.decode, dlq, metrics);
+    const decoder = new RecordDecoder(config.decode, dlq, metrics, {
+      s3: aws.s3,
+      logger: logger.child({ component: 'decode' }),
+    });
     const names = processorNames(config.processors as Array<{ type: string; name?: string }>);
     const processors = config.processors.map((processorConfig, i) =>
       createProcessor(names[i]!, processorConfig, { ...ctx, logger: logger.child({ processor: names[i] }) }),

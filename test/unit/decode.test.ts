@@ -42,7 +42,7 @@ describe('RecordDecoder', () => {
   it('decodes a JSON record into one event carrying the record ack', () => {
     const { decoder: d, dlq } = decoder();
     const acked: string[] = [];
-    const events = d.decode([sourceRecord('1', '{"x":1}', acked)]);
+    const events = d.parse([sourceRecord('1', '{"x":1}', acked)]);
     assert.equal(events.length, 1);
     assert.deepEqual(events[0]!.value, { x: 1 });
     assert.equal(dlq.letters.length, 0);
@@ -53,7 +53,7 @@ describe('RecordDecoder', () => {
   it('decodes NDJSON into one event per line; the record is acked when all lines are', () => {
     const { decoder: d } = decoder('ndjson');
     const acked: string[] = [];
-    const events = d.decode([sourceRecord('7', '{"i":0}\n\n{"i":1}\n{"i":2}\n', acked)]);
+    const events = d.parse([sourceRecord('7', '{"i":0}\n\n{"i":1}\n{"i":2}\n', acked)]);
     assert.deepEqual(
       events.map((e) => [e.index, e.value.i]),
       [
@@ -72,9 +72,9 @@ describe('RecordDecoder', () => {
   it('auto-detects NDJSON but keeps a pretty-printed document whole', () => {
     const { decoder: d } = decoder('auto');
     const acked: string[] = [];
-    const pretty = d.decode([sourceRecord('1', '{\n  "a": 1,\n  "b": [1, 2]\n}\n', acked)]);
+    const pretty = d.parse([sourceRecord('1', '{\n  "a": 1,\n  "b": [1, 2]\n}\n', acked)]);
     assert.equal(pretty.length, 1);
-    const nd = d.decode([sourceRecord('2', '{"a":1}\n{"a":2}', acked)]);
+    const nd = d.parse([sourceRecord('2', '{"a":1}\n{"a":2}', acked)]);
     assert.equal(nd.length, 2);
   });
 
@@ -82,7 +82,7 @@ describe('RecordDecoder', () => {
     const { decoder: d, dlq } = decoder();
     const acked: string[] = [];
     const bad = Buffer.from([0x7b, 0x22, 0x61, 0x22, 0x3a, 0xff, 0xfe, 0x7d]);
-    const events = d.decode([
+    const events = d.parse([
       sourceRecord('1', '{"a":', acked),
       sourceRecord('2', bad, acked),
       sourceRecord('3', '   ', acked),
@@ -110,7 +110,7 @@ describe('RecordDecoder', () => {
   it('dead-letters only the bad line of an NDJSON record', () => {
     const { decoder: d, dlq } = decoder('ndjson');
     const acked: string[] = [];
-    const events = d.decode([sourceRecord('9', '{"a":1}\n{broken\n{"a":3}', acked)]);
+    const events = d.parse([sourceRecord('9', '{"a":1}\n{broken\n{"a":3}', acked)]);
     assert.equal(events.length, 2);
     assert.equal(dlq.letters.length, 1);
     assert.equal(dlq.letters[0]!.index, 1);
@@ -124,7 +124,7 @@ describe('RecordDecoder', () => {
     const dlq = new MemoryDeadLetterQueue();
     const d = new RecordDecoder(decodeConfigSchema.parse({ maxRecordBytes: 10 }), dlq, createRegistry(false));
     const acked: string[] = [];
-    assert.equal(d.decode([sourceRecord('1', '{"aaaaaaaaaa":1}', acked)]).length, 0);
+    assert.equal(d.parse([sourceRecord('1', '{"aaaaaaaaaa":1}', acked)]).length, 0);
     assert.match(dlq.letters[0]!.reason, /exceeds decode.maxRecordBytes/);
   });
 });
