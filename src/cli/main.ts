@@ -4,6 +4,7 @@
  *   ksw run -c config.yaml        run the worker until SIGTERM/SIGINT
  *   ksw validate -c config.yaml   check a config; print every problem with its field and a fix
  *   ksw demo                      embedded local stack + synthetic producer + worker, then a summary
+ *   ksw produce --stream S ...    put records from a file/stdin, offloading large ones to S3
  */
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/errors.js';
@@ -16,6 +17,9 @@ commands:
   demo [--records N] [--shards N] [--dir PATH]
                      start Kinesis, S3 and DynamoDB emulators on 127.0.0.1, produce synthetic spans,
                      run the worker, verify the Parquet output with DuckDB, print a summary
+  produce --stream NAME [--file PATH] [--offload-bucket B] ...
+                     put records to a stream; records over 900 KiB go to S3 with a pointer (claim
+                     check) or are split into chunks (ksw produce --help)
 `;
 
 async function run(args: string[]): Promise<number> {
@@ -84,6 +88,10 @@ export async function main(argv: string[]): Promise<number> {
       case 'demo': {
         const { demoCommand } = await import('./demo.js');
         return await demoCommand(rest);
+      }
+      case 'produce': {
+        const { produceCommand } = await import('./produce.js');
+        return await produceCommand(rest);
       }
       case undefined:
       case '-h':
