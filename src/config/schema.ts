@@ -8,6 +8,7 @@ import { checkpointConfigSchema } from '../consumers/coordinator.js';
 import { type ConsumerConfig, consumerRegistry } from '../consumers/registry.js';
 import { awsConfigSchema } from '../core/aws.js';
 import { decodeConfigSchema } from '../processors/decode.js';
+import { hotKeyConfigSchema } from '../processors/hot-keys.js';
 import { type ProcessorConfig, processorRegistry } from '../processors/registry.js';
 import { checkRouting, routedSinkNames, routingConfigSchema } from '../processors/router.js';
 import { type DeadLetterConfig, dlqRegistry, type SinkConfig, sinkRegistry } from '../sinks/registry.js';
@@ -44,6 +45,7 @@ export const workerConfigSchema = z
         'Processors between decoding and routing, run in this order (e.g. RED metrics, then sampling).',
       ),
     routing: routingConfigSchema.optional(),
+    hotKeys: hotKeyConfigSchema.default(hotKeyConfigSchema.parse({})),
     sinks: z
       .record(
         z.string().regex(COMPONENT_NAME, 'sink names are lowercase letters, digits, _ and -'),

@@ -26,6 +26,8 @@ export class Pipeline {
     private readonly processors: readonly Processor[],
     readonly sinks: readonly Sink[],
     private readonly router?: EventRouter,
+    /** Sees every fetched record before decoding (hot-key detection). */
+    private readonly observe?: (records: readonly SourceRecord[]) => void,
   ) {
     sinks.forEach((s, i) => {
       this.sinkIndex.set(s.name, i);
@@ -36,6 +38,7 @@ export class Pipeline {
   }
 
   async push(records: readonly SourceRecord[]): Promise<void> {
+    this.observe?.(records);
     const events = await this.decoder.decode(records);
     await this.runFrom(0, events);
   }

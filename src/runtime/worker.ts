@@ -16,6 +16,7 @@ import type { ComponentContext, DeadLetterQueue, Sink } from '../core/component.
 import { createRegistry, gauge } from '../metrics/registry.js';
 import { type OpsServer, startOpsServer } from '../metrics/server.js';
 import { RecordDecoder } from '../processors/decode.js';
+import { HotKeyDetector } from '../processors/hot-keys.js';
 import { createProcessor, processorNames } from '../processors/registry.js';
 import { PartitionKeyRouter } from '../processors/router.js';
 import { createDeadLetterQueue, createSink } from '../sinks/registry.js';
@@ -79,7 +80,10 @@ export class Worker {
     const router = config.routing
       ? new PartitionKeyRouter(config.routing, metrics, logger.child({ component: 'router' }))
       : undefined;
-    const pipeline = new Pipeline(decoder, processors, sinks, router);
+    const hotKeys = config.hotKeys.enabled
+      ? new HotKeyDetector(config.hotKeys, metrics, logger.child({ component: 'hot-keys' }))
+      : undefined;
+    const pipeline = new Pipeline(decoder, processors, sinks, router, hotKeys && ((r) => hotKeys.observe(r)));
     const coordinator = new ShardCoordinator(config.consumers, config.checkpoints, {
       kinesis: aws.kinesis,
       leases: new LeaseTable(aws.dynamodb, config.checkpoints.table),
