@@ -14,6 +14,7 @@ const USAGE = `usage: ksw <command> [options]
 commands:
   run -c FILE        run the worker (SIGTERM/SIGINT: stop fetching, flush, checkpoint, exit 0)
   validate -c FILE   validate a config file and print every problem with its field path and a hint
+  config-docs        print the configuration reference (Markdown) generated from the schemas
   demo [--records N] [--shards N] [--dir PATH]
                      start Kinesis, S3 and DynamoDB emulators on 127.0.0.1, produce synthetic spans,
                      run the worker, verify the Parquet output with DuckDB, print a summary
@@ -88,6 +89,11 @@ export async function main(argv: string[]): Promise<number> {
       case 'demo': {
         const { demoCommand } = await import('./demo.js');
         return await demoCommand(rest);
+      }
+      case 'config-docs': {
+        const { configReference } = await import('../config/docs.js');
+        process.stdout.write(configReference());
+        return 0;
       }
       case 'produce': {
         const { produceCommand } = await import('./produce.js');
