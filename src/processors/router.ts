@@ -182,7 +182,7 @@ export class PartitionKeyRouter implements EventRouter {
     });
     this.unmatched = counter(metrics, {
       name: 'ksw_route_unmatched_total',
-      help: 'Events that matched no route and no default route: acked without being written',
+      help: 'Events that matched no route and were written nowhere (no default route, or one with sinks: []): acked without being written',
     });
   }
 
@@ -217,6 +217,7 @@ export class PartitionKeyRouter implements EventRouter {
         if (this.config.default) {
           this.routed.inc({ route: 'default' });
           sinks = [...this.config.default.sinks];
+          if (sinks.length === 0) unmatched += 1;
         } else {
           unmatched += 1;
           sinks = [];
@@ -231,7 +232,7 @@ export class PartitionKeyRouter implements EventRouter {
         this.lastUnmatchedLog = now;
         this.logger?.warn(
           { unmatched },
-          'events matched no route and there is no default route: acked without being written',
+          'events matched no route and the default route writes nowhere: acked without being written',
         );
       }
     }
