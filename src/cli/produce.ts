@@ -14,14 +14,18 @@ import { parseArgs } from 'node:util';
 import { parseDocument } from 'yaml';
 import { interpolate } from '../config/load.js';
 import { awsConfigSchema, createAwsClients } from '../core/aws.js';
+import { sleep } from '../core/backoff.js';
 import { getPath, parseFieldPath } from '../processors/conditions.js';
 import { ClaimCheckProducer, claimCheckConfigSchema } from '../producer/claim-check.js';
 import { KinesisProducer, type ProducerRecord } from '../producer/kinesis-producer.js';
+import { generateSpans, spanRecord } from '../producer/synthetic-spans.js';
 
 export const PRODUCE_USAGE = `usage: ksw produce --stream NAME [options]
 
 input:
   --file PATH               records to put (default: stdin)
+  --synthetic-spans N       instead of input, N synthetic OpenTelemetry-like spans (traceId as partition key)
+  --every-ms MS             with --synthetic-spans: repeat every MS milliseconds until SIGTERM/SIGINT (load generator)
   --format lines|whole      lines: every non-empty line is a record (default); whole: the input is one record
   --partition-key KEY       partition key for every record
   --partition-key-field P   take the key from this field of each JSON record (e.g. traceId, attributes["k"])
@@ -47,6 +51,8 @@ export async function produceCommand(args: string[]): Promise<number> {
       options: {
         stream: { type: 'string' },
         file: { type: 'string' },
+        'synthetic-spans': { type: 'string' },
+        'every-ms': { type: 'string' },
         format: { type: 'string', default: 'lines' },
         'partition-key': { type: 'string' },
         'partition-key-field': { type: 'string' },
@@ -136,36 +142,29 @@ export async function produceCommand(args: string[]): Promise<number> {
     return fail((err as Error).message);
   }
 
-  const input = values.file ? readFileSync(values.file as string) : readFileSync(0);
-  const keyPath = values['partition-key-field']
-    ? parseFieldPath(values['partition-key-field'] as string)
-    : undefined;
-  const records: ProducerRecord[] = [];
-  const payloads = format === 'whole' ? [input] : splitLines(input);
-  for (const [n, data] of payloads.entries()) {
-    let partitionKey = (values['partition-key'] as string | undefined) ?? randomUUID();
-    if (keyPath) {
-      let key: unknown;
-      try {
-        key = getPath(JSON.parse(data.toString('utf8')), keyPath);
-      } catch (err) {
-        return fail(
-          `record ${n + 1}: not JSON, so --partition-key-field cannot apply (${(err as Error).message})`,
-        );
-      }
-      if (typeof key !== 'string' && typeof key !== 'number') {
-        return fail(`record ${n + 1}: field ${values['partition-key-field']} is missing or not a string`);
-      }
-      partitionKey = String(key);
-    }
-    records.push({ partitionKey, data });
+  let synthetic: number | undefined;
+  let everyMs: number | undefined;
+  try {
+    synthetic = int('synthetic-spans');
+    everyMs = int('every-ms');
+  } catch (err) {
+    return fail((err as Error).message);
   }
-  if (records.length === 0) return fail('no records in the input');
+  if (everyMs !== undefined && synthetic === undefined) return fail('--every-ms needs --synthetic-spans');
+  if (synthetic !== undefined && values.file) return fail('give --file or --synthetic-spans, not both');
+  const records: ProducerRecord[] = [];
+  if (synthetic === undefined) {
+    const read = readRecords(values, format);
+    if (typeof read === 'string') return fail(read);
+    records.push(...read);
+  }
+  if (synthetic === undefined && records.length === 0) return fail('no records in the input');
 
   const clients = createAwsClients(awsConfig);
   try {
     const kinesis = new KinesisProducer(clients.kinesis, stream, concurrency ? { concurrency } : {});
     const producer = new ClaimCheckProducer(kinesis, clients.s3, claimCheck);
+    if (synthetic !== undefined) return await produceSynthetic(producer, stream, synthetic, everyMs);
     const results = await producer.put(records);
     const shards: Record<string, number> = {};
     for (const r of results) shards[r.shardId] = (shards[r.shardId] ?? 0) + 1;
@@ -201,4 +200,70 @@ function splitLines(input: Buffer): Buffer[] {
     }
   }
   return out;
+}
+
+/** Reads records from --file or stdin; a string is the error message. */
+function readRecords(
+  values: Record<string, string | boolean | undefined>,
+  format: string,
+): ProducerRecord[] | string {
+  const input = values.file ? readFileSync(values.file as string) : readFileSync(0);
+  const keyPath = values['partition-key-field']
+    ? parseFieldPath(values['partition-key-field'] as string)
+    : undefined;
+  const records: ProducerRecord[] = [];
+  const payloads = format === 'whole' ? [input] : splitLines(input);
+  for (const [n, data] of payloads.entries()) {
+    let partitionKey = (values['partition-key'] as string | undefined) ?? randomUUID();
+    if (keyPath) {
+      let key: unknown;
+      try {
+        key = getPath(JSON.parse(data.toString('utf8')), keyPath);
+      } catch (err) {
+        return `record ${n + 1}: not JSON, so --partition-key-field cannot apply (${(err as Error).message})`;
+      }
+      if (typeof key !== 'string' && typeof key !== 'number') {
+        return `record ${n + 1}: field ${values['partition-key-field']} is missing or not a string`;
+      }
+      partitionKey = String(key);
+    }
+    records.push({ partitionKey, data });
+  }
+  return records;
+}
+
+/** Puts `count` synthetic spans, once or every `everyMs` until SIGTERM/SIGINT; prints a line per round. */
+async function produceSynthetic(
+  producer: ClaimCheckProducer,
+  stream: string,
+  count: number,
+  everyMs: number | undefined,
+): Promise<number> {
+  let stop = false;
+  const onSignal = () => {
+    stop = true;
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  let round = 0;
+  let total = 0;
+  try {
+    do {
+      const started = Date.now();
+      // A new seed per round: fresh trace ids, same shape.
+      const records = [
+        ...generateSpans(count, { seed: 42 + round, startNanos: BigInt(Date.now()) * 1_000_000n }),
+      ].map(spanRecord);
+      await producer.put(records);
+      total += records.length;
+      round += 1;
+      process.stdout.write(`${JSON.stringify({ stream, round, records: records.length, total })}\n`);
+      if (everyMs === undefined) break;
+      await sleep(Math.max(0, everyMs - (Date.now() - started)));
+    } while (!stop);
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
+  return 0;
 }
