@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Operations checks that need no Docker engine (npm run test:ops):
-#   shellcheck on every shell script, promtool check/test on the alert rules, the compose file through
+#   ShellCheck over every shell script, promtool check/test on the alert rules, the compose file through
 #   compose-go (what `docker compose` uses), then test/ops: Kubernetes manifests rendered by kustomize and
 #   validated against the Kubernetes schemas, ECS/IAM documents, and a real Prometheus scraping a worker.
 # Tools are fetched on first run into .local/ops: prometheus + promtool and shellcheck from Debian's

@@ -3,7 +3,7 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom
 /** One registry per worker process (tests create several workers in one process). */
 export function createRegistry(defaultMetrics = true): Registry {
   const registry = new Registry();
-  if (defaultMetrics) collectDefaultMetrics({ register: registry, prefix: 'ksw_process_' });
+  if (defaultMetrics) collectDefaultMetrics({ register: registry, prefix: 'ksw_' });
   return registry;
 }
 

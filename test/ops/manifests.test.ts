@@ -19,31 +19,46 @@ import { validateConfig } from '../../src/config/load.js';
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const BIN = process.env.KSW_OPS_BIN ?? path.join(ROOT, '.local/ops/bin');
 
-type K8sObject = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> }; spec?: any; data?: Record<string, string> };
+type K8sObject = {
+  apiVersion: string;
+  kind: string;
+  metadata: {
+    name: string;
+    namespace?: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+  };
+  spec?: any;
+  data?: Record<string, string>;
+};
 
 function kustomize(dir: string): K8sObject[] {
-  const out = execFileSync(path.join(BIN, 'kustomize'), ['build', path.join(ROOT, dir)], { encoding: 'utf8' });
+  const out = execFileSync(path.join(BIN, 'kustomize'), ['build', path.join(ROOT, dir)], {
+    encoding: 'utf8',
+  });
   return parseAllDocuments(out).map((d) => d.toJS() as K8sObject);
 }
 
-const MODELS: Record<string, () => Promise<new (data: unknown) => { validate(): void }>> = {
+const MODELS: Record<string, () => Promise<new (data: never) => { validate(): void }>> = {
   'v1/ServiceAccount': async () => (await import('kubernetes-models/v1/ServiceAccount')).ServiceAccount,
   'v1/ConfigMap': async () => (await import('kubernetes-models/v1/ConfigMap')).ConfigMap,
   'v1/Service': async () => (await import('kubernetes-models/v1/Service')).Service,
   'v1/Namespace': async () => (await import('kubernetes-models/v1/Namespace')).Namespace,
   'apps/v1/Deployment': async () => (await import('kubernetes-models/apps/v1/Deployment')).Deployment,
-  'policy/v1/PodDisruptionBudget': async () => (await import('kubernetes-models/policy/v1/PodDisruptionBudget')).PodDisruptionBudget,
+  'policy/v1/PodDisruptionBudget': async () =>
+    (await import('kubernetes-models/policy/v1/PodDisruptionBudget')).PodDisruptionBudget,
   'autoscaling/v2/HorizontalPodAutoscaler': async () =>
     (await import('kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler')).HorizontalPodAutoscaler,
   'monitoring.coreos.com/v1/ServiceMonitor': async () =>
-    (await import('@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor')).ServiceMonitor,
+    (await import('@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor'))
+      .ServiceMonitor,
 };
 
 async function validateSchema(obj: K8sObject): Promise<void> {
   const load = MODELS[`${obj.apiVersion}/${obj.kind}`];
   assert.ok(load, `no schema for ${obj.apiVersion} ${obj.kind}: add it to MODELS`);
   const Model = await load();
-  new Model(obj).validate();
+  new Model(obj as never).validate();
 }
 
 function matches(selector: Record<string, string>, labels: Record<string, string> | undefined): boolean {
@@ -84,7 +99,11 @@ for (const dir of ['k8s/base', 'k8s/overlays/local']) {
         pod.terminationGracePeriodSeconds * 1000 >= config.shutdown.deadlineMs + 10_000,
         `terminationGracePeriodSeconds ${pod.terminationGracePeriodSeconds} s must exceed shutdown.deadlineMs ${config.shutdown.deadlineMs} ms by 10 s`,
       );
-      assert.equal(config.server.host, '0.0.0.0', 'probes and Prometheus need the ops server on all interfaces');
+      assert.equal(
+        config.server.host,
+        '0.0.0.0',
+        'probes and Prometheus need the ops server on all interfaces',
+      );
       const port = container.ports.find((p: { name: string }) => p.name === 'metrics');
       assert.equal(port.containerPort, config.server.port);
       assert.equal(container.livenessProbe.httpGet.path, '/healthz');
@@ -94,9 +113,16 @@ for (const dir of ['k8s/base', 'k8s/overlays/local']) {
       assert.equal(pod.securityContext.runAsNonRoot, true);
       const tmp = container.volumeMounts.find((m: { mountPath: string }) => m.mountPath === '/tmp');
       assert.ok(tmp, 'Parquet files are staged in /tmp: it must be a writable volume');
-      assert.ok(pod.volumes.find((v: { name: string; emptyDir?: unknown }) => v.name === tmp.name && v.emptyDir));
-      const configMount = container.volumeMounts.find((m: { mountPath: string }) => m.mountPath === '/etc/ksw');
-      assert.equal(pod.volumes.find((v: { name: string }) => v.name === configMount.name).configMap.name, configMap.metadata.name);
+      assert.ok(
+        pod.volumes.find((v: { name: string; emptyDir?: unknown }) => v.name === tmp.name && v.emptyDir),
+      );
+      const configMount = container.volumeMounts.find(
+        (m: { mountPath: string }) => m.mountPath === '/etc/ksw',
+      );
+      assert.equal(
+        pod.volumes.find((v: { name: string }) => v.name === configMount.name).configMap.name,
+        configMap.metadata.name,
+      );
       assert.equal(pod.serviceAccountName, byKind('ServiceAccount')[0]!.metadata.name);
     });
 
@@ -123,7 +149,10 @@ describe('base vs local overlay', () => {
     const base = kustomize('k8s/base');
     const local = kustomize('k8s/overlays/local');
     const sa = (objs: K8sObject[]) => objs.find((o) => o.kind === 'ServiceAccount')!;
-    assert.match(sa(base).metadata.annotations?.['eks.amazonaws.com/role-arn'] ?? '', /^arn:aws:iam::\d{12}:role\//);
+    assert.match(
+      sa(base).metadata.annotations?.['eks.amazonaws.com/role-arn'] ?? '',
+      /^arn:aws:iam::\d{12}:role\//,
+    );
     assert.equal(sa(local).metadata.annotations, undefined);
     const worker = (objs: K8sObject[]) => objs.find((o) => o.kind === 'ConfigMap')!.data!['worker.yaml']!;
     assert.doesNotMatch(worker(base), /^\s*(credentials|endpoints):/m);
@@ -138,7 +167,9 @@ describe('ECS task definition', () => {
 
   it('stops within the grace period, logs to CloudWatch, checks health, runs read-only as non-root', () => {
     // The image's default config (examples/worker.yaml) is what the task runs, with the task's environment.
-    const env = Object.fromEntries(container.environment.map((e: { name: string; value: string }) => [e.name, e.value]));
+    const env = Object.fromEntries(
+      container.environment.map((e: { name: string; value: string }) => [e.name, e.value]),
+    );
     const config = validateConfig(
       parseAllDocuments(readFileSync(path.join(ROOT, 'examples/worker.yaml'), 'utf8'))[0]!.toJS(),
       'examples/worker.yaml',
@@ -184,14 +215,16 @@ function sourceFiles(dir: string): string[] {
 describe('IAM task role policy', () => {
   const policy = JSON.parse(readFileSync(path.join(ROOT, 'deploy/iam/task-role-policy.json'), 'utf8'));
   const allowed = new Set<string>(
-    policy.Statement.filter((s: { Effect: string }) => s.Effect === 'Allow').flatMap((s: { Action: string | string[] }) =>
-      Array.isArray(s.Action) ? s.Action : [s.Action],
+    policy.Statement.filter((s: { Effect: string }) => s.Effect === 'Allow').flatMap(
+      (s: { Action: string | string[] }) => (Array.isArray(s.Action) ? s.Action : [s.Action]),
     ),
   );
 
   it('allows every AWS API the worker calls, and nothing with a wildcard action', () => {
     // The worker is everything but the CLI helpers that run outside it (demo, produce) and the emulators.
-    const files = sourceFiles(path.join(ROOT, 'src')).filter((f) => !/[/\\](cli|local|producer)[/\\]/.test(f));
+    const files = sourceFiles(path.join(ROOT, 'src')).filter(
+      (f) => !/[/\\](cli|local|producer)[/\\]/.test(f),
+    );
     const needed = new Set<string>();
     for (const file of files) {
       const text = readFileSync(file, 'utf8');
@@ -205,13 +238,21 @@ describe('IAM task role policy', () => {
         for (const action of iamActions(fromImport ?? service!, m[1]!)) needed.add(action);
       }
     }
-    assert.ok(needed.has('kinesis:GetRecords') && needed.has('dynamodb:UpdateItem') && needed.has('s3:PutObject'));
+    assert.ok(
+      needed.has('kinesis:GetRecords') && needed.has('dynamodb:UpdateItem') && needed.has('s3:PutObject'),
+    );
     const missing = [...needed].filter((a) => !allowed.has(a));
     assert.deepEqual(missing, [], `deploy/iam/task-role-policy.json lacks ${missing.join(', ')}`);
-    assert.ok([...allowed].every((a) => !a.includes('*')), 'no wildcard actions');
+    assert.ok(
+      [...allowed].every((a) => !a.includes('*')),
+      'no wildcard actions',
+    );
     for (const s of policy.Statement) {
       const resources = Array.isArray(s.Resource) ? s.Resource : [s.Resource];
-      assert.ok(resources.every((r: string) => r !== '*'), `statement ${s.Sid} must name its resources`);
+      assert.ok(
+        resources.every((r: string) => r !== '*'),
+        `statement ${s.Sid} must name its resources`,
+      );
     }
   });
 });
