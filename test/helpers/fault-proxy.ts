@@ -1,0 +1,144 @@
+/**
+ * A fault-injecting HTTP proxy for tests: it forwards requests to a real peer (an emulator, OpenSearch)
+ * and, when a rule matches, answers with an error status, answers late, or resets the connection
+ * instead. Listens on 127.0.0.1 only. Counts what it injected so tests can compare with the worker's
+ * metrics.
+ */
+import { createServer, type IncomingMessage, request, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+
+export type Fault =
+  | { readonly kind: 'status'; readonly status: number; readonly body: string; readonly contentType?: string }
+  | { readonly kind: 'delay'; readonly ms: number }
+  | { readonly kind: 'reset' };
+
+export interface FaultRule {
+  readonly name: string;
+  /** Which requests the rule applies to: method, path and body (buffered). */
+  matches(req: { method: string; url: string; headers: IncomingMessage['headers']; body: Buffer }): boolean;
+  /** Fraction of matching requests that get the fault, 0..1. */
+  readonly rate: number;
+  readonly fault: Fault;
+}
+
+/** Kinesis and DynamoDB speak JSON with the operation in X-Amz-Target. */
+export function amzTarget(operation: string): FaultRule['matches'] {
+  return (req) => String(req.headers['x-amz-target'] ?? '').endsWith(`.${operation}`);
+}
+
+export function awsJsonError(type: string, message: string, status = 400): Fault {
+  return {
+    kind: 'status',
+    status,
+    contentType: 'application/x-amz-json-1.1',
+    body: JSON.stringify({ __type: type, message }),
+  };
+}
+
+export function s3XmlError(code: string, message: string, status: number): Fault {
+  return {
+    kind: 'status',
+    status,
+    contentType: 'application/xml',
+    body: `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${message}</Message><RequestId>fault</RequestId></Error>`,
+  };
+}
+
+export class FaultProxy {
+  private rules: FaultRule[] = [];
+  readonly injected = new Map<string, number>();
+  forwarded = 0;
+  private readonly sockets = new Set<Socket>();
+
+  private constructor(
+    private readonly server: Server,
+    readonly endpoint: string,
+  ) {}
+
+  /** Starts a proxy in front of `target` (e.g. http://127.0.0.1:4567). */
+  static async start(target: string, random: () => number = Math.random): Promise<FaultProxy> {
+    const upstream = new URL(target);
+    let proxy: FaultProxy | undefined;
+    const server = createServer((req, res) => {
+      void proxy!.handle(req, res, upstream, random);
+    });
+    server.on('connection', (s) => {
+      proxy?.sockets.add(s);
+      s.on('close', () => proxy?.sockets.delete(s));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    proxy = new FaultProxy(server, `http://127.0.0.1:${port}`);
+    return proxy;
+  }
+
+  setRules(rules: FaultRule[]): void {
+    this.rules = rules;
+  }
+
+  clear(): void {
+    this.rules = [];
+  }
+
+  count(name: string): number {
+    return this.injected.get(name) ?? 0;
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private async handle(
+    req: IncomingMessage,
+    res: ServerResponse,
+    upstream: URL,
+    random: () => number,
+  ): Promise<void> {
+    const parts: Buffer[] = [];
+    for await (const part of req) parts.push(part as Buffer);
+    const body = Buffer.concat(parts);
+    const rule = this.rules.find(
+      (r) =>
+        r.matches({ method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headers, body }) &&
+        random() < r.rate,
+    );
+    if (rule) {
+      this.injected.set(rule.name, (this.injected.get(rule.name) ?? 0) + 1);
+      const f = rule.fault;
+      if (f.kind === 'reset') {
+        req.socket.destroy();
+        return;
+      }
+      if (f.kind === 'status') {
+        res.writeHead(f.status, {
+          'content-type': f.contentType ?? 'text/plain',
+          'x-amzn-requestid': 'fault',
+        });
+        res.end(f.body);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, f.ms));
+    }
+    this.forwarded += 1;
+    const out = request(
+      {
+        hostname: upstream.hostname,
+        port: upstream.port,
+        method: req.method,
+        path: req.url,
+        // The Host header is part of the SigV4 signature: forward it unchanged.
+        headers: req.headers,
+      },
+      (up) => {
+        res.writeHead(up.statusCode ?? 502, up.headers);
+        up.pipe(res);
+      },
+    );
+    out.on('error', () => {
+      if (!res.headersSent) res.writeHead(502);
+      res.end();
+    });
+    out.end(body);
+  }
+}
