@@ -50,11 +50,27 @@ export type DecodeConfig = z.infer<typeof decodeConfigSchema>;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 /**
- * An unquoted integer literal of 16+ digits may not survive JSON.parse (2^53 has 16 digits). Quoted
- * ones (OTLP/JSON writes int64 as strings) are safe, so only a number right after `:` `[` or `,` counts;
- * a false positive inside a string merely takes the slower exact parser.
+ * True when a parsed value holds an integer JSON.parse could not represent exactly (beyond 2^53).
+ * Checking the parsed value is cheaper than scanning the text for long digit runs (OTLP/JSON quotes its
+ * int64s, so most long digit runs are strings), and it is exact: such a number is always an integer
+ * outside the safe range once parsed. Iterative, so 10,000-deep documents cannot overflow the stack.
  */
-const LONG_INTEGER = /[:[,]\s*-?\d{16,}/;
+function holdsUnsafeInteger(root: unknown): boolean {
+  const stack: unknown[] = [root];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (typeof v === 'number') {
+      if (Number.isInteger(v) && !Number.isSafeInteger(v)) return true;
+    } else if (v !== null && typeof v === 'object') {
+      if (Array.isArray(v)) {
+        for (let i = 0; i < v.length; i++) stack.push(v[i]);
+      } else {
+        for (const k in v) stack.push((v as Record<string, unknown>)[k]);
+      }
+    }
+  }
+  return false;
+}
 
 /** Large integers become bigint instead of silently losing precision (nanosecond timestamps, ids). */
 function parseNumber(text: string): number | bigint {
@@ -65,7 +81,9 @@ function parseNumber(text: string): number | bigint {
 
 /** Parses one JSON document; exact for integers beyond 2^53. Throws with a readable message. */
 export function parseJsonDocument(text: string): Record<string, unknown> {
-  const value: unknown = LONG_INTEGER.test(text) ? parseLossless(text, null, parseNumber) : JSON.parse(text);
+  let value: unknown = JSON.parse(text);
+  // Rare: re-parse exactly, keeping large integers as bigint.
+  if (holdsUnsafeInteger(value)) value = parseLossless(text, null, parseNumber);
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     const kind = value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value;
     throw new Error(`expected a JSON object, got ${kind}`);
