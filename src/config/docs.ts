@@ -59,7 +59,7 @@ function defaultOf(s: JsonSchema, required: boolean): string {
   return required ? '**required**' : '';
 }
 
-function escape(text: string): string {
+function escapeCell(text: string): string {
   return text.replace(/\|/g, '\\|').replace(/\n/g, ' ');
 }
 
@@ -69,7 +69,7 @@ function rows(s: JsonSchema, prefix: string, out: string[]): void {
   for (const [name, prop] of Object.entries(props)) {
     const path = prefix ? `${prefix}.${name}` : name;
     out.push(
-      `| \`${path}\` | ${escape(typeOf(prop))} | ${escape(defaultOf(prop, required.has(name)))} | ${escape(prop.description ?? '')} |`,
+      `| \`${path}\` | ${escapeCell(typeOf(prop))} | ${escapeCell(defaultOf(prop, required.has(name)))} | ${escapeCell(prop.description ?? '')} |`,
     );
     const inner = prop.type === 'array' ? prop.items : prop;
     const objectAlt = (inner?.anyOf ?? inner?.oneOf)?.find((a) => a.properties);
@@ -104,7 +104,7 @@ export function configReference(): string {
   const sections: string[] = [
     '# Configuration reference',
     'Generated from the zod schemas by `ksw config-docs` (`npm run worker -- config-docs > docs/config.md`); do not edit by hand. ' +
-      'One YAML file configures the worker; `${VAR}` and `${VAR:-default}` are replaced from the environment. ' +
+      `One YAML file configures the worker; \`\${VAR}\` and \`\${VAR:-default}\` are replaced from the environment. ` +
       'Unknown fields are errors. `ksw validate -c FILE` lists every problem with its field path.',
   ];
   for (const [key, schema] of Object.entries(shape)) {

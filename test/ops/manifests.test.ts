@@ -28,6 +28,7 @@ type K8sObject = {
     labels?: Record<string, string>;
     annotations?: Record<string, string>;
   };
+  // biome-ignore lint/suspicious/noExplicitAny: rendered manifests of several kinds, checked field by field
   spec?: any;
   data?: Record<string, string>;
 };
