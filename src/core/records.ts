@@ -37,6 +37,12 @@ export interface PipelineEvent {
    * the event is deliberately written nowhere: its ack completes at delivery.
    */
   sinks?: readonly string[];
+  /**
+   * True for events a processor made rather than decoded from a record (e.g. a RED metric window). Their
+   * origin is the last record they were derived from, but a replay may derive different events for the same
+   * positions, so sinks must not assume that a replayed position yields the same event (no replay skipping).
+   */
+  readonly derived?: boolean;
 }
 
 /** Compares two Kinesis sequence numbers (decimal strings without leading zeros). */
