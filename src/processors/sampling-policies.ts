@@ -101,19 +101,22 @@ const leafPolicy = z.discriminatedUnion('type', [
   rateLimitPolicy,
 ]);
 
-const compositeMember = z.intersection(
-  leafPolicy,
-  z.object({
-    share: z
-      .number()
-      .gt(0)
-      .max(1)
-      .optional()
-      .describe(
-        "Share of the composite's maxSpansPerSecond this member may use; members without one split what is left equally.",
-      ),
-  }),
-);
+const share = z
+  .number()
+  .gt(0)
+  .max(1)
+  .optional()
+  .describe(
+    "Share of the composite's maxSpansPerSecond this member may use; members without one split what is left equally.",
+  );
+
+const compositeMember = z.discriminatedUnion('type', [
+  statusCodePolicy.extend({ share }),
+  latencyPolicy.extend({ share }),
+  attributePolicy.extend({ share }),
+  probabilisticPolicy.extend({ share }),
+  rateLimitPolicy.extend({ share }),
+]);
 
 const compositePolicy = z
   .object({
@@ -133,7 +136,14 @@ const compositePolicy = z
   })
   .strict();
 
-export const tailPolicySchema = z.union([leafPolicy, compositePolicy]);
+export const tailPolicySchema = z.discriminatedUnion('type', [
+  statusCodePolicy,
+  latencyPolicy,
+  attributePolicy,
+  probabilisticPolicy,
+  rateLimitPolicy,
+  compositePolicy,
+]);
 export type TailPolicyConfig = z.infer<typeof tailPolicySchema>;
 type LeafConfig = z.infer<typeof leafPolicy>;
 
@@ -170,6 +180,11 @@ interface RateWindow {
 
 export interface CompiledPolicy {
   readonly name: string;
+  /**
+   * True when a match may be acted on at once, as the first policy: not for rate-limited policies, which
+   * must charge the whole trace's span count against their budget.
+   */
+  readonly early: boolean;
   /** True when the trace meets the policy's condition (before probability and rate). */
   matches(t: TraceFacts): boolean;
   /** Decision for a trace that matched: keep (probability, rate) or drop. */
@@ -194,7 +209,7 @@ function takeRate(w: RateWindow, limit: number, spans: number, nowMs: number): b
 function compileLeaf(
   c: LeafConfig,
   attributeBit: () => number,
-): Omit<CompiledPolicy, 'decide'> & { probability: number; rate?: number } {
+): Omit<CompiledPolicy, 'decide' | 'early'> & { probability: number; rate?: number } {
   switch (c.type) {
     case 'status_code': {
       let mask = 0;
@@ -254,6 +269,7 @@ export function compilePolicies(configs: readonly TailPolicyConfig[]): {
     const window: RateWindow = { second: 0, used: 0 };
     return {
       ...base,
+      early: base.rate === undefined,
       decide(t, sample, nowMs) {
         if (!sample(base.probability)) return dropped;
         if (base.rate !== undefined && !takeRate(window, base.rate, t.spanCount, nowMs)) return dropped;
@@ -281,6 +297,7 @@ export function compilePolicies(configs: readonly TailPolicyConfig[]): {
     const dropped: Decision = Object.freeze({ keep: false, policy: c.name, probability: 0 });
     return {
       name: c.name,
+      early: false,
       matches: (t) => members.some((m) => m.compiled.matches(t)),
       decide(t, sample, nowMs) {
         for (const m of members) {

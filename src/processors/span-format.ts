@@ -134,7 +134,7 @@ export function nanosString(value: unknown, field: string): string {
   else if (typeof value === 'number' && Number.isSafeInteger(value)) s = String(value);
   else if (value === undefined || value === null) throw new SpanFormatError(`${field} is missing`);
   else throw new SpanFormatError(`${field} must be an integer number of nanoseconds`);
-  if (s.length === 0 || s.length > 20) throw new SpanFormatError(`${field} is not a uint64: "${clip(s)}"`);
+  if (s.length === 0 || s.length > 40) throw new SpanFormatError(`${field} is not a uint64: "${clip(s)}"`);
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
     if (c < 48 || c > 57) throw new SpanFormatError(`${field} is not a decimal integer: "${clip(s)}"`);
@@ -144,7 +144,8 @@ export function nanosString(value: unknown, field: string): string {
     while (i < s.length - 1 && s.charCodeAt(i) === 48) i++;
     s = s.slice(i);
   }
-  if (s.length === 20 && s > MAX_U64) throw new SpanFormatError(`${field} exceeds uint64: "${s}"`);
+  if (s.length > 20 || (s.length === 20 && s > MAX_U64))
+    throw new SpanFormatError(`${field} exceeds uint64: "${s}"`);
   return s;
 }
 

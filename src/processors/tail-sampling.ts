@@ -6,7 +6,8 @@
  * arrives on several shards are counted by `otel_spans`).
  *
  * When a trace is decided:
- * - early: the first policy matches (e.g. `status_code` first and an error span arrives);
+ * - early: the first policy matches (e.g. `status_code` first and an error span arrives); not for rate
+ *   limited policies, which must charge the whole trace against their budget;
  * - complete: its root span (no parentSpanId) has arrived and no span came for `quietPeriodMs`;
  * - wait: `decisionWaitMs` passed since its first span (a trace without root, or one that keeps going);
  * - memory: the buffered spans exceed `maxBufferedBytes`; the oldest traces are decided first until the
@@ -264,7 +265,7 @@ export class TailSampler implements Processor {
     let lateKept = 0;
     let lateDropped = 0;
     const conds = this.attributeConditions;
-    const first = this.policies[0]!;
+    const first = this.policies[0]!.early ? this.policies[0] : undefined;
     for (const event of events) {
       const v = event.value;
       const traceId = v.traceId;
@@ -326,7 +327,7 @@ export class TailSampler implements Processor {
         this.rooted.delete(traceId);
         this.rooted.set(traceId, t);
       }
-      if (first.matches(t)) {
+      if (first?.matches(t)) {
         this.decide(t, 'early', now, out);
         continue;
       }
