@@ -43,13 +43,16 @@ export interface SamplingMark {
   probability: number;
 }
 
-/** Records on a kept span which policy kept it; a second sampler multiplies the probabilities. */
-export function markSampled(value: Record<string, unknown>, policy: string, probability: number): void {
+/**
+ * Records on a kept span which policy kept it; a second sampler multiplies the probabilities. `mark` is the
+ * sampler's shared (frozen) object for this policy, used as is when the span carries no earlier mark.
+ */
+export function markSampled(value: Record<string, unknown>, mark: Readonly<SamplingMark>): void {
   const prior = value.sampling as SamplingMark | undefined;
   value.sampling =
     prior && typeof prior.probability === 'number'
-      ? { policy: `${prior.policy}/${policy}`, probability: prior.probability * probability }
-      : { policy, probability };
+      ? { policy: `${prior.policy}/${mark.policy}`, probability: prior.probability * mark.probability }
+      : mark;
 }
 
 export class HeadSampler implements Processor {
@@ -57,6 +60,7 @@ export class HeadSampler implements Processor {
   private readonly spans: Counter<'processor' | 'decision'>;
   private readonly kept: { processor: string; decision: string };
   private readonly dropped: { processor: string; decision: string };
+  private readonly mark: Readonly<SamplingMark>;
 
   constructor(
     readonly name: string,
@@ -71,6 +75,7 @@ export class HeadSampler implements Processor {
     });
     this.kept = { processor: name, decision: 'kept' };
     this.dropped = { processor: name, decision: 'dropped' };
+    this.mark = Object.freeze({ policy: name, probability: config.probability });
   }
 
   process(events: PipelineEvent[]): PipelineEvent[] {
@@ -85,7 +90,7 @@ export class HeadSampler implements Processor {
         continue;
       }
       if (inSample(traceId, p, this.seed)) {
-        markSampled(event.value, this.name, p);
+        markSampled(event.value, this.mark);
         out.push(event);
         kept += 1;
       } else {

@@ -82,6 +82,7 @@ export class OtelSpansProcessor implements Processor {
   private readonly flatLabels: { processor: string; format: string };
   /** traceId -> "stream\nshard" of the first span seen; insertion-ordered, oldest evicted first. */
   private readonly traceShards = new Map<string, string>();
+  private readonly shardKeys = new Map<string, Map<string, string>>();
   private lastOrigin: RecordOrigin | undefined;
   private nextIndex = 0;
 
@@ -204,10 +205,25 @@ export class OtelSpansProcessor implements Processor {
     );
   }
 
+  /** One interned key per shard, found without building a string per span. */
+  private shardKey(origin: RecordOrigin): string {
+    let byShard = this.shardKeys.get(origin.stream);
+    if (byShard === undefined) {
+      byShard = new Map();
+      this.shardKeys.set(origin.stream, byShard);
+    }
+    let key = byShard.get(origin.shardId);
+    if (key === undefined) {
+      key = `${origin.stream}\n${origin.shardId}`;
+      byShard.set(origin.shardId, key);
+    }
+    return key;
+  }
+
   private noteShard(traceId: string, origin: RecordOrigin): void {
     const max = this.config.crossShardTraces;
     if (max === 0) return;
-    const shard = `${origin.stream}\n${origin.shardId}`;
+    const shard = this.shardKey(origin);
     const seen = this.traceShards.get(traceId);
     if (seen === undefined) {
       if (this.traceShards.size >= max) {
@@ -221,6 +237,9 @@ export class OtelSpansProcessor implements Processor {
   }
 }
 
+/** Marks span events whose `raw` is serialised on demand (so size estimates can avoid forcing it). */
+export const LAZY_RAW: unique symbol = Symbol('ksw.lazyRaw');
+
 /**
  * A span event from an OTLP request: its `raw` bytes (for the DLQ and sinks' size accounting) are the
  * span's own JSON, serialised only if something asks for them.
@@ -232,16 +251,23 @@ function lazyRawEvent(
   ack: PipelineEvent['ack'],
 ): PipelineEvent {
   let raw: Uint8Array | undefined;
-  return {
+  const event: PipelineEvent & { [LAZY_RAW]: true } = {
     origin,
     index,
     value,
     ack,
+    [LAZY_RAW]: true,
     get raw(): Uint8Array {
       raw ??= Buffer.from(stringifyExact(this.value), 'utf8');
       return raw;
     },
   };
+  return event;
+}
+
+/** True for span events whose `raw` is serialised on demand. */
+export function hasLazyRaw(event: PipelineEvent): boolean {
+  return (event as { [LAZY_RAW]?: true })[LAZY_RAW] === true;
 }
 
 export function createOtelSpans(name: string, config: OtelSpansConfig, ctx: ComponentContext): Processor {

@@ -151,6 +151,8 @@ interface Series {
   readonly dimensions: Record<string, string>;
   readonly overflow: boolean;
   readonly labels: Record<string, string>;
+  /** Key of the series in its (service, operation, kind) leaf of the index. */
+  leafKey: string;
   requests: number;
   errors: number;
   sumSeconds: number;
@@ -211,6 +213,8 @@ interface CollectedMetric {
 
 export class RedMetricsProcessor implements Processor {
   private readonly series = new Map<string, Series>();
+  /** service -> operation -> span kind -> status[+dimensions] -> series (see seriesOf). */
+  private readonly index = new Map<string, Map<string, Map<string, Map<string, Series>>>>();
   private overflowSeries: Series | undefined;
   private readonly windows = new Map<string, ShardWindow>();
   /** When each shard was first seen by this process: a new run's windows never start before it. */
@@ -508,6 +512,7 @@ export class RedMetricsProcessor implements Processor {
     for (const [key, s] of this.series) {
       if (s.lastSeen < cutoff) {
         this.series.delete(key);
+        this.unindex(s);
         expired += 1;
       }
     }
@@ -519,6 +524,11 @@ export class RedMetricsProcessor implements Processor {
     this.m.seriesCount.set({ processor: this.name }, this.series.size + (this.overflowSeries ? 1 : 0));
   }
 
+  /**
+   * The series of a span. Looked up through nested maps (service, operation, kind, then status and
+   * dimensions) so the hot path hashes the span's own strings instead of building a key per span; nodes
+   * are only created for new series under the cap, so a flood of unique values cannot grow the index.
+   */
   private seriesOf(v: Record<string, unknown>, now: number): Series {
     const service = typeof v.serviceName === 'string' ? v.serviceName : '';
     const operation = typeof v.name === 'string' ? v.name : '';
@@ -526,29 +536,47 @@ export class RedMetricsProcessor implements Processor {
     const code = (v.status as { code?: unknown } | undefined)?.code;
     const statusCode = STATUS_NAMES[code as 0 | 1 | 2] ?? 'UNSET';
     const dims = this.config.dimensions;
-    let key = `${service}\u001f${operation}\u001f${kind}\u001f${statusCode}`;
+    let leafKey: string = statusCode;
     let dimValues: string[] | undefined;
     if (dims.length > 0) {
       dimValues = [];
       const attrs = v.attributes as Record<string, unknown> | undefined;
       const resource = v.resource as Record<string, unknown> | undefined;
       for (const d of dims) {
-        const raw = attrs?.[d] ?? resource?.[d];
-        const text = labelText(raw);
+        const text = labelText(attrs?.[d] ?? resource?.[d]);
         dimValues.push(text);
-        key += `\u001f${text}`;
+        leafKey += `\u001f${text}`;
       }
     }
-    const found = this.series.get(key);
+    const found = this.index.get(service)?.get(operation)?.get(kind)?.get(leafKey);
     if (found !== undefined) return found;
     if (this.series.size >= this.config.maxSeries) {
       this.overflowSeries ??= this.newSeries('', '', '', '', undefined, true, now);
       return this.overflowSeries;
     }
     const s = this.newSeries(service, operation, kind, statusCode, dimValues, false, now);
-    this.series.set(key, s);
+    s.leafKey = leafKey;
+    this.series.set(`${service}\u001f${operation}\u001f${kind}\u001f${leafKey}`, s);
+    let ops = this.index.get(service);
+    if (!ops) this.index.set(service, (ops = new Map()));
+    let kinds = ops.get(operation);
+    if (!kinds) ops.set(operation, (kinds = new Map()));
+    let leaves = kinds.get(kind);
+    if (!leaves) kinds.set(kind, (leaves = new Map()));
+    leaves.set(leafKey, s);
     this.m.seriesCount.set({ processor: this.name }, this.series.size + (this.overflowSeries ? 1 : 0));
     return s;
+  }
+
+  private unindex(s: Series): void {
+    const ops = this.index.get(s.service);
+    const kinds = ops?.get(s.operation);
+    const leaves = kinds?.get(s.spanKind);
+    if (!ops || !kinds || !leaves) return;
+    leaves.delete(s.leafKey);
+    if (leaves.size === 0) kinds.delete(s.spanKind);
+    if (kinds.size === 0) ops.delete(s.operation);
+    if (ops.size === 0) this.index.delete(s.service);
   }
 
   private newSeries(
@@ -581,6 +609,7 @@ export class RedMetricsProcessor implements Processor {
       dimensions,
       overflow,
       labels,
+      leafKey: '',
       requests: 0,
       errors: 0,
       sumSeconds: 0,

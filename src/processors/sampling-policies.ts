@@ -169,9 +169,15 @@ export interface Decision {
   readonly policy: string;
   /** Probability with which such a trace is kept (for re-weighting); 0 for drops. */
   readonly probability: number;
+  /** `sampling` for the spans this decision keeps, shared by all of them (frozen). */
+  readonly mark: Readonly<{ policy: string; probability: number }>;
 }
 
-export const NO_MATCH: Decision = Object.freeze({ keep: false, policy: '', probability: 0 });
+function decision(keep: boolean, policy: string, probability: number): Decision {
+  return Object.freeze({ keep, policy, probability, mark: Object.freeze({ policy, probability }) });
+}
+
+export const NO_MATCH: Decision = decision(false, '', 0);
 
 interface RateWindow {
   second: number;
@@ -264,8 +270,8 @@ export function compilePolicies(configs: readonly TailPolicyConfig[]): {
   const leaf = (c: LeafConfig): CompiledPolicy & { probability: number; rate?: number } => {
     const base = compileLeaf(c, attributeBit);
     if (base.spanConditions) attributeConditions.push([...base.spanConditions]);
-    const kept: Decision = Object.freeze({ keep: true, policy: c.name, probability: base.probability });
-    const dropped: Decision = Object.freeze({ keep: false, policy: c.name, probability: 0 });
+    const kept = decision(true, c.name, base.probability);
+    const dropped = decision(false, c.name, 0);
     const window: RateWindow = { second: 0, used: 0 };
     return {
       ...base,
@@ -286,15 +292,11 @@ export function compilePolicies(configs: readonly TailPolicyConfig[]): {
     const members = c.policies.map((m) => {
       const compiled = leaf(m as LeafConfig);
       const allocated = Math.max(1, Math.floor(c.maxSpansPerSecond * (m.share ?? rest)));
-      const kept: Decision = Object.freeze({
-        keep: true,
-        policy: `${c.name}.${m.name}`,
-        probability: compiled.probability,
-      });
+      const kept = decision(true, `${c.name}.${m.name}`, compiled.probability);
       return { compiled, allocated, kept, window: { second: 0, used: 0 } as RateWindow };
     });
     const total: RateWindow = { second: 0, used: 0 };
-    const dropped: Decision = Object.freeze({ keep: false, policy: c.name, probability: 0 });
+    const dropped = decision(false, c.name, 0);
     return {
       name: c.name,
       early: false,

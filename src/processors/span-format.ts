@@ -71,14 +71,20 @@ export const DEFAULT_SPAN_LIMITS: SpanLimits = {
   now: Date.now,
 };
 
-/** True when `s` is `len` hex characters; lower-cases are not required (ids are normalised below). */
-function isHex(s: string, len: number): boolean {
-  if (s.length !== len) return false;
+/**
+ * 0 when `s` is not `len` hex characters, 1 when it is lowercase hex, 2 when it has uppercase letters
+ * (ids are normalised to lowercase; the usual lowercase id is returned as is, without a copy).
+ */
+function hexKind(s: string, len: number): 0 | 1 | 2 {
+  if (s.length !== len) return 0;
+  let kind: 1 | 2 = 1;
   for (let i = 0; i < len; i++) {
     const c = s.charCodeAt(i);
-    if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102) || (c >= 65 && c <= 70))) return false;
+    if ((c >= 48 && c <= 57) || (c >= 97 && c <= 102)) continue;
+    if (c >= 65 && c <= 70) kind = 2;
+    else return 0;
   }
-  return true;
+  return kind;
 }
 
 function isZeros(s: string): boolean {
@@ -97,8 +103,9 @@ export function normaliseId(value: unknown, bytes: number, field: string, allowE
   }
   if (typeof value !== 'string') throw new SpanFormatError(`${field} must be a hex string`);
   const hexLen = bytes * 2;
-  if (isHex(value, hexLen)) {
-    const id = value.toLowerCase();
+  const kind = hexKind(value, hexLen);
+  if (kind !== 0) {
+    const id = kind === 1 ? value : value.toLowerCase();
     if (isZeros(id)) {
       if (allowEmpty) return '';
       throw new SpanFormatError(`${field} is all zeros (an invalid id)`);
@@ -220,6 +227,10 @@ function statusOf(value: unknown): { code: StatusCode; message: string } {
   if (value === undefined || value === null) return { code: 0, message: '' };
   if (typeof value !== 'object') throw new SpanFormatError('status must be an object');
   const s = value as { code?: unknown; message?: unknown };
+  // Already canonical (flat spans usually are): reuse the object.
+  if ((s.code === 0 || s.code === 1 || s.code === 2) && typeof s.message === 'string') {
+    return s as { code: StatusCode; message: string };
+  }
   let code: StatusCode;
   if (s.code === undefined || s.code === null) code = 0;
   else if (s.code === 0 || s.code === 1 || s.code === 2) code = s.code;

@@ -30,6 +30,7 @@ import type { PipelineEvent } from '../core/records.js';
 import { counter, gauge } from '../metrics/registry.js';
 import type { Condition } from './conditions.js';
 import { markSampled } from './head-sampling.js';
+import { hasLazyRaw } from './otel-spans.js';
 import {
   type CompiledPolicy,
   compilePolicies,
@@ -113,20 +114,41 @@ const RAW_FACTOR = 4;
 
 type Trigger = 'early' | 'complete' | 'wait' | 'memory' | 'flush';
 
+interface Tally {
+  kept: number;
+  dropped: number;
+  lateKept: number;
+  lateDropped: number;
+  decisions: Map<Decision, number>;
+  triggers: Record<Trigger, number>;
+}
+
+function newTally(): Tally {
+  return {
+    kept: 0,
+    dropped: 0,
+    lateKept: 0,
+    lateDropped: 0,
+    decisions: new Map(),
+    triggers: { early: 0, complete: 0, wait: 0, memory: 0, flush: 0 },
+  };
+}
+
 interface PendingTrace extends TraceFacts {
   spans: PipelineEvent[];
   bytes: number;
   firstAt: number;
   lastAt: number;
   rootSeen: boolean;
+  /** When the quiet-period scan should look at this trace next (its position in `rooted`). */
+  checkAt: number;
 }
 
-/** Estimated heap + buffer bytes of a span: its raw bytes (kept) and the decoded object (~2x). */
+/** Estimated heap + buffer bytes of a span: its raw bytes (kept alive) and the decoded object. */
 function spanBytes(event: PipelineEvent): number {
   // A lazily serialised `raw` (spans from OTLP requests) is not forced: estimate from the value instead.
-  const desc = Object.getOwnPropertyDescriptor(event, 'raw');
-  if (desc && desc.get === undefined) return event.raw.byteLength * RAW_FACTOR + SPAN_OVERHEAD_BYTES;
-  return approxJsonBytes(event.value, 0) * RAW_FACTOR + SPAN_OVERHEAD_BYTES;
+  const bytes = hasLazyRaw(event) ? approxJsonBytes(event.value, 0) : event.raw.byteLength;
+  return bytes * RAW_FACTOR + SPAN_OVERHEAD_BYTES;
 }
 
 function approxJsonBytes(v: unknown, depth: number): number {
@@ -144,7 +166,11 @@ function approxJsonBytes(v: unknown, depth: number): number {
 
 export class TailSampler implements Processor {
   private readonly pending = new Map<string, PendingTrace>();
-  /** Traces whose root arrived, ordered by their last span's arrival (oldest activity first). */
+  /**
+   * Traces whose root arrived, in the order they are due for a quiet-period check. A span arriving for a
+   * listed trace only updates its lastAt; the scan moves a trace that turns out busy to the back, so
+   * spans cost no reordering.
+   */
   private readonly rooted = new Map<string, PendingTrace>();
   private readonly decisions = new Map<string, Decision>();
   private readonly policies: CompiledPolicy[];
@@ -168,6 +194,7 @@ export class TailSampler implements Processor {
   };
   private readonly labels: { processor: string };
   private peakBytes = 0;
+  private tally = newTally();
 
   constructor(
     readonly name: string,
@@ -276,7 +303,7 @@ export class TailSampler implements Processor {
       const cached = this.decisions.get(traceId);
       if (cached !== undefined) {
         if (cached.keep) {
-          markSampled(v, cached.policy, cached.probability);
+          markSampled(v, cached.mark);
           out.push(event);
           lateKept += 1;
         } else {
@@ -300,6 +327,7 @@ export class TailSampler implements Processor {
           firstAt: now,
           lastAt: now,
           rootSeen: false,
+          checkAt: now,
         };
         this.pending.set(traceId, t);
         this.bufferedBytes += TRACE_OVERHEAD_BYTES;
@@ -322,9 +350,9 @@ export class TailSampler implements Processor {
       this.bufferedBytes += bytes;
       this.bufferedSpans += 1;
       t.lastAt = now;
-      if (v.parentSpanId === '' || v.parentSpanId === undefined) t.rootSeen = true;
-      if (t.rootSeen) {
-        this.rooted.delete(traceId);
+      if (!t.rootSeen && (v.parentSpanId === '' || v.parentSpanId === undefined)) {
+        t.rootSeen = true;
+        t.checkAt = now;
         this.rooted.set(traceId, t);
       }
       if (first?.matches(t)) {
@@ -337,14 +365,10 @@ export class TailSampler implements Processor {
       }
     }
     if (this.bufferedBytes > this.peakBytes) this.peakBytes = this.bufferedBytes;
-    if (lateKept > 0) {
-      this.m.late.inc({ processor: this.name, decision: 'kept' }, lateKept);
-      this.m.spans.inc({ processor: this.name, decision: 'kept' }, lateKept);
-    }
-    if (lateDropped > 0) {
-      this.m.late.inc({ processor: this.name, decision: 'dropped' }, lateDropped);
-      this.m.spans.inc({ processor: this.name, decision: 'dropped' }, lateDropped);
-    }
+    this.tally.lateKept += lateKept;
+    this.tally.kept += lateKept;
+    this.tally.lateDropped += lateDropped;
+    this.tally.dropped += lateDropped;
     this.decideDue(now, out);
     this.updateGauges(now);
     return out;
@@ -378,8 +402,15 @@ export class TailSampler implements Processor {
     }
     const quietCutoff = now - this.config.quietPeriodMs;
     for (const t of this.rooted.values()) {
-      if (t.lastAt > quietCutoff) break;
-      this.decide(t, 'complete', now, out);
+      // Entries (re-)inserted in this scan have checkAt > quietCutoff, so the loop ends at them.
+      if (t.checkAt > quietCutoff) break;
+      if (t.lastAt <= quietCutoff) {
+        this.decide(t, 'complete', now, out);
+      } else {
+        this.rooted.delete(t.traceId);
+        t.checkAt = t.lastAt;
+        this.rooted.set(t.traceId, t);
+      }
     }
   }
 
@@ -407,23 +438,37 @@ export class TailSampler implements Processor {
     this.bufferedSpans -= t.spans.length;
     this.remember(t.traceId, decision);
     const n = t.spans.length;
+    const tally = this.tally;
     if (decision.keep) {
       for (const e of t.spans) {
-        markSampled(e.value, decision.policy, decision.probability);
+        markSampled(e.value, decision.mark);
         out.push(e);
       }
-      this.m.spans.inc({ processor: this.name, decision: 'kept' }, n);
+      tally.kept += n;
     } else {
       for (const e of t.spans) e.ack.done();
-      this.m.spans.inc({ processor: this.name, decision: 'dropped' }, n);
+      tally.dropped += n;
     }
     t.spans = [];
-    this.m.decisions.inc({
-      processor: this.name,
-      policy: decision.policy,
-      decision: decision.keep ? 'kept' : 'dropped',
-    });
-    this.m.triggers.inc({ processor: this.name, trigger });
+    tally.decisions.set(decision, (tally.decisions.get(decision) ?? 0) + 1);
+    tally.triggers[trigger] += 1;
+  }
+
+  /** Counters are updated once per call, not per trace (prom-client hashes label sets on every inc). */
+  private flushTally(): void {
+    const t = this.tally;
+    const p = this.name;
+    if (t.kept > 0) this.m.spans.inc({ processor: p, decision: 'kept' }, t.kept);
+    if (t.dropped > 0) this.m.spans.inc({ processor: p, decision: 'dropped' }, t.dropped);
+    if (t.lateKept > 0) this.m.late.inc({ processor: p, decision: 'kept' }, t.lateKept);
+    if (t.lateDropped > 0) this.m.late.inc({ processor: p, decision: 'dropped' }, t.lateDropped);
+    for (const [d, n] of t.decisions) {
+      this.m.decisions.inc({ processor: p, policy: d.policy, decision: d.keep ? 'kept' : 'dropped' }, n);
+    }
+    for (const trigger of Object.keys(t.triggers) as Trigger[]) {
+      if (t.triggers[trigger] > 0) this.m.triggers.inc({ processor: p, trigger }, t.triggers[trigger]);
+    }
+    this.tally = newTally();
   }
 
   private remember(traceId: string, decision: Decision): void {
@@ -437,6 +482,7 @@ export class TailSampler implements Processor {
   }
 
   private updateGauges(now: number): void {
+    this.flushTally();
     this.m.pendingTraces.set(this.labels, this.pending.size);
     this.m.pendingSpans.set(this.labels, this.bufferedSpans);
     this.m.bytes.set(this.labels, this.bufferedBytes);
