@@ -557,12 +557,9 @@ export class RedMetricsProcessor implements Processor {
     const s = this.newSeries(service, operation, kind, statusCode, dimValues, false, now);
     s.leafKey = leafKey;
     this.series.set(`${service}\u001f${operation}\u001f${kind}\u001f${leafKey}`, s);
-    let ops = this.index.get(service);
-    if (!ops) this.index.set(service, (ops = new Map()));
-    let kinds = ops.get(operation);
-    if (!kinds) ops.set(operation, (kinds = new Map()));
-    let leaves = kinds.get(kind);
-    if (!leaves) kinds.set(kind, (leaves = new Map()));
+    const ops = child(this.index, service);
+    const kinds = child(ops, operation);
+    const leaves = child(kinds, kind);
     leaves.set(leafKey, s);
     this.m.seriesCount.set({ processor: this.name }, this.series.size + (this.overflowSeries ? 1 : 0));
     return s;
@@ -682,6 +679,15 @@ export class RedMetricsProcessor implements Processor {
     ];
     return this.collectedMetricsCache;
   }
+}
+
+function child<V>(parent: Map<string, Map<string, V>>, key: string): Map<string, V> {
+  let m = parent.get(key);
+  if (m === undefined) {
+    m = new Map();
+    parent.set(key, m);
+  }
+  return m;
 }
 
 function setExemplar(ex: Exemplar | undefined, traceId: string, value: number, at: number): Exemplar {
