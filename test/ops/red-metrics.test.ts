@@ -17,8 +17,8 @@ import { type OpsServer, startOpsServer } from '../../src/metrics/server.js';
 import { RedMetricsProcessor, redMetricsConfigSchema } from '../../src/processors/red-metrics.js';
 import { TailSampler, tailSamplingConfigSchema } from '../../src/processors/tail-sampling.js';
 import { generateSpans } from '../../src/producer/synthetic-spans.js';
-import { spanEvent } from '../helpers/traces.js';
 import { waitFor } from '../helpers/stack.js';
+import { spanEvent } from '../helpers/traces.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const BIN = process.env.KSW_OPS_BIN ?? path.join(ROOT, '.local/ops/bin');
