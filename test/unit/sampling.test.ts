@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { describe, it } from 'node:test';
-import { validateConfig } from '../../src/config/load.js';
+import { loadConfig, validateConfig } from '../../src/config/load.js';
 import type { PipelineEvent } from '../../src/core/records.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { HeadSampler, headSamplingConfigSchema } from '../../src/processors/head-sampling.js';
@@ -316,6 +317,23 @@ describe('tail_sampling', () => {
     assert.ok((byMember.get('budget.any') ?? 0) <= 200 * seconds + 5);
     assert.ok((byMember.get('budget.errors') ?? 0) > 0);
     assert.ok(comp.kept.length <= 400 * seconds + 10);
+  });
+
+  it("the example config (examples/traces.yaml) is the article's policy, after RED", () => {
+    const c = loadConfig(path.join(import.meta.dirname, '../../examples/traces.yaml'), {
+      STREAM_NAME: 'spans',
+      LAKE_BUCKET: 'my-lake',
+    });
+    assert.deepEqual(
+      c.processors.map((p) => p.type),
+      ['otel_spans', 'red_metrics', 'tail_sampling'],
+    );
+    const tail = c.processors[2] as { policies: unknown[] };
+    assert.deepEqual(tail.policies, [
+      { name: 'errors', type: 'status_code', statusCodes: ['ERROR'], probability: 1 },
+      { name: 'slow', type: 'latency', thresholdMs: 1000, probability: 0.8 },
+      { name: 'rest', type: 'probabilistic', probability: 0.2 },
+    ]);
   });
 
   it('validates its config at start-up, naming the field', () => {
