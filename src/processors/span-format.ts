@@ -361,11 +361,77 @@ function buildSpan(
   return span;
 }
 
+const ZERO_TRACE = '0'.repeat(32);
+const ZERO_SPAN = '0'.repeat(16);
+const KIND_SET = new Set<unknown>(KINDS);
+
+/** A canonical uint64 decimal: digits only, no leading zero, within 2^64 - 1. */
+function isCanonicalDecimal(s: string): boolean {
+  const n = s.length;
+  if (n === 0 || n > 20 || (n > 1 && s.charCodeAt(0) === 48)) return false;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  return n < 20 || s <= MAX_U64;
+}
+
+function isPlainObject(v: unknown): boolean {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/**
+ * The fast path for a flat span that is already exactly a canonical SpanDocument (the usual case: our own
+ * producer, or a re-ingested span): validated in place and returned as is, with `durationNano` corrected
+ * if needed, so no second object is built per span. Undefined when anything differs (then the general
+ * path normalises it); throws SpanFormatError for implausible times, like the general path.
+ */
+function canonicalFlatSpan(v: Record<string, unknown>, limits: SpanLimits): SpanDocument | undefined {
+  let keys = 0;
+  for (const _ in v) keys++;
+  if (keys !== 12) return undefined;
+  const { traceId, spanId, parentSpanId, name, kind, serviceName, status, attributes, resource } = v;
+  const start = v.startTimeUnixNano;
+  const end = v.endTimeUnixNano;
+  const duration = v.durationNano;
+  if (
+    typeof traceId !== 'string' ||
+    hexKind(traceId, 32) !== 1 ||
+    traceId === ZERO_TRACE ||
+    typeof spanId !== 'string' ||
+    hexKind(spanId, 16) !== 1 ||
+    spanId === ZERO_SPAN ||
+    typeof parentSpanId !== 'string' ||
+    (parentSpanId !== '' && (hexKind(parentSpanId, 16) !== 1 || parentSpanId === ZERO_SPAN)) ||
+    typeof name !== 'string' ||
+    typeof serviceName !== 'string' ||
+    serviceName === '' ||
+    !KIND_SET.has(kind) ||
+    typeof start !== 'string' ||
+    typeof end !== 'string' ||
+    typeof duration !== 'string' ||
+    !isCanonicalDecimal(start) ||
+    !isCanonicalDecimal(end) ||
+    !isPlainObject(status) ||
+    !isPlainObject(attributes) ||
+    !isPlainObject(resource)
+  ) {
+    return undefined;
+  }
+  const st = status as { code?: unknown; message?: unknown };
+  if ((st.code !== 0 && st.code !== 1 && st.code !== 2) || typeof st.message !== 'string') return undefined;
+  const nanos = checkTimes(start, end, limits);
+  if (!isCanonicalDecimal(duration) || Number(duration) !== nanos) v.durationNano = String(nanos);
+  return v as unknown as SpanDocument;
+}
+
 /** A flat span document (input format 2), validated and in canonical form. */
 export function flatSpan(
   value: Record<string, unknown>,
   limits: SpanLimits = DEFAULT_SPAN_LIMITS,
 ): SpanDocument {
+  const canonical = canonicalFlatSpan(value, limits);
+  if (canonical !== undefined) return canonical;
   const resource = keyValues(value.resource, 0, 'resource');
   const serviceName =
     typeof value.serviceName === 'string' && value.serviceName !== ''

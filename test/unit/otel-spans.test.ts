@@ -166,6 +166,32 @@ describe('span formats', () => {
     assert.equal(normaliseId(undefined, 8, 'parentSpanId', true), '');
   });
 
+  it('the in-place fast path for canonical flat spans agrees with the general path', () => {
+    const limits = { maxDurationNanos: 86_400e9, minStartMs: 0, maxFutureMs: 1e12, now: () => NOW };
+    for (const g of generateSpans(300, { seed: 13, errorRate: 0.2 })) {
+      const canonical = { ...g } as Record<string, unknown>;
+      assert.equal(flatSpan(canonical, limits), canonical, 'canonical input is reused, not copied');
+      const { extra: _, ...general } = flatSpan(
+        { ...g, extra: 1 } as Record<string, unknown>,
+        limits,
+      ) as unknown as Record<string, unknown>;
+      assert.deepEqual(canonical, general);
+    }
+    const g = [...generateSpans(1, { seed: 1 })][0]!;
+    const wrong = { ...g, durationNano: '5' } as Record<string, unknown>;
+    assert.equal(flatSpan(wrong, limits).durationNano, g.durationNano, 'a wrong durationNano is corrected');
+    const upper = flatSpan({ ...g, traceId: g.traceId.toUpperCase() } as Record<string, unknown>, limits);
+    assert.equal(upper.traceId, g.traceId);
+    assert.equal(
+      flatSpan({ ...g, parentSpanId: '0000000000000000' } as Record<string, unknown>, limits).parentSpanId,
+      '',
+    );
+    assert.throws(
+      () => flatSpan({ ...g, endTimeUnixNano: '1' } as Record<string, unknown>, limits),
+      /before startTimeUnixNano/,
+    );
+  });
+
   it('normalises flat spans: numeric kind, KeyValue attributes, serviceName from the resource', () => {
     const s = flatSpan(
       {
