@@ -43,16 +43,37 @@ export interface SamplingMark {
   probability: number;
 }
 
+/** The hash seed behind each mark, to tell nested samples (same seed) from independent ones. */
+const markSeeds = new WeakMap<object, number>();
+
+/** A shared, frozen `sampling` value for the spans a policy keeps, remembering the hash seed it used. */
+export function samplingMark(policy: string, probability: number, seed: number): Readonly<SamplingMark> {
+  const mark = Object.freeze({ policy, probability });
+  markSeeds.set(mark, seed);
+  return mark;
+}
+
 /**
- * Records on a kept span which policy kept it; a second sampler multiplies the probabilities. `mark` is the
- * sampler's shared (frozen) object for this policy, used as is when the span carries no earlier mark.
+ * Records on a kept span which policy kept it. A span already marked by an earlier sampler gets both policy
+ * names and their joint probability: the smaller one when both hashed the traceId with the same seed (the
+ * samples are nested: a 25 % sample lies inside a 50 % one), the product otherwise (independent samples).
  */
 export function markSampled(value: Record<string, unknown>, mark: Readonly<SamplingMark>): void {
   const prior = value.sampling as SamplingMark | undefined;
-  value.sampling =
-    prior && typeof prior.probability === 'number'
-      ? { policy: `${prior.policy}/${mark.policy}`, probability: prior.probability * mark.probability }
-      : mark;
+  if (prior === undefined || prior === null || typeof prior.probability !== 'number') {
+    value.sampling = mark;
+    return;
+  }
+  const seed = markSeeds.get(mark);
+  const nested = seed !== undefined && markSeeds.get(prior) === seed;
+  const combined = {
+    policy: `${prior.policy}/${mark.policy}`,
+    probability: nested
+      ? Math.min(prior.probability, mark.probability)
+      : prior.probability * mark.probability,
+  };
+  if (nested) markSeeds.set(combined, seed);
+  value.sampling = combined;
 }
 
 export class HeadSampler implements Processor {
@@ -75,7 +96,7 @@ export class HeadSampler implements Processor {
     });
     this.kept = { processor: name, decision: 'kept' };
     this.dropped = { processor: name, decision: 'dropped' };
-    this.mark = Object.freeze({ policy: name, probability: config.probability });
+    this.mark = samplingMark(name, config.probability, this.seed);
   }
 
   process(events: PipelineEvent[]): PipelineEvent[] {

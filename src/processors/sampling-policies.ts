@@ -16,6 +16,7 @@
  */
 import { z } from 'zod';
 import { type Condition, compileCondition } from './conditions.js';
+import { samplingMark } from './head-sampling.js';
 
 const policyName = z
   .string()
@@ -173,8 +174,8 @@ export interface Decision {
   readonly mark: Readonly<{ policy: string; probability: number }>;
 }
 
-function decision(keep: boolean, policy: string, probability: number): Decision {
-  return Object.freeze({ keep, policy, probability, mark: Object.freeze({ policy, probability }) });
+function decision(keep: boolean, policy: string, probability: number, seed = 0): Decision {
+  return Object.freeze({ keep, policy, probability, mark: samplingMark(policy, probability, seed) });
 }
 
 export const NO_MATCH: Decision = decision(false, '', 0);
@@ -257,7 +258,11 @@ function compileLeaf(
  * Compiles the policy list. Attribute policies (also inside composites) get one bit each, in order of
  * appearance; `attributeConditions[i]` are the conditions for bit 1 << i.
  */
-export function compilePolicies(configs: readonly TailPolicyConfig[]): {
+export function compilePolicies(
+  configs: readonly TailPolicyConfig[],
+  /** The traceId hash seed the sampler uses (recorded on the marks it sets). */
+  seed = 0,
+): {
   policies: CompiledPolicy[];
   attributeConditions: Condition[][];
 } {
@@ -270,8 +275,8 @@ export function compilePolicies(configs: readonly TailPolicyConfig[]): {
   const leaf = (c: LeafConfig): CompiledPolicy & { probability: number; rate?: number } => {
     const base = compileLeaf(c, attributeBit);
     if (base.spanConditions) attributeConditions.push([...base.spanConditions]);
-    const kept = decision(true, c.name, base.probability);
-    const dropped = decision(false, c.name, 0);
+    const kept = decision(true, c.name, base.probability, seed);
+    const dropped = decision(false, c.name, 0, seed);
     const window: RateWindow = { second: 0, used: 0 };
     return {
       ...base,
@@ -292,11 +297,11 @@ export function compilePolicies(configs: readonly TailPolicyConfig[]): {
     const members = c.policies.map((m) => {
       const compiled = leaf(m as LeafConfig);
       const allocated = Math.max(1, Math.floor(c.maxSpansPerSecond * (m.share ?? rest)));
-      const kept = decision(true, `${c.name}.${m.name}`, compiled.probability);
+      const kept = decision(true, `${c.name}.${m.name}`, compiled.probability, seed);
       return { compiled, allocated, kept, window: { second: 0, used: 0 } as RateWindow };
     });
     const total: RateWindow = { second: 0, used: 0 };
-    const dropped = decision(false, c.name, 0);
+    const dropped = decision(false, c.name, 0, seed);
     return {
       name: c.name,
       early: false,

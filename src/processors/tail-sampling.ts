@@ -203,10 +203,10 @@ export class TailSampler implements Processor {
     private readonly now: () => number = Date.now,
     private readonly onError: (err: unknown) => void = () => undefined,
   ) {
-    const compiled = compilePolicies(config.policies as TailPolicyConfig[]);
+    this.seed = saltSeed(config.hashSalt);
+    const compiled = compilePolicies(config.policies as TailPolicyConfig[], this.seed);
     this.policies = compiled.policies;
     this.attributeConditions = compiled.attributeConditions;
-    this.seed = saltSeed(config.hashSalt);
     const seed = this.seed;
     this.sample = (traceId) => (p) => inSample(traceId, p, seed);
     this.labels = { processor: name };

@@ -103,6 +103,38 @@ describe('head_sampling', () => {
     }
     assert.deepEqual(a[0]!.value.sampling, { policy: 'head', probability: 0.25 });
   });
+
+  it('head then tail sampling: nested samples (same salt) keep the smaller probability, independent ones multiply', async () => {
+    const w = traceWorkload({ traces: 2_000, seed: 61, errorRate: 0 });
+    const run = (tailSalt: string) => {
+      const head = new HeadSampler(
+        'head',
+        headSamplingConfigSchema.parse({ type: 'head_sampling', probability: 0.5 }),
+        createRegistry(false),
+      );
+      const tail = new TailSampler(
+        'tail',
+        tailSamplingConfigSchema.parse({
+          type: 'tail_sampling',
+          hashSalt: tailSalt,
+          policies: [{ name: 'rest', type: 'probabilistic', probability: 0.5 }],
+        }),
+        createRegistry(false),
+      );
+      return tail.process(head.process(w.deliveries.map((d) => spanEvent(d.span, new AckLedger().ack()))));
+    };
+    const spans = w.deliveries.length;
+    const nested = run('');
+    for (const e of nested) assert.deepEqual(e.value.sampling, { policy: 'head/rest', probability: 0.5 });
+    assert.ok(withinBinomial(nested.length / 5, spans / 5, 0.5), `nested: ${nested.length} of ${spans}`);
+    const independent = run('other');
+    for (const e of independent)
+      assert.deepEqual(e.value.sampling, { policy: 'head/rest', probability: 0.25 });
+    assert.ok(
+      withinBinomial(independent.length / 5, spans / 5, 0.25),
+      `independent: ${independent.length} of ${spans}`,
+    );
+  });
 });
 
 describe('tail_sampling', () => {
