@@ -37,6 +37,8 @@ function typeOf(s: JsonSchema): string {
   if (s.const !== undefined) return `\`${JSON.stringify(s.const)}\``;
   if (s.enum) return s.enum.map((v) => `\`${String(v)}\``).join(' | ');
   const alts = s.anyOf ?? s.oneOf;
+  const tags = alts && variantTags(alts);
+  if (tags) return `object by \`type\`: ${tags.map((t) => `\`${t}\``).join(' | ')}`;
   if (alts) return alts.map(typeOf).join(' or ');
   if (s.type === 'array') return `list of ${s.items ? typeOf(s.items) : 'any'}`;
   if (s.type === 'object' && !s.properties && typeof s.additionalProperties === 'object') {
@@ -72,10 +74,27 @@ function rows(s: JsonSchema, prefix: string, out: string[]): void {
       `| \`${path}\` | ${escapeCell(typeOf(prop))} | ${escapeCell(defaultOf(prop, required.has(name)))} | ${escapeCell(prop.description ?? '')} |`,
     );
     const inner = prop.type === 'array' ? prop.items : prop;
-    const objectAlt = (inner?.anyOf ?? inner?.oneOf)?.find((a) => a.properties);
+    const alts = inner?.anyOf ?? inner?.oneOf;
+    const childPath = prop.type === 'array' ? `${path}[]` : path;
+    // A union discriminated by `type:` (e.g. sampling policies): one block of rows per variant.
+    if (alts && variantTags(alts)) {
+      for (const alt of alts) {
+        const tag = `[type=${String(alt.properties!.type!.const)}]`;
+        rows(alt, `${path}${tag}`, out);
+      }
+      continue;
+    }
+    const objectAlt = alts?.find((a) => a.properties);
     const target = inner?.properties ? inner : objectAlt;
-    if (target?.properties) rows(target, prop.type === 'array' ? `${path}[]` : path, out);
+    if (target?.properties) rows(target, childPath, out);
   }
+}
+
+/** The `type` constants of a union whose members are all objects tagged by `type`, else undefined. */
+function variantTags(alts: JsonSchema[]): string[] | undefined {
+  if (alts.length < 2) return undefined;
+  const tags = alts.map((a) => a.properties?.type?.const);
+  return tags.every((t) => typeof t === 'string') ? (tags as string[]) : undefined;
 }
 
 function table(s: JsonSchema, prefix = ''): string {

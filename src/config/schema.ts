@@ -100,6 +100,20 @@ export const workerConfigSchema = z
   .strict()
   .superRefine((config, ctx) => {
     const sinkNames = Object.keys(config.sinks);
+    // Processors that emit their own events (red_metrics windows) name the sinks they go to.
+    config.processors.forEach((processor, i) => {
+      const targets = (processor as { sinks?: unknown }).sinks;
+      if (!Array.isArray(targets)) return;
+      targets.forEach((sink, j) => {
+        if (!sinkNames.includes(sink as string)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['processors', i, 'sinks', j],
+            message: `no sink is named "${sink}"; configured sinks: ${sinkNames.join(', ')}`,
+          });
+        }
+      });
+    });
     if (config.routing) {
       for (const { sink, path } of routedSinkNames(config.routing)) {
         if (!sinkNames.includes(sink)) {

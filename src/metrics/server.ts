@@ -1,10 +1,12 @@
 /**
- * The operations port: /metrics (Prometheus exposition), /healthz (the process is alive and its event
+ * The operations port: /metrics (Prometheus text format by default; OpenMetrics, with exemplars, when the
+ * scraper's Accept header prefers it, as Prometheus does), /healthz (the process is alive and its event
  * loop turns) and /readyz (the worker started and is not shutting down). Kept apart from any data path.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import { OPENMETRICS_CONTENT_TYPE, openMetricsText, wantsOpenMetrics } from './openmetrics.js';
 
 export interface OpsServer {
   readonly address: { host: string; port: number };
@@ -24,8 +26,16 @@ export async function startOpsServer(opts: {
       return;
     }
     if (url === '/metrics') {
-      opts.registry.metrics().then(
-        (body) => res.writeHead(200, { 'content-type': opts.registry.contentType }).end(body),
+      const openMetrics = wantsOpenMetrics(req.headers.accept);
+      const body = openMetrics ? openMetricsText(opts.registry) : opts.registry.metrics();
+      body.then(
+        (text) =>
+          res
+            .writeHead(200, {
+              'content-type': openMetrics ? OPENMETRICS_CONTENT_TYPE : opts.registry.contentType,
+              vary: 'Accept',
+            })
+            .end(text),
         (err: Error) =>
           res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${err.message}\n`),
       );

@@ -4,8 +4,24 @@
  */
 import type { z } from 'zod';
 import type { ComponentContext, ComponentDefinition, Processor } from '../core/component.js';
+import { createHeadSampler, headSamplingConfigSchema } from './head-sampling.js';
+import { createOtelSpans, otelSpansConfigSchema } from './otel-spans.js';
+import { createRedMetrics, redMetricsConfigSchema } from './red-metrics.js';
+import { createTailSampler, tailSamplingConfigSchema } from './tail-sampling.js';
 
-export const processorRegistry = {} as const satisfies Record<string, ComponentDefinition<never, Processor>>;
+function definition<T>(
+  schema: z.ZodType<T>,
+  create: (name: string, config: T, ctx: ComponentContext) => Processor,
+): ComponentDefinition<T, Processor> {
+  return { description: schema.description ?? '', schema, create };
+}
+
+export const processorRegistry = {
+  otel_spans: definition(otelSpansConfigSchema, createOtelSpans),
+  red_metrics: definition(redMetricsConfigSchema, createRedMetrics),
+  head_sampling: definition(headSamplingConfigSchema, createHeadSampler),
+  tail_sampling: definition(tailSamplingConfigSchema, createTailSampler),
+} as const;
 
 export type ProcessorConfig = z.infer<(typeof processorRegistry)[keyof typeof processorRegistry]['schema']>;
 

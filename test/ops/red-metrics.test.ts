@@ -1,0 +1,164 @@
+/**
+ * The span processors' metrics as Prometheus sees them: the plain-text exposition (RED series, overflow
+ * series, tail-sampling gauges) passes `promtool check metrics`; a real Prometheus with exemplar storage
+ * scrapes the OpenMetrics exposition, answers RED queries with the exact counts, and returns exemplars
+ * whose trace_id is one of the spans' trace ids.
+ */
+import assert from 'node:assert/strict';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Ack } from '../../src/core/ack.js';
+import { freePort } from '../../src/local/emulators.js';
+import { createRegistry } from '../../src/metrics/registry.js';
+import { type OpsServer, startOpsServer } from '../../src/metrics/server.js';
+import { RedMetricsProcessor, redMetricsConfigSchema } from '../../src/processors/red-metrics.js';
+import { TailSampler, tailSamplingConfigSchema } from '../../src/processors/tail-sampling.js';
+import { generateSpans } from '../../src/producer/synthetic-spans.js';
+import { waitFor } from '../helpers/stack.js';
+import { spanEvent } from '../helpers/traces.js';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+const BIN = process.env.KSW_OPS_BIN ?? path.join(ROOT, '.local/ops/bin');
+const KNOWN_DEFAULT_METRIC_LINT = [
+  'ksw_nodejs_active_handles_total',
+  'ksw_nodejs_active_requests_total',
+  'ksw_nodejs_active_resources_total',
+];
+
+describe('RED metrics in a real Prometheus (OpenMetrics, exemplars)', () => {
+  const spans = [...generateSpans(3_000, { seed: 5, errorRate: 0.1 })];
+  const traceIds = new Set(spans.map((s) => s.traceId));
+  const dir = mkdtempSync(path.join(tmpdir(), 'ksw-red-ops-'));
+  let server: OpsServer;
+  let prometheus: ChildProcess | undefined;
+  let promUrl = '';
+
+  before(async () => {
+    const metrics = createRegistry(true);
+    metrics.setDefaultLabels({ app: 'red-ops' });
+    const red = new RedMetricsProcessor(
+      'red_metrics',
+      redMetricsConfigSchema.parse({ type: 'red_metrics', dimensions: ['http.route'], maxSeries: 30 }),
+      metrics,
+    );
+    const tail = new TailSampler(
+      'tail_sampling',
+      tailSamplingConfigSchema.parse({
+        type: 'tail_sampling',
+        policies: [{ name: 'errors', type: 'status_code' }],
+      }),
+      metrics,
+    );
+    const out = tail.process(red.process(spans.map((s) => spanEvent(s, new Ack(() => undefined)))));
+    for (const e of out) e.ack.done();
+    server = await startOpsServer({ host: '127.0.0.1', port: 0, registry: metrics, ready: () => true });
+    const promPort = await freePort();
+    mkdirSync(path.join(dir, 'data'), { recursive: true });
+    writeFileSync(
+      path.join(dir, 'prometheus.yml'),
+      [
+        'global: { scrape_interval: 1s }',
+        'scrape_configs:',
+        '  - job_name: red',
+        `    static_configs: [{ targets: ["127.0.0.1:${server.address.port}"] }]`,
+      ].join('\n'),
+    );
+    prometheus = spawn(
+      path.join(BIN, 'prometheus'),
+      [
+        `--config.file=${path.join(dir, 'prometheus.yml')}`,
+        `--storage.tsdb.path=${path.join(dir, 'data')}`,
+        `--web.listen-address=127.0.0.1:${promPort}`,
+        '--enable-feature=exemplar-storage',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let log = '';
+    prometheus.stderr?.on('data', (d) => {
+      log = (log + String(d)).slice(-4000);
+    });
+    promUrl = `http://127.0.0.1:${promPort}`;
+    await waitFor(
+      async () => (await fetch(`${promUrl}/-/ready`).catch(() => undefined))?.ok === true,
+      30_000,
+      `Prometheus ready (log: ${log})`,
+    );
+  });
+
+  after(async () => {
+    if (prometheus?.pid) {
+      prometheus.kill('SIGTERM');
+      await new Promise((r) => prometheus!.once('exit', r));
+    }
+    await server?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('the plain-text exposition passes promtool check metrics', async () => {
+    const text = await (await fetch(`http://127.0.0.1:${server.address.port}/metrics`)).text();
+    assert.match(text, /otel_metric_overflow="true"/);
+    assert.match(text, /^ksw_tail_sampling_budget_bytes\{/m);
+    assert.ok(existsSync(path.join(BIN, 'promtool')), `no promtool in ${BIN}: run npm run test:ops`);
+    let output = '';
+    try {
+      execFileSync(path.join(BIN, 'promtool'), ['check', 'metrics'], {
+        input: text,
+        encoding: 'utf8',
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+    } catch (err) {
+      const e = err as { stdout?: string; stderr?: string };
+      output = `${e.stdout ?? ''}${e.stderr ?? ''}`;
+    }
+    const problems = output
+      .split('\n')
+      .filter((l) => l.trim() !== '' && !KNOWN_DEFAULT_METRIC_LINT.includes(l.split(' ')[0]!));
+    assert.deepEqual(problems, []);
+  });
+
+  it('Prometheus scrapes OpenMetrics: exact RED counts and trace_id exemplars', async () => {
+    const q = async (expr: string) =>
+      (await (await fetch(`${promUrl}/api/v1/query?query=${encodeURIComponent(expr)}`)).json()) as {
+        data: { result: Array<{ value: [number, string] }> };
+      };
+    await waitFor(
+      async () => (await q('sum(ksw_red_requests_total)')).data.result[0]?.value[1] === String(spans.length),
+      30_000,
+      'RED requests in Prometheus',
+    );
+    const errors = spans.filter((s) => s.status.code === 2).length;
+    assert.equal((await q('sum(ksw_red_errors_total)')).data.result[0]?.value[1], String(errors));
+    assert.equal(
+      (await q('sum(ksw_red_duration_seconds_count)')).data.result[0]?.value[1],
+      String(spans.length),
+    );
+    const headers = await fetch(`http://127.0.0.1:${server.address.port}/metrics`, {
+      headers: { accept: 'application/openmetrics-text; version=1.0.0' },
+    });
+    assert.match(headers.headers.get('content-type') ?? '', /openmetrics/);
+    let exemplars: Array<{
+      seriesLabels: Record<string, string>;
+      exemplars: Array<{ labels: { trace_id: string } }>;
+    }> = [];
+    await waitFor(
+      async () => {
+        const now = Date.now() / 1000;
+        const res = (await (
+          await fetch(
+            `${promUrl}/api/v1/query_exemplars?query=${encodeURIComponent('ksw_red_duration_seconds_bucket')}&start=${now - 600}&end=${now + 60}`,
+          )
+        ).json()) as { data: typeof exemplars };
+        exemplars = res.data ?? [];
+        return exemplars.length > 0;
+      },
+      30_000,
+      'exemplars in Prometheus',
+    );
+    const ids = exemplars.flatMap((e) => e.exemplars.map((x) => x.labels.trace_id));
+    assert.ok(ids.length > 0);
+    for (const id of ids) assert.ok(traceIds.has(id), `exemplar trace_id ${id} is a produced trace`);
+  });
+});
