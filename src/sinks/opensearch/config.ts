@@ -129,7 +129,10 @@ export const openSearchSinkConfigSchema = z
     index: z
       .string()
       .min(1)
-      .regex(/^[^A-Z\\/*?"<>| ,#:]+$/, 'lowercase, without \\ / * ? " < > | , # : or spaces')
+      .refine(
+        (index) => /^[^A-Z\\/*?"<>| ,#:{}%]+$/.test(index.replace(/%\{[^}]*\}/g, 'x')),
+        'lowercase, without \\ / * ? " < > | , # : or spaces (outside %{date} patterns)',
+      )
       .describe(
         'Target index. Date patterns `%{yyyy.MM.dd}` (also yyyy, MM, dd, HH, and ISO week `xxxx.ww`) are filled ' +
           'from the document time (`timestampField`) in UTC, never from processing time, so a replay lands in the ' +

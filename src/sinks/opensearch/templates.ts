@@ -100,6 +100,8 @@ export const RED_WINDOW_MAPPINGS = {
     {
       dimensions_as_keywords: {
         path_match: 'dimensions.*',
+        // Strings only: a dotted key such as "http.route" makes an intermediate object `dimensions.http`.
+        match_mapping_type: 'string',
         mapping: { type: 'keyword', ignore_above: 1024 },
       },
     },
