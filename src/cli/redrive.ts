@@ -183,10 +183,8 @@ export async function redrive(
         continue;
       }
       if (replays.length > 0) {
-        await sink.openShard?.(
-          { stream: replays[0]!.event.origin.stream, shardId: replays[0]!.event.origin.shardId },
-          undefined,
-        );
+        // No openShard: a sink's replay detection (Parquet acks positions covered by committed objects)
+        // must not mistake a letter that never made it into an object for one that did.
         await sink.write(replays.map((r) => r.event));
         await sink.flush();
       }

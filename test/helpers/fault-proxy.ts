@@ -79,12 +79,12 @@ export function rejectBulkItems(
       if (upstreamStatus !== 200) return { status: upstreamStatus, body };
       const parsed = JSON.parse(body.toString('utf8')) as {
         errors?: boolean;
-        items?: Array<Record<string, any>>;
+        items?: Array<Record<string, Record<string, unknown>>>;
       };
       let changed = false;
       (parsed.items ?? []).forEach((item, i) => {
         if (!pick(i)) return;
-        const result = Object.values(item)[0] as Record<string, unknown>;
+        const result = Object.values(item)[0]!;
         result.status = status;
         result.error = { type, reason: `injected: rejected execution of item ${i}` };
         changed = true;
