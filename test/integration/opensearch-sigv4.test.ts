@@ -231,8 +231,24 @@ describe('SigV4 signing of OpenSearch requests', () => {
     assert.equal(captured[0]!.method, 'GET');
     assert.equal(new URL(captured[0]!.url, endpoint).pathname, '/2021-01-01/opensearch/domain/traces');
     const v = verifySignature(captured[0]!, CREDENTIALS.secretAccessKey);
+    assert.equal(v.signature, v.expected);
     assert.equal(v.service, 'es');
     assert.equal(v.region, 'eu-west-1');
+
+    // The sink's connect path: domainName instead of endpoint.
+    const os = await OpenSearchService.connect(
+      openSearchSinkConfigSchema.parse({
+        type: 'opensearch',
+        domainName: 'traces',
+        index: 'traces',
+        auth: { type: 'aws_sigv4', service: 'es' },
+      }),
+      { region: async () => 'eu-west-1', credentials: async () => CREDENTIALS },
+      silentLogger,
+      { domainLookupEndpoint: endpoint },
+    );
+    assert.equal(os.endpoint, 'https://search-traces-abc123.eu-west-1.es.amazonaws.com');
+    await os.close();
 
     answer = () => ({
       status: 200,

@@ -363,6 +363,14 @@ describe('config', () => {
     );
     assert.match(issues({ ...base, endpoint: 'http://x', index: 'Traces' }).join('\n'), /index: lowercase/);
     assert.match(
+      issues({ ...base, endpoint: 'http://x', index: 't-%{yyyy.MMM}' }).join('\n'),
+      /index: .*unsupported date pattern/,
+    );
+    assert.match(
+      issues({ ...base, endpoint: 'http://x', documentId: { template: '{$shardId}' } }).join('\n'),
+      /documentId: unknown id placeholder \{\$shardId\}/,
+    );
+    assert.match(
       issues({
         ...base,
         endpoint: 'http://x',

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { checkIndexPattern, compileDocumentId } from './naming.js';
 
 const MiB = 1024 * 1024;
 
@@ -317,6 +318,16 @@ export const openSearchSinkConfigSchema = z
   })
   .strict()
   .superRefine((config, ctx) => {
+    try {
+      checkIndexPattern(config.index);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', path: ['index'], message: (err as Error).message });
+    }
+    try {
+      compileDocumentId(config.documentId);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', path: ['documentId'], message: (err as Error).message });
+    }
     if (!config.endpoint === !config.domainName) {
       ctx.addIssue({
         code: 'custom',
