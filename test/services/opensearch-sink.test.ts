@@ -207,6 +207,20 @@ describe('OpenSearch sink against a real OpenSearch node', { timeout: 600_000 },
     assert.equal(doc.body._source['@timestamp'], '2024-05-06T07:08:09.000Z', 'arrival time by default');
   });
 
+  it('writes through a write alias (rollover-managed indices)', async () => {
+    const created = await node.request('PUT', '/spans-alias-000001', {
+      settings: { index: { number_of_replicas: 0 } },
+      aliases: { 'spans-alias-write': { is_write_index: true } },
+    });
+    assert.equal(created.status, 200, JSON.stringify(created.body));
+    const h = harness('spans-alias', { endpoint: node.endpoint, index: 'spans-alias-write' }, s3.aws);
+    await h.write(Array.from({ length: 5 }, (_, i) => span(i)));
+    await h.sink.flush();
+    await h.sink.close();
+    assert.equal(h.acked.length, 5);
+    assert.equal(await countDocuments(node, 'spans-alias-000001'), 5, 'documents land in the write index');
+  });
+
   it('dead-letters a mapping conflict at once with the server reason; the rest of the bulk is indexed', async () => {
     const h = harness(
       'spans-c',
@@ -280,7 +294,12 @@ describe('OpenSearch sink against a real OpenSearch node', { timeout: 600_000 },
     await h.sink.close();
     assert.equal(h.acked.length, 30);
     assert.equal(new Set(h.acked).size, 30, 'no ack completed twice');
-    assert.deepEqual(itemsPerRequest, [30, 10], 'the retry carries only the 10 rejected items');
+    assert.equal(itemsPerRequest[0], 30);
+    assert.equal(
+      itemsPerRequest.slice(1).reduce((a, b) => a + b, 0),
+      10,
+      `the retries carry only the 10 rejected items (${itemsPerRequest.join(', ')})`,
+    );
     assert.equal(await countDocuments(node, 'spans-d'), 30);
     assert.equal(await h.metric('ksw_opensearch_retries_total', { status_class: '429' }), 10);
     // The rejected items had in fact been indexed by the node: their create answers 409 = success.

@@ -492,10 +492,11 @@ export class OpenSearchSink implements Sink {
     this.retryTimer = undefined;
     this.retryTimerAt = Number.POSITIVE_INFINITY;
     if (this.abort.signal.aborted) return;
-    const now = Date.now();
+    // Items due within a few ms of each other (the failures of one bulk answer) go out in one request.
+    const horizon = Date.now() + Math.min(50, this.config.retry.initialBackoffMs);
     let next = Number.POSITIVE_INFINITY;
     for (const [item, due] of this.retrying) {
-      if (due <= now) {
+      if (due <= horizon) {
         this.retrying.delete(item);
         this.pending.push(item);
         this.pendingBytes += item.bytes;
