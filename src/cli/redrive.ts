@@ -16,7 +16,7 @@ import {
   PutObjectCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import type { Logger } from 'pino';
+import pino, { type Logger } from 'pino';
 import type { WorkerConfig } from '../config/schema.js';
 import { Ack } from '../core/ack.js';
 import { createAwsClients } from '../core/aws.js';
@@ -255,7 +255,8 @@ export async function redriveCommand(args: string[]): Promise<number> {
   const config = loadConfig(values.config);
   const bucket = values.bucket ?? config.dlq.bucket;
   const prefix = values.prefix ?? config.dlq.prefix;
-  const logger = createLogger(config.log.level, `${config.app.name}-redrive`);
+  // Logs go to stderr: stdout carries only the JSON summary, for scripts.
+  const logger = createLogger(config.log.level, `${config.app.name}-redrive`, pino.destination(2));
   const summary = await redrive(
     config,
     {
