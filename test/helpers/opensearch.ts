@@ -47,10 +47,10 @@ export async function startOpenSearch(): Promise<OpenSearchNode> {
   );
   let output = '';
   const actualPort = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`OpenSearch did not start within 180 s:\n${output.slice(-2000)}`)),
-      180_000,
-    );
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL'); // never leave a JVM behind
+      reject(new Error(`OpenSearch did not start within 180 s:\n${output.slice(-2000)}`));
+    }, 180_000);
     const onData = (chunk: Buffer) => {
       output += chunk.toString();
       if (output.length > 200_000) output = output.slice(-100_000);

@@ -85,7 +85,15 @@ describe('OpenSearch sink end to end from Kinesis', { timeout: 900_000 }, () => 
   let node: OpenSearchNode;
 
   before(async () => {
-    [t, node] = await Promise.all([startTestStack(), startOpenSearch()]);
+    // Assigned one by one, so `after` stops whichever started even when the other failed.
+    await Promise.all([
+      startTestStack().then((x) => {
+        t = x;
+      }),
+      startOpenSearch().then((n) => {
+        node = n;
+      }),
+    ]);
   });
   after(async () => {
     await Promise.all([t?.stop(), node?.stop()]);

@@ -104,7 +104,15 @@ describe('OpenSearch sink against a real OpenSearch node', { timeout: 600_000 },
   const proxies: FaultProxy[] = [];
 
   before(async () => {
-    [node, s3] = await Promise.all([startOpenSearch(), startS3Only(['offload-bucket'])]);
+    // Assigned one by one, so `after` stops whichever started even when the other failed.
+    await Promise.all([
+      startOpenSearch().then((n) => {
+        node = n;
+      }),
+      startS3Only(['offload-bucket']).then((x) => {
+        s3 = x;
+      }),
+    ]);
   });
   after(async () => {
     for (const p of proxies) await p.stop();
