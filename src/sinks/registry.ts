@@ -1,11 +1,13 @@
 import type { z } from 'zod';
 import type { ComponentContext, DeadLetterQueue, Sink } from '../core/component.js';
+import { openSearchSinkDefinition } from './opensearch/index.js';
 import { s3DeadLetterDefinition } from './s3-dead-letter.js';
 import { parquetSinkDefinition } from './s3-parquet/index.js';
 
 /** Sink types by `type:`. */
 export const sinkRegistry = {
   s3_parquet: parquetSinkDefinition,
+  opensearch: openSearchSinkDefinition,
 } as const;
 
 /** Dead-letter queue types by `type:`. */

