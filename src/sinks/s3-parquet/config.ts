@@ -311,7 +311,9 @@ export const parquetSinkConfigSchema = z
       })
       .prefault({})
       .describe(
-        'When to close a file; each (partition, shard) has its own file. Rows and bytes are deterministic (a replay ' +
+        'When to close a file; each (partition, shard) has its own file. Rows and bytes are checked between records ' +
+          '(the events of one record stay in one file, so a file may exceed a limit by the events of one record). ' +
+          'Rows and bytes are deterministic (a replay ' +
           'rolls at the same events, so it writes the same keys); age and the memory cap depend on timing, so after ' +
           'a crash they may cut files elsewhere: keys differ, but every record is still in exactly one file.',
       ),

@@ -410,7 +410,8 @@ export class S3ParquetSink implements Sink {
         this.metrics.quarantined.inc(this.labels);
       }
       let buffer = this.buffer(origin, derived, quarantine ? null : partition, quarantine);
-      if (buffer.rows.length >= maxFileRows || buffer.bytes >= maxFileBytes) {
+      // Size limits are checked between records: the events of one record stay in one file.
+      if ((buffer.rows.length >= maxFileRows || buffer.bytes >= maxFileBytes) && !continuesRecord(buffer, origin)) {
         this.roll(buffer, buffer.rows.length >= maxFileRows ? 'rows' : 'bytes');
         await this.waitForCapacity();
         // The partition may have been closed meanwhile (and others opened): decide again.
@@ -754,6 +755,16 @@ export class S3ParquetSink implements Sink {
 
 function bufferId(origin: ShardRef, derived: boolean, partition: string | null, quarantine: boolean): string {
   return `${origin.stream}\n${origin.shardId}\n${derived ? 'd' : 'e'}${quarantine ? 'q' : 'p'}\n${partition ?? ''}`;
+}
+
+/** True when the buffer's last row comes from the same record as `origin`. */
+function continuesRecord(buffer: FileBuffer, origin: RecordOrigin): boolean {
+  const last = buffer.rows[buffer.rows.length - 1];
+  return (
+    last !== undefined &&
+    last[SEQUENCE_CELL] === origin.sequenceNumber &&
+    Number(last[SUB_SEQUENCE_CELL] as bigint) === origin.subSequenceNumber
+  );
 }
 
 function positionOf(row: Cell[]): EventPosition {
