@@ -287,7 +287,7 @@ export class RowBuilder {
   constructor(columns: readonly ParquetColumnConfig[], recordColumn: string | false, recordContent: 'all' | 'rest' = 'all') {
     this.extractors = columns.map(extractor);
     this.recordColumn = recordColumn !== false;
-    this.restPaths = recordContent === 'rest' ? this.extractors.map((e) => e.path) : undefined;
+    this.restPaths = recordContent === 'rest' ? columns.flatMap((c) => takenPaths(c, [])) : undefined;
     this.columns = [
       ...METADATA_COLUMNS.map((name) => ({ name, ...METADATA[name] })),
       ...columns.map(tableColumnOf),
@@ -323,6 +323,13 @@ export class RowBuilder {
     }
     return { ok: true, row };
   }
+}
+
+/** The paths a column stores: its own, or for a struct the paths of its fields (what it does not declare stays). */
+function takenPaths(spec: TypeSpec & { name: string; path?: string }, prefix: readonly string[]): string[][] {
+  const path = [...prefix, ...(spec.path ?? spec.name).split('.')];
+  if (spec.type !== 'struct') return [path];
+  return spec.fields!.flatMap((f) => takenPaths(f, path));
 }
 
 /**

@@ -381,7 +381,7 @@ export const parquetSinkConfigSchema = z
       .default('all')
       .describe(
         'What `recordColumn` holds: all = the whole event; rest = the event without the values taken by `columns` ' +
-          '(and without objects left empty by that), so nothing is stored twice.',
+          '(a struct column takes only its declared fields; objects left empty are dropped), so nothing is stored twice.',
       ),
     registration: registrationSchema.optional(),
     uploadConcurrency: z
