@@ -298,8 +298,9 @@ export const parquetSinkConfigSchema = z
           .min(1)
           .default(128 * MiB)
           .describe(
-            'Roll a file once the bytes of the events buffered for it reach this (default 128 MiB; Parquet is ' +
-              'several times smaller).',
+            'Roll a file once its buffered rows take this many bytes of memory (estimated from the rows: text ' +
+              'length plus a per-value overhead; the same estimate the memory cap uses). Default 128 MiB; the ' +
+              'Parquet file is several times smaller.',
           ),
         maxFileRows: z.number().int().min(1).default(1_000_000).describe('Roll a file once it holds this many rows.'),
         maxFileAgeMs: z
