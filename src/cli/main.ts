@@ -5,6 +5,7 @@
  *   ksw validate -c config.yaml   check a config; print every problem with its field and a fix
  *   ksw demo                      embedded local stack + synthetic producer + worker, then a summary
  *   ksw produce --stream S ...    put records from a file/stdin, offloading large ones to S3
+ *   ksw ddl -c config.yaml --sink NAME   print the Athena/Glue CREATE EXTERNAL TABLE of a Parquet sink
  */
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/errors.js';
@@ -18,6 +19,9 @@ commands:
   demo [--records N] [--shards N] [--dir PATH]
                      start Kinesis, S3 and DynamoDB emulators on 127.0.0.1, produce synthetic spans,
                      run the worker, verify the Parquet output with DuckDB, print a summary
+  ddl -c FILE --sink NAME [--table T] [--database D] [--projection-start YYYY-MM-DD]
+                     print the Athena/Glue CREATE EXTERNAL TABLE (with partition projection) for an
+                     s3_parquet sink's schema and partitioning
   produce --stream NAME [--file PATH] [--offload-bucket B] ...
                      put records to a stream; records over 900 KiB go to S3 with a pointer (claim
                      check) or are split into chunks (ksw produce --help)
@@ -78,6 +82,44 @@ async function validate(args: string[]): Promise<number> {
   return 0;
 }
 
+async function ddl(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: 'string', short: 'c' },
+      sink: { type: 'string' },
+      table: { type: 'string' },
+      database: { type: 'string' },
+      'projection-start': { type: 'string' },
+    },
+    allowPositionals: false,
+  });
+  if (!values.config) {
+    process.stderr.write('ddl: missing -c/--config FILE\n');
+    return 2;
+  }
+  const { loadConfig } = await import('../config/load.js');
+  const { createTableDdl } = await import('../sinks/s3-parquet/ddl.js');
+  const config = loadConfig(values.config);
+  const parquet = Object.entries(config.sinks).filter(([, s]) => s.type === 's3_parquet');
+  const name = values.sink ?? (parquet.length === 1 ? parquet[0]![0] : undefined);
+  const sink = parquet.find(([n]) => n === name)?.[1];
+  if (!sink) {
+    process.stderr.write(
+      `ddl: name an s3_parquet sink with --sink (${parquet.map(([n]) => n).join(', ') || 'none configured'})\n`,
+    );
+    return 2;
+  }
+  process.stdout.write(
+    createTableDdl(sink, {
+      table: values.table ?? name!,
+      database: values.database,
+      projectionStart: values['projection-start'],
+    }),
+  );
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   try {
@@ -90,6 +132,8 @@ export async function main(argv: string[]): Promise<number> {
         const { demoCommand } = await import('./demo.js');
         return await demoCommand(rest);
       }
+      case 'ddl':
+        return await ddl(rest);
       case 'config-docs': {
         const { configReference } = await import('../config/docs.js');
         process.stdout.write(configReference());
