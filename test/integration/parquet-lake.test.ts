@@ -73,7 +73,11 @@ function makeEvent(input: EventInput, ack = new Ack(() => {})): PipelineEvent {
   };
 }
 
-async function metricSum(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
+async function metricSum(
+  registry: Registry,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
   const metric = await registry.getSingleMetric(name)?.get();
   return (metric?.values ?? [])
     .filter((v) => !('metricName' in v) || v.metricName === name || v.metricName === undefined)
@@ -120,7 +124,12 @@ describe('S3 Parquet data lake (s3rver)', () => {
     return { ctx, dlq, registry };
   }
 
-  function sink(name: string, config: Record<string, unknown>, ctx: ComponentContext, registrar?: PartitionRegistrar) {
+  function sink(
+    name: string,
+    config: Record<string, unknown>,
+    ctx: ComponentContext,
+    registrar?: PartitionRegistrar,
+  ) {
     const parsed = parquetSinkConfigSchema.parse({
       type: 's3_parquet',
       bucket: BUCKET,
@@ -187,14 +196,26 @@ describe('S3 Parquet data lake (s3rver)', () => {
         traceState: 'k=v',
         name: 'ünïcødé 日本 🚀',
         status: { code: 2, message: 'boom — ошибка' },
-        attributes: { 'http.status_code': 503, 'http.route': '/api/cart', ok: false, tags: ['a', 'b'], big: 9223372036854775807n },
+        attributes: {
+          'http.status_code': 503,
+          'http.route': '/api/cart',
+          ok: false,
+          tags: ['a', 'b'],
+          big: 9223372036854775807n,
+        },
         resource: { 'service.name': 'cart', 'host.name': 'ip-10-0-0-1' },
         scope: { name: 'io.opentelemetry', version: '1.2.3' },
         events: [
-          { timeUnixNano: '1700000000123456999', name: 'exception', attributes: { 'exception.type': 'Timeout' } },
+          {
+            timeUnixNano: '1700000000123456999',
+            name: 'exception',
+            attributes: { 'exception.type': 'Timeout' },
+          },
           { timeUnixNano: 1700000000223456789n, name: 'retry', attributes: {} },
         ],
-        links: [{ traceId: 'ffffffffffffffffffffffffffffffff', spanId: '0000000000000001', attributes: { n: 1 } }],
+        links: [
+          { traceId: 'ffffffffffffffffffffffffffffffff', spanId: '0000000000000001', attributes: { n: 1 } },
+        ],
         sampling: { policy: 'errors', probability: 1 },
       },
       {
@@ -210,9 +231,14 @@ describe('S3 Parquet data lake (s3rver)', () => {
       },
       { ...base, spanId: 'empty-service', serviceName: '' },
     ];
-    const events = spans.map((value, i) => makeEvent({ sequence: 10 + i, value: value as unknown as Record<string, unknown> }));
+    const events = spans.map((value, i) =>
+      makeEvent({ sequence: 10 + i, value: value as unknown as Record<string, unknown> }),
+    );
     // A span whose start time is not a time: dead-lettered with the reason, the batch goes on.
-    const bad = makeEvent({ sequence: 20, value: { ...base, startTimeUnixNano: 'soon' } as unknown as Record<string, unknown> });
+    const bad = makeEvent({
+      sequence: 20,
+      value: { ...base, startTimeUnixNano: 'soon' } as unknown as Record<string, unknown>,
+    });
     await lake.write([...events, bad]);
     await lake.close();
     assert.deepEqual(
@@ -235,7 +261,12 @@ describe('S3 Parquet data lake (s3rver)', () => {
        ORDER BY _sequence_number`,
     );
     const text = (v: unknown) =>
-      typeof v === 'string' ? v : JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? Number.NaN : x)).replace('null', '9223372036854775807');
+      typeof v === 'string'
+        ? v
+        : JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? Number.NaN : x)).replace(
+            'null',
+            '9223372036854775807',
+          );
     const expectMap = (attrs: Record<string, unknown> | undefined) =>
       attrs === undefined ? null : Object.entries(attrs).map(([key, value]) => ({ key, value: text(value) }));
     const expected = spans.map((s, i) => ({
@@ -307,7 +338,16 @@ describe('S3 Parquet data lake (s3rver)', () => {
 
   test('red_metrics schema stores the RED window document; generic schema with declared nested columns and the rest as JSON', async () => {
     const { ctx, dlq } = context();
-    const red = sink('red', { prefix: 'red/', schema: 'red_metrics', compression: 'snappy', partitioning: { template: 'dt={yyyy}-{MM}-{dd}' } }, ctx);
+    const red = sink(
+      'red',
+      {
+        prefix: 'red/',
+        schema: 'red_metrics',
+        compression: 'snappy',
+        partitioning: { template: 'dt={yyyy}-{MM}-{dd}' },
+      },
+      ctx,
+    );
     const window: RedWindowDocument = {
       windowStart: '2025-11-22T10:00:00.000Z',
       windowEnd: '2025-11-22T10:00:20.000Z',
@@ -327,13 +367,20 @@ describe('S3 Parquet data lake (s3rver)', () => {
       sourceStream: STREAM,
       sourceShardId: SHARD,
     };
-    const windowEvent = makeEvent({ sequence: 30, value: window as unknown as Record<string, unknown>, derived: true });
+    const windowEvent = makeEvent({
+      sequence: 30,
+      value: window as unknown as Record<string, unknown>,
+      derived: true,
+    });
     await red.write([windowEvent]);
     await red.close();
     assert.ok(windowEvent.ack.completed);
     const redOut = await download('red/');
     assert.equal(redOut.keys.length, 1);
-    assert.match(redOut.keys[0]!, new RegExp(`^red/dt=2025-11-22/${STREAM}_${SHARD}_${seq(30)}_${seq(30)}_d[0-9a-f]{16}\\.parquet$`));
+    assert.match(
+      redOut.keys[0]!,
+      new RegExp(`^red/dt=2025-11-22/${STREAM}_${SHARD}_${seq(30)}_${seq(30)}_d[0-9a-f]{16}\\.parquet$`),
+    );
     assert.deepEqual(await list('red/_ksw/'), [], 'derived events are never replay-skipped: no manifest');
     const [redRow] = await duck(
       `SELECT * EXCLUDE (_arrival_time, _stream, _shard_id, _partition_key, _sequence_number, _sub_sequence_number, _event_index),
@@ -343,7 +390,10 @@ describe('S3 Parquet data lake (s3rver)', () => {
     const { windowStart: _s, windowEnd: _e, ws, we, dimensions, ...rest } = redRow!;
     assert.equal(`${ws}Z`, window.windowStart);
     assert.equal(`${we}Z`, window.windowEnd);
-    assert.deepEqual(dimensions, Object.entries(window.dimensions).map(([key, value]) => ({ key, value })));
+    assert.deepEqual(
+      dimensions,
+      Object.entries(window.dimensions).map(([key, value]) => ({ key, value })),
+    );
     const { windowStart: _ws, windowEnd: _we, dimensions: _d, ...plain } = window;
     assert.deepEqual(rest, {
       ...plain,
@@ -351,7 +401,9 @@ describe('S3 Parquet data lake (s3rver)', () => {
       errorCount: 5n,
       durationBucketCounts: window.durationBucketCounts.map(BigInt),
     });
-    const codec = await duck(`SELECT DISTINCT compression FROM parquet_metadata('${path.join(redOut.root, redOut.keys[0]!)}')`);
+    const codec = await duck(
+      `SELECT DISTINCT compression FROM parquet_metadata('${path.join(redOut.root, redOut.keys[0]!)}')`,
+    );
     assert.deepEqual(codec, [{ compression: 'SNAPPY' }]);
 
     const generic = sink(
@@ -362,7 +414,11 @@ describe('S3 Parquet data lake (s3rver)', () => {
         columns: [
           { name: 'id', type: 'int64' },
           { name: 'ids', type: 'list', items: 'int64' },
-          { name: 'seen', type: 'map', values: { type: 'list', items: { type: 'timestamp_ms', timeUnit: 'ns' } } },
+          {
+            name: 'seen',
+            type: 'map',
+            values: { type: 'list', items: { type: 'timestamp_ms', timeUnit: 'ns' } },
+          },
           {
             name: 'who',
             type: 'struct',
@@ -371,7 +427,14 @@ describe('S3 Parquet data lake (s3rver)', () => {
               { name: 'name', type: 'string' },
               { name: 'age', type: 'int32' },
               { name: 'tags', type: 'list', items: 'string' },
-              { name: 'geo', type: 'struct', fields: [{ name: 'lat', type: 'double' }, { name: 'lon', type: 'double' }] },
+              {
+                name: 'geo',
+                type: 'struct',
+                fields: [
+                  { name: 'lat', type: 'double' },
+                  { name: 'lon', type: 'double' },
+                ],
+              },
             ],
           },
         ],
@@ -382,7 +445,7 @@ describe('S3 Parquet data lake (s3rver)', () => {
       {
         id: '-9223372036854775808',
         ids: ['9223372036854775807', -1, null],
-        seen: { 'ünï': ['1700000000123456789', null], empty: [] },
+        seen: { ünï: ['1700000000123456789', null], empty: [] },
         user: { name: '日本', age: 42, tags: ['x'], geo: { lat: 1.5, lon: -0.25 }, extra: 'kept in _record' },
         other: { deep: [1, 2] },
       },
@@ -394,10 +457,13 @@ describe('S3 Parquet data lake (s3rver)', () => {
     const genericEvents = values.map((value, i) => makeEvent({ sequence: 40 + i, value }));
     await generic.write(genericEvents);
     await generic.close();
-    assert.deepEqual(dlq.letters.map((l) => l.reason), [
-      'column ids: at []: expected int64, got "x"',
-      'column who: at .geo.lat: NaN cannot be stored inside a nested column',
-    ]);
+    assert.deepEqual(
+      dlq.letters.map((l) => l.reason),
+      [
+        'column ids: at []: expected int64, got "x"',
+        'column who: at .geo.lat: NaN cannot be stored inside a nested column',
+      ],
+    );
     const genericOut = await download('generic/');
     const genericRows = await duck(
       `SELECT id, ids, seen, who, _record FROM read_parquet('${genericOut.root}/**/*.parquet') ORDER BY _sequence_number`,
@@ -417,7 +483,9 @@ describe('S3 Parquet data lake (s3rver)', () => {
       },
       { id: 1n, ids: null, seen: null, who: { name: null, age: null, tags: null, geo: null }, _record: '{}' },
     ]);
-    const types = await duck(`DESCRIBE SELECT ids, seen, who FROM read_parquet('${genericOut.root}/**/*.parquet')`);
+    const types = await duck(
+      `DESCRIBE SELECT ids, seen, who FROM read_parquet('${genericOut.root}/**/*.parquet')`,
+    );
     assert.deepEqual(
       types.map((t) => t.column_type),
       [
@@ -453,7 +521,10 @@ describe('S3 Parquet data lake (s3rver)', () => {
       registrar,
     );
     await lake.openShard({ stream: STREAM, shardId: SHARD }, undefined);
-    const inputs = ['a', 'b', 'c', 'a', 'd', 'c', 'b'].map((svc, i) => ({ sequence: 100 + i, value: { svc, n: i } }));
+    const inputs = ['a', 'b', 'c', 'a', 'd', 'c', 'b'].map((svc, i) => ({
+      sequence: 100 + i,
+      value: { svc, n: i },
+    }));
     const events = inputs.map((i) => makeEvent(i));
     await lake.write(events);
     assert.equal(await metricSum(registry, 'ksw_parquet_open_partitions'), 2);
@@ -476,7 +547,11 @@ describe('S3 Parquet data lake (s3rver)', () => {
     ]);
     const manifests = await Promise.all(
       (await list('capped/_ksw/manifests/')).map(async (key) =>
-        JSON.parse(await (await aws.s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }))).Body!.transformToString()),
+        JSON.parse(
+          await (
+            await aws.s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }))
+          ).Body!.transformToString(),
+        ),
       ),
     );
     assert.deepEqual(
@@ -491,7 +566,9 @@ describe('S3 Parquet data lake (s3rver)', () => {
     // Registration hook: each natural partition once, quarantine never.
     await new Promise((r) => setImmediate(r));
     assert.deepEqual(registered.sort(), ['svc=a', 'svc=b']);
-    const all = await duck(`SELECT count(*) AS c, sum(n) AS s FROM read_parquet('${root}/**/*.parquet', union_by_name = true)`);
+    const all = await duck(
+      `SELECT count(*) AS c, sum(n) AS s FROM read_parquet('${root}/**/*.parquet', union_by_name = true)`,
+    );
     assert.deepEqual(all, [{ c: 7n, s: 21n }]);
   });
 
@@ -501,7 +578,8 @@ describe('S3 Parquet data lake (s3rver)', () => {
     const client = await freshClient();
     client.middlewareStack.add(
       (next, context) => async (args) => {
-        if (context.commandName === 'UploadPartCommand') parts.push((args.input as { PartNumber: number }).PartNumber);
+        if (context.commandName === 'UploadPartCommand')
+          parts.push((args.input as { PartNumber: number }).PartNumber);
         return next(args);
       },
       { step: 'initialize', name: 'countParts' },
@@ -531,8 +609,13 @@ describe('S3 Parquet data lake (s3rver)', () => {
     assert.equal(keys.length, 1);
     const head = await aws.s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: keys[0]! }));
     assert.equal(head.Metadata?.rows, '48');
-    const back = await duck(`SELECT blob FROM read_parquet('${path.join(root, keys[0]!)}') ORDER BY _sequence_number`);
-    assert.deepEqual(back.map((r) => r.blob), blobs);
+    const back = await duck(
+      `SELECT blob FROM read_parquet('${path.join(root, keys[0]!)}') ORDER BY _sequence_number`,
+    );
+    assert.deepEqual(
+      back.map((r) => r.blob),
+      blobs,
+    );
   });
 
   /**
@@ -581,26 +664,39 @@ describe('S3 Parquet data lake (s3rver)', () => {
     const cut = Math.floor(inputs.length * 0.7);
     for (let i = 0; i < cut; i += 10) {
       const batch = deliveryOrder(inputs.slice(i, Math.min(cut, i + 10)));
-      await first.write(batch.map((input) => makeEvent(input, acks.get(`${input.sequence}/${input.index ?? 0}`)!)));
+      await first.write(
+        batch.map((input) => makeEvent(input, acks.get(`${input.sequence}/${input.index ?? 0}`)!)),
+      );
     }
     // Let the uploads that can finish finish; then the process dies.
     const deadline = Date.now() + 20_000;
-    while (dataPuts <= commitsBeforeCrash && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    while (dataPuts <= commitsBeforeCrash && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20));
     await new Promise((r) => setTimeout(r, 300));
     const checkpoint = watermark.watermark;
 
     const { ctx, registry } = context();
     const second = sink('replaying', { ...config, prefix }, ctx);
     await second.openShard({ stream: STREAM, shardId: SHARD }, checkpoint);
-    const replay = inputs.filter((i) => !checkpoint || BigInt(seq(i.sequence)) > BigInt(checkpoint.sequenceNumber));
+    const replay = inputs.filter(
+      (i) => !checkpoint || BigInt(seq(i.sequence)) > BigInt(checkpoint.sequenceNumber),
+    );
     for (let i = 0; i < replay.length; i += 10) {
       await second.write(deliveryOrder(replay.slice(i, i + 10)).map((input) => makeEvent(input)));
     }
     await second.close();
-    return { replaySkipped: await metricSum(registry, 'ksw_parquet_replay_skipped_events_total'), checkpoint };
+    return {
+      replaySkipped: await metricSum(registry, 'ksw_parquet_replay_skipped_events_total'),
+      checkpoint,
+    };
   }
 
-  async function cleanRun(prefix: string, config: Record<string, unknown>, inputs: EventInput[], order: (b: EventInput[]) => EventInput[]) {
+  async function cleanRun(
+    prefix: string,
+    config: Record<string, unknown>,
+    inputs: EventInput[],
+    order: (b: EventInput[]) => EventInput[],
+  ) {
     const lake = sink('clean', { ...config, prefix }, context().ctx);
     await lake.openShard({ stream: STREAM, shardId: SHARD }, undefined);
     for (let i = 0; i < inputs.length; i += 10) {
@@ -617,13 +713,17 @@ describe('S3 Parquet data lake (s3rver)', () => {
       const hour = Math.floor((i / count) * 3);
       const at = `2025-11-22T${String(10 + hour).padStart(2, '0')}:00:${String(i % 60).padStart(2, '0')}Z`;
       out.push({ sequence: 1000 + i, value: { svc, at, n: i, nano: `${1763805600000000000n + BigInt(i)}` } });
-      if (i % 5 === 0) out.push({ sequence: 1000 + i, index: 1, value: { svc: 'batch', at, n: -i, nano: '-1' } });
+      if (i % 5 === 0)
+        out.push({ sequence: 1000 + i, index: 1, value: { svc: 'batch', at, n: -i, nano: '-1' } });
     }
     return out;
   }
 
   const LAKE_CONFIG = {
-    partitioning: { template: 'dt={yyyy}-{MM}-{dd}/hour={HH}/svc={field:svc}', time: { source: 'event', field: 'at' } },
+    partitioning: {
+      template: 'dt={yyyy}-{MM}-{dd}/hour={HH}/svc={field:svc}',
+      time: { source: 'event', field: 'at' },
+    },
     roll: { maxFileRows: 7, maxFileAgeMs: 3_600_000 },
     columns: [
       { name: 'n', type: 'int64' },
@@ -640,7 +740,7 @@ describe('S3 Parquet data lake (s3rver)', () => {
     return { keys: keys.map((k) => k.slice(prefix.length)), rows };
   }
 
-  test('crash-replay: the final object set equals a clean run\'s (same keys, same rows), with partitions and rows rolls', async () => {
+  test("crash-replay: the final object set equals a clean run's (same keys, same rows), with partitions and rows rolls", async () => {
     const inputs = lakeInputs(300);
     const inOrder = (batch: EventInput[]) => batch;
     await cleanRun('clean/', LAKE_CONFIG, inputs, inOrder);
@@ -655,7 +755,7 @@ describe('S3 Parquet data lake (s3rver)', () => {
     assert.deepEqual(crashed.rows, clean.rows, 'same rows in the same files');
   });
 
-  test('crash-replay with out-of-order delivery (a tail sampler\'s decision wait) and quarantine: every event exactly once', async () => {
+  test("crash-replay with out-of-order delivery (a tail sampler's decision wait) and quarantine: every event exactly once", async () => {
     const inputs = lakeInputs(300);
     // Each batch reversed: what a processor that holds events back and releases them later does to positions.
     const reversed = (batch: EventInput[]) => [...batch].reverse();

@@ -105,7 +105,10 @@ describe('Parquet sink memory cap', () => {
     assert.ok((summary.rolls.memory ?? 0) > 0, 'the memory cap rolled the largest files');
     assert.ok((summary.rolls.rows ?? 0) > 0, 'the row limit rolled files too');
     assert.ok(baseline > 0, 'baseline sampled');
-    assert.ok(peak - baseline < 3 * CAP, `RSS grew by ${((peak - baseline) / MiB).toFixed(0)} MiB (cap ${CAP / MiB} MiB)`);
+    assert.ok(
+      peak - baseline < 3 * CAP,
+      `RSS grew by ${((peak - baseline) / MiB).toFixed(0)} MiB (cap ${CAP / MiB} MiB)`,
+    );
 
     // Every event in exactly one file, in the partition of its value, and no file over the row limit:
     // checked on the manifests (rows, partition, exact positions) and on the Parquet files' own row counts.
@@ -118,11 +121,15 @@ describe('Parquet sink memory cap', () => {
     for (let i = 0; i < manifestKeys.length; i += 64) {
       manifests.push(
         ...(await Promise.all(
-          manifestKeys.slice(i, i + 64).map(async (key) =>
-            JSON.parse(
-              await (await aws.s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }))).Body!.transformToString(),
+          manifestKeys
+            .slice(i, i + 64)
+            .map(async (key) =>
+              JSON.parse(
+                await (
+                  await aws.s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }))
+                ).Body!.transformToString(),
+              ),
             ),
-          ),
         )),
       );
     }
@@ -142,7 +149,10 @@ describe('Parquet sink memory cap', () => {
         seen[Number(BigInt(sequence) - base)]! += 1;
       });
     }
-    assert.ok(seen.every((n) => n === 1), 'every event in exactly one file');
+    assert.ok(
+      seen.every((n) => n === 1),
+      'every event in exactly one file',
+    );
     // A sample of data files read by DuckDB: rows match the manifest and the partition of each row's value.
     const sample = manifests.filter((_, i) => i % 50 === 0);
     for (const m of sample) {
@@ -151,7 +161,9 @@ describe('Parquet sink memory cap', () => {
       mkdirSync(path.dirname(file), { recursive: true });
       const body = await aws.s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: m.dataKey }));
       writeFileSync(file, await body.Body!.transformToByteArray());
-      const [row] = await duck(`SELECT count(*)::INT AS c, count(DISTINCT service)::INT AS s, any_value(service) AS svc FROM '${file}'`);
+      const [row] = await duck(
+        `SELECT count(*)::INT AS c, count(DISTINCT service)::INT AS s, any_value(service) AS svc FROM '${file}'`,
+      );
       assert.deepEqual(row, { c: m.rows, s: 1, svc: m.partition.slice('svc='.length) });
     }
   });

@@ -423,7 +423,9 @@ describe('S3 Parquet sink (s3rver)', () => {
     const event = makeEvent(SHARD_B, 1, { a: 1 });
     await lake.write([event]);
     await waitUntil(() => event.ack.completed, 'the age roll');
-    assert.deepEqual(await listAll(aws.s3, 'aged/'), [`aged/${STREAM}_${SHARD_B}_${seq(1)}_${seq(1)}.parquet`]);
+    assert.deepEqual(await listAll(aws.s3, 'aged/'), [
+      `aged/${STREAM}_${SHARD_B}_${seq(1)}_${seq(1)}.parquet`,
+    ]);
     await lake.close();
   });
 

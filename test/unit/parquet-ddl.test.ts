@@ -17,7 +17,9 @@ test('DDL: columns with Athena types, partitions with projection, location templ
     prefix: 'red/',
     schema: 'red_metrics',
     compression: 'snappy',
-    partitioning: { template: 'year={yyyy}/month={MM}/day={dd}/ts={yyyy}{MM}{dd}T{HH}/env={field:dimensions.env}' },
+    partitioning: {
+      template: 'year={yyyy}/month={MM}/day={dd}/ts={yyyy}{MM}{dd}T{HH}/env={field:dimensions.env}',
+    },
     columns: [{ name: 'extra', type: 'map', values: { type: 'list', items: 'int32' } }],
   });
   const ddl = createTableDdl(config, { table: 'red', database: 'obs', projectionStart: '2025-03-04' });
@@ -50,7 +52,9 @@ test('DDL: columns with Athena types, partitions with projection, location templ
   }
   assert.ok(ddl.trimEnd().endsWith(');'));
   // Unpartitioned: no PARTITIONED BY, no projection.
-  const flat = createTableDdl(parquetSinkConfigSchema.parse({ type: 's3_parquet', bucket: 'b-b-b' }), { table: 't' });
+  const flat = createTableDdl(parquetSinkConfigSchema.parse({ type: 's3_parquet', bucket: 'b-b-b' }), {
+    table: 't',
+  });
   assert.doesNotMatch(flat, /PARTITIONED BY|projection/);
   assert.match(flat, /`_record` string\n\)/);
 });
@@ -64,7 +68,12 @@ test('ksw ddl prints the table of the named sink; an unknown sink is a usage err
       stringify({
         consumers: [{ type: 'polling', stream: 's' }],
         sinks: {
-          lake: { type: 's3_parquet', bucket: 'lake-b', schema: 'spans', partitioning: { template: 'dt={yyyy}-{MM}-{dd}' } },
+          lake: {
+            type: 's3_parquet',
+            bucket: 'lake-b',
+            schema: 'spans',
+            partitioning: { template: 'dt={yyyy}-{MM}-{dd}' },
+          },
           red: { type: 's3_parquet', bucket: 'lake-b', prefix: 'red/', schema: 'red_metrics' },
         },
         dlq: { type: 's3', bucket: 'lake-b' },

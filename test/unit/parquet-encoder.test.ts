@@ -261,7 +261,10 @@ test('config rejects duplicate and reserved column names', () => {
   const parsed = parquetSinkConfigSchema.parse(base);
   assert.equal(parsed.roll.maxFileRows, 1_000_000);
   assert.equal(resolveSchema(parsed).recordColumn, '_record');
-  assert.equal(resolveSchema(parquetSinkConfigSchema.parse({ ...base, schema: 'spans' })).recordColumn, false);
+  assert.equal(
+    resolveSchema(parquetSinkConfigSchema.parse({ ...base, schema: 'spans' })).recordColumn,
+    false,
+  );
 });
 
 function event(value: Record<string, unknown>, sequenceNumber = '100', index = 0): PipelineEvent {

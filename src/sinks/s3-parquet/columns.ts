@@ -32,7 +32,15 @@ export interface TableColumn {
   readonly spec: TypeSpec;
 }
 
-export type StagedType = 'VARCHAR' | 'BIGINT' | 'INTEGER' | 'DOUBLE' | 'BOOLEAN' | 'TIMESTAMP_MS' | 'TIMESTAMP' | 'NESTED';
+export type StagedType =
+  | 'VARCHAR'
+  | 'BIGINT'
+  | 'INTEGER'
+  | 'DOUBLE'
+  | 'BOOLEAN'
+  | 'TIMESTAMP_MS'
+  | 'TIMESTAMP'
+  | 'NESTED';
 
 const SCALAR_SQL: Record<ScalarColumnType, Exclude<StagedType, 'NESTED'>> = {
   string: 'VARCHAR',
@@ -120,7 +128,8 @@ function nestedWriter(spec: TypeSpec, where: string): NestedWriter {
     case 'list': {
       const item = nestedWriter(spec.items!, `${where}[]`);
       return (value) => {
-        if (!Array.isArray(value)) throw new NestedError(`${at(where)}expected a list, got ${describe(value)}`);
+        if (!Array.isArray(value))
+          throw new NestedError(`${at(where)}expected a list, got ${describe(value)}`);
         let out = '[';
         for (let i = 0; i < value.length; i++) {
           if (i > 0) out += ',';
@@ -247,7 +256,12 @@ const METADATA: Record<(typeof METADATA_COLUMNS)[number], Omit<TableColumn, 'nam
   _sub_sequence_number: { sqlType: 'BIGINT', staged: 'BIGINT', source: 'row', spec: { type: 'int64' } },
   _event_index: { sqlType: 'INTEGER', staged: 'INTEGER', source: 'row', spec: { type: 'int32' } },
   _partition_key: { sqlType: 'VARCHAR', staged: 'VARCHAR', source: 'row', spec: { type: 'string' } },
-  _arrival_time: { sqlType: 'TIMESTAMP_MS', staged: 'TIMESTAMP_MS', source: 'row', spec: { type: 'timestamp_ms' } },
+  _arrival_time: {
+    sqlType: 'TIMESTAMP_MS',
+    staged: 'TIMESTAMP_MS',
+    source: 'row',
+    spec: { type: 'timestamp_ms' },
+  },
 };
 
 /** Row cells before the configured columns: sequence, sub-sequence, event index, partition key, arrival. */
@@ -284,7 +298,11 @@ export class RowBuilder {
   private readonly recordColumn: boolean;
   private readonly restPaths: readonly (readonly string[])[] | undefined;
 
-  constructor(columns: readonly ParquetColumnConfig[], recordColumn: string | false, recordContent: 'all' | 'rest' = 'all') {
+  constructor(
+    columns: readonly ParquetColumnConfig[],
+    recordColumn: string | false,
+    recordContent: 'all' | 'rest' = 'all',
+  ) {
     this.extractors = columns.map(extractor);
     this.recordColumn = recordColumn !== false;
     this.restPaths = recordContent === 'rest' ? columns.flatMap((c) => takenPaths(c, [])) : undefined;
@@ -345,7 +363,12 @@ export function withoutPaths(value: Record<string, unknown>, paths: readonly (re
     let ok = true;
     for (let i = 0; i < path.length - 1; i++) {
       const next = current[path[i]!];
-      if (next === null || typeof next !== 'object' || Array.isArray(next) || !Object.hasOwn(current, path[i]!)) {
+      if (
+        next === null ||
+        typeof next !== 'object' ||
+        Array.isArray(next) ||
+        !Object.hasOwn(current, path[i]!)
+      ) {
         ok = false;
         break;
       }

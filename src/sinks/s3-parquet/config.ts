@@ -84,7 +84,11 @@ function checkNested(spec: TypeSpec, ctx: z.RefinementCtx, path: (string | numbe
     if (when && !present)
       ctx.addIssue({ code: 'custom', path, message: `type ${spec.type} needs \`${key}\`` });
     if (!when && present)
-      ctx.addIssue({ code: 'custom', path, message: `\`${key}\` is only allowed for type ${spec.type === 'list' ? 'list' : spec.type === 'map' ? 'map' : 'struct'}s` });
+      ctx.addIssue({
+        code: 'custom',
+        path,
+        message: `\`${key}\` is only allowed for type ${spec.type === 'list' ? 'list' : spec.type === 'map' ? 'map' : 'struct'}s`,
+      });
   };
   need('items', spec.type === 'list');
   need('values', spec.type === 'map');
@@ -97,7 +101,11 @@ function checkNested(spec: TypeSpec, ctx: z.RefinementCtx, path: (string | numbe
     spec.fields.forEach((field, i) => {
       const key = field.name.toLowerCase();
       if (seen.has(key))
-        ctx.addIssue({ code: 'custom', path: [...path, 'fields', i], message: `duplicate field "${field.name}"` });
+        ctx.addIssue({
+          code: 'custom',
+          path: [...path, 'fields', i],
+          message: `duplicate field "${field.name}"`,
+        });
       seen.add(key);
     });
   }
@@ -165,7 +173,11 @@ export const parquetColumnSchema = z
   })
   .strict()
   .superRefine((spec, ctx) =>
-    checkNested({ ...spec, timeUnit: spec.type.startsWith('timestamp') ? spec.timeUnit : undefined }, ctx, []),
+    checkNested(
+      { ...spec, timeUnit: spec.type.startsWith('timestamp') ? spec.timeUnit : undefined },
+      ctx,
+      [],
+    ),
   )
   .describe('One configured column. A value missing, undefined or null becomes NULL.');
 
@@ -194,7 +206,7 @@ export const partitioningSchema = z
           .enum(['event', 'arrival'])
           .optional()
           .describe(
-            'event: a field of the event (`field`); arrival: the record\'s Kinesis ApproximateArrivalTimestamp. Both are ' +
+            "event: a field of the event (`field`); arrival: the record's Kinesis ApproximateArrivalTimestamp. Both are " +
               'deterministic (a replay puts a record in the same partition); processing time is not offered because ' +
               'it is not. Default: event for the spans and red_metrics schemas, arrival otherwise.',
           ),
@@ -225,7 +237,7 @@ export const partitioningSchema = z
       .default(500)
       .describe(
         'Partitions with an open (buffering) file at once, across shards. An event for a new partition beyond this ' +
-          'goes to the quarantine prefix instead (like Firehose\'s active-partition limit), with its partition in a ' +
+          "goes to the quarantine prefix instead (like Firehose's active-partition limit), with its partition in a " +
           '`_partition` column, so nothing is lost and no flood of tiny files is written.',
       ),
     quarantinePrefix: z
@@ -247,7 +259,7 @@ export const registrationSchema = z
     type: z.literal('glue').describe('Register partitions in the AWS Glue Data Catalog.'),
     database: z.string().min(1).describe('Glue database.'),
     table: z.string().min(1).describe('Glue table (create it with `ksw ddl`).'),
-    catalogId: z.string().optional().describe('Catalog (account) id; default the caller\'s.'),
+    catalogId: z.string().optional().describe("Catalog (account) id; default the caller's."),
     endpoint: z.url().optional().describe('Glue endpoint override (tests, VPC endpoints).'),
   })
   .strict()
@@ -302,7 +314,12 @@ export const parquetSinkConfigSchema = z
               'length plus a per-value overhead; the same estimate the memory cap uses). Default 128 MiB; the ' +
               'Parquet file is several times smaller.',
           ),
-        maxFileRows: z.number().int().min(1).default(1_000_000).describe('Roll a file once it holds this many rows.'),
+        maxFileRows: z
+          .number()
+          .int()
+          .min(1)
+          .default(1_000_000)
+          .describe('Roll a file once it holds this many rows.'),
         maxFileAgeMs: z
           .number()
           .int()
@@ -340,7 +357,9 @@ export const parquetSinkConfigSchema = z
           .int()
           .min(5 * MiB)
           .default(64 * MiB)
-          .describe('Files at least this large are uploaded in parts (multipart upload), others with one PUT.'),
+          .describe(
+            'Files at least this large are uploaded in parts (multipart upload), others with one PUT.',
+          ),
         partSizeBytes: z
           .number()
           .int()
@@ -358,8 +377,8 @@ export const parquetSinkConfigSchema = z
       .optional()
       .describe(
         'Where per-file manifests go (default `<prefix>_ksw/manifests/`): `<stream>/<shardId>/<last position>_<hash>.json` ' +
-          'with the data key, partition, rows, min/max event time and the exact positions of the file\'s events. ' +
-          'Written before the data object; a file is committed when its data object exists with the manifest\'s ' +
+          "with the data key, partition, rows, min/max event time and the exact positions of the file's events. " +
+          "Written before the data object; a file is committed when its data object exists with the manifest's " +
           'file id. On shard open they tell which replayed events are already in a committed file.',
       ),
     columns: z
@@ -368,7 +387,7 @@ export const parquetSinkConfigSchema = z
       .describe(
         'Typed columns extracted from each event, after the metadata columns ' +
           '(_stream, _shard_id, _sequence_number, _sub_sequence_number, _event_index, _partition_key, _arrival_time) ' +
-          'and the built-in schema\'s columns. An event with a value that cannot be converted goes to the dead-letter queue.',
+          "and the built-in schema's columns. An event with a value that cannot be converted goes to the dead-letter queue.",
       ),
     recordColumn: z
       .union([columnName, z.literal(false)])
@@ -429,9 +448,17 @@ export const parquetSinkConfigSchema = z
       });
     }
     if (config.schema !== 'generic' && config.recordContent === 'rest') {
-      ctx.addIssue({ code: 'custom', path: ['recordContent'], message: 'rest applies to the generic schema only' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['recordContent'],
+        message: 'rest applies to the generic schema only',
+      });
     }
-    if (config.partitioning?.time.source === 'event' && !config.partitioning.time.field && config.schema === 'generic') {
+    if (
+      config.partitioning?.time.source === 'event' &&
+      !config.partitioning.time.field &&
+      config.schema === 'generic'
+    ) {
       ctx.addIssue({
         code: 'custom',
         path: ['partitioning', 'time', 'field'],

@@ -100,7 +100,10 @@ function textFrom(value: unknown): Conversion {
     try {
       return { ok: true, value: stringifyJson(value) };
     } catch (err) {
-      return { ok: false, reason: `expected text, got a value that cannot be serialized: ${(err as Error).message}` };
+      return {
+        ok: false,
+        reason: `expected text, got a value that cannot be serialized: ${(err as Error).message}`,
+      };
     }
   }
   return stringFrom(value);
@@ -156,7 +159,11 @@ export function parseIsoMicros(text: string): bigint | undefined {
   return micros + BigInt(fraction.padEnd(6, '0').slice(0, 6));
 }
 
-export function timestampFrom(value: unknown, type: 'timestamp_ms' | 'timestamp_us', unit: TimeUnit): Conversion {
+export function timestampFrom(
+  value: unknown,
+  type: 'timestamp_ms' | 'timestamp_us',
+  unit: TimeUnit,
+): Conversion {
   const targetExponent = type === 'timestamp_ms' ? 3 : 6;
   let result: bigint | undefined;
   if (typeof value === 'bigint') {

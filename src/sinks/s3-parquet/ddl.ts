@@ -17,7 +17,12 @@ export interface DdlOptions {
 }
 
 const UNIT: Record<string, string> = { yyyy: 'YEARS', MM: 'MONTHS', dd: 'DAYS', HH: 'HOURS', mm: 'MINUTES' };
-const INTEGER_RANGE: Record<string, [number, number]> = { MM: [1, 12], dd: [1, 31], HH: [0, 23], mm: [0, 59] };
+const INTEGER_RANGE: Record<string, [number, number]> = {
+  MM: [1, 12],
+  dd: [1, 31],
+  HH: [0, 23],
+  mm: [0, 59],
+};
 
 const ident = (name: string) => `\`${name.replaceAll('`', '``')}\``;
 const literal = (text: string) => `'${text.replaceAll("'", "''")}'`;
@@ -37,7 +42,15 @@ function projection(segment: Segment, start: Date): Array<[string, string]> {
   }
   // A date projection: the segment's text as a Java DateTimeFormatter pattern (literals quoted).
   const format = parts
-    .map((p) => (p.kind === 'time' ? p.token : p.kind === 'literal' ? (/[A-Za-z]/.test(p.text) ? `'${p.text}'` : p.text) : ''))
+    .map((p) =>
+      p.kind === 'time'
+        ? p.token
+        : p.kind === 'literal'
+          ? /[A-Za-z]/.test(p.text)
+            ? `'${p.text}'`
+            : p.text
+          : '',
+    )
     .join('');
   const finest = ['mm', 'HH', 'dd', 'MM', 'yyyy'].find((t) => tokens.includes(t as never))!;
   const pad = (n: number) => String(n).padStart(2, '0');
@@ -77,7 +90,8 @@ export function createTableDdl(config: ParquetSinkConfig, options: DdlOptions): 
     const segments = parseTemplate(config.partitioning.template);
     lines.push(`PARTITIONED BY (${segments.map((s) => `${ident(s.name.toLowerCase())} string`).join(', ')})`);
     const start = new Date(`${options.projectionStart ?? '2024-01-01'}T00:00:00Z`);
-    if (Number.isNaN(start.getTime())) throw new Error(`projection start "${options.projectionStart}" is not a date (YYYY-MM-DD)`);
+    if (Number.isNaN(start.getTime()))
+      throw new Error(`projection start "${options.projectionStart}" is not a date (YYYY-MM-DD)`);
     properties.push(['projection.enabled', 'true']);
     for (const segment of segments) properties.push(...projection(segment, start));
     properties.push([
@@ -87,6 +101,8 @@ export function createTableDdl(config: ParquetSinkConfig, options: DdlOptions): 
   }
   lines.push('STORED AS PARQUET');
   lines.push(`LOCATION ${literal(location)}`);
-  lines.push(`TBLPROPERTIES (\n${properties.map(([k, v]) => `  ${literal(k)} = ${literal(v)}`).join(',\n')}\n);`);
+  lines.push(
+    `TBLPROPERTIES (\n${properties.map(([k, v]) => `  ${literal(k)} = ${literal(v)}`).join(',\n')}\n);`,
+  );
   return `${lines.join('\n')}\n`;
 }

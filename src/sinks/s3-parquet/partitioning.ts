@@ -26,7 +26,23 @@ export interface Segment {
 }
 
 // Characters Hive's FileUtils.escapePathName escapes (Spark's ExternalCatalogUtils uses the same set).
-const HIVE_ESCAPED = new Set(['"', '#', '%', "'", '*', '/', ':', '=', '?', '\\', '\u007f', '{', '[', ']', '^']);
+const HIVE_ESCAPED = new Set([
+  '"',
+  '#',
+  '%',
+  "'",
+  '*',
+  '/',
+  ':',
+  '=',
+  '?',
+  '\\',
+  '\u007f',
+  '{',
+  '[',
+  ']',
+  '^',
+]);
 
 /** Escapes a partition value like Hive: %XX for path and control characters; empty becomes the default partition. */
 export function escapePartitionValue(value: string): string {
@@ -59,7 +75,8 @@ export function parseTemplate(template: string): Segment[] {
     const eq = raw.indexOf('=');
     if (eq <= 0) throw new Error(`segment "${raw}" is not name=value (Hive style), e.g. dt={yyyy}-{MM}-{dd}`);
     const name = raw.slice(0, eq);
-    if (!COLUMN_NAME.test(name)) throw new Error(`partition name "${name}": letters, digits and underscores only`);
+    if (!COLUMN_NAME.test(name))
+      throw new Error(`partition name "${name}": letters, digits and underscores only`);
     if (names.has(name.toLowerCase())) throw new Error(`partition name "${name}" appears twice`);
     names.add(name.toLowerCase());
     const parts: Part[] = [];
@@ -69,11 +86,14 @@ export function parseTemplate(template: string): Segment[] {
     for (let m = token.exec(value); m; m = token.exec(value)) {
       if (m.index > last) parts.push(literal(value.slice(last, m.index), name));
       const inner = m[1]!;
-      if ((TIME_TOKENS as readonly string[]).includes(inner)) parts.push({ kind: 'time', token: inner as TimeToken });
+      if ((TIME_TOKENS as readonly string[]).includes(inner))
+        parts.push({ kind: 'time', token: inner as TimeToken });
       else if (inner.startsWith('field:') && inner.length > 6) {
         parts.push({ kind: 'field', path: inner.slice(6).split('.'), source: inner.slice(6) });
       } else {
-        throw new Error(`unknown token {${inner}} in "${raw}"; use {yyyy} {MM} {dd} {HH} {mm} or {field:path}`);
+        throw new Error(
+          `unknown token {${inner}} in "${raw}"; use {yyyy} {MM} {dd} {HH} {mm} or {field:path}`,
+        );
       }
       last = m.index + m[0].length;
     }
@@ -86,7 +106,9 @@ export function parseTemplate(template: string): Segment[] {
 
 function literal(text: string, name: string): Part {
   if (!/^[A-Za-z0-9_.-]*$/.test(text) || text.includes('{') || text.includes('}')) {
-    throw new Error(`partition "${name}": literal text "${text}" may hold letters, digits, "_", "." and "-" only`);
+    throw new Error(
+      `partition "${name}": literal text "${text}" may hold letters, digits, "_", "." and "-" only`,
+    );
   }
   return { kind: 'literal', text };
 }
@@ -122,7 +144,9 @@ export class Partitioner {
   timeOf(event: PipelineEvent): { ok: true; ms: number } | { ok: false; reason: string } {
     if (!this.timePath) {
       const ms = event.origin.arrivalTime.getTime();
-      return Number.isNaN(ms) ? { ok: false, reason: 'partition time: the record has no arrival time' } : { ok: true, ms };
+      return Number.isNaN(ms)
+        ? { ok: false, reason: 'partition time: the record has no arrival time' }
+        : { ok: true, ms };
     }
     const raw = lookupPath(event.value, this.timePath);
     if (raw === undefined || raw === null) {

@@ -71,7 +71,9 @@ export class GluePartitionRegistrar implements PartitionRegistrar {
     const failed = (out.Errors ?? []).filter((e) => e.ErrorDetail?.ErrorCode !== 'AlreadyExistsException');
     if (failed.length > 0) {
       const first = failed[0]!.ErrorDetail;
-      throw new Error(`BatchCreatePartition: ${failed.length} failed, e.g. ${first?.ErrorCode}: ${first?.ErrorMessage}`);
+      throw new Error(
+        `BatchCreatePartition: ${failed.length} failed, e.g. ${first?.ErrorCode}: ${first?.ErrorMessage}`,
+      );
     }
   }
 

@@ -193,10 +193,14 @@ export function columnNameProblems(
 ): Array<{ path: (string | number)[]; message: string }> {
   const problems: Array<{ path: (string | number)[]; message: string }> = [];
   const seen = new Set<string>([...METADATA_COLUMNS, QUARANTINE_PARTITION_COLUMN]);
-  const names = [...resolved.columns.map((c) => c.name), ...(resolved.recordColumn ? [resolved.recordColumn] : [])];
+  const names = [
+    ...resolved.columns.map((c) => c.name),
+    ...(resolved.recordColumn ? [resolved.recordColumn] : []),
+  ];
   for (const name of names) {
     const key = name.toLowerCase();
-    if (seen.has(key)) problems.push({ path: ['columns'], message: `duplicate or reserved column name "${name}"` });
+    if (seen.has(key))
+      problems.push({ path: ['columns'], message: `duplicate or reserved column name "${name}"` });
     seen.add(key);
   }
   for (const name of partitionNames) {

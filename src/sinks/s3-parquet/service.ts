@@ -113,7 +113,8 @@ export class ParquetUploadService {
   /** Uploads the file, retrying until it succeeds (true) or the sink is closed (false). */
   async upload(request: UploadRequest): Promise<boolean> {
     const multipart = this.opts.multipart;
-    if (multipart && request.bytes >= multipart.thresholdBytes) return this.uploadMultipart(request, multipart);
+    if (multipart && request.bytes >= multipart.thresholdBytes)
+      return this.uploadMultipart(request, multipart);
     return this.uploadSingle(request);
   }
 
@@ -199,11 +200,17 @@ export class ParquetUploadService {
   private async abortMultipart(key: string, uploadId: string): Promise<void> {
     try {
       // The sink's signal has fired already: this call gets its own short deadline instead.
-      await this.opts.s3.send(new AbortMultipartUploadCommand({ Bucket: this.opts.bucket, Key: key, UploadId: uploadId }), {
-        abortSignal: AbortSignal.timeout(5_000),
-      });
+      await this.opts.s3.send(
+        new AbortMultipartUploadCommand({ Bucket: this.opts.bucket, Key: key, UploadId: uploadId }),
+        {
+          abortSignal: AbortSignal.timeout(5_000),
+        },
+      );
     } catch (err) {
-      this.opts.logger.warn({ key, error: errorSummary(err) }, 'abort of an unfinished multipart upload failed');
+      this.opts.logger.warn(
+        { key, error: errorSummary(err) },
+        'abort of an unfinished multipart upload failed',
+      );
     }
   }
 
@@ -230,7 +237,9 @@ export class ParquetUploadService {
       'parquet manifest read',
       async () => {
         try {
-          const out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: signal });
+          const out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }), {
+            abortSignal: signal,
+          });
           return { found: true as const, text: await out.Body!.transformToString() };
         } catch (err) {
           if (isNotFound(err)) return { found: false as const };
@@ -250,7 +259,9 @@ export class ParquetUploadService {
       'parquet head',
       async () => {
         try {
-          const out = await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: signal });
+          const out = await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), {
+            abortSignal: signal,
+          });
           return out.Metadata ?? {};
         } catch (err) {
           if (isNotFound(err)) return null;

@@ -230,7 +230,7 @@ function createMetrics(ctx: ComponentContext) {
     }),
     registrationErrors: counter(ctx.metrics, {
       name: 'ksw_parquet_partition_registration_errors_total',
-      help: 'Failed partition registrations (retried with the partition\'s next file).',
+      help: "Failed partition registrations (retried with the partition's next file).",
       labelNames,
     }),
   };
@@ -306,7 +306,10 @@ export class S3ParquetSink implements Sink {
         config: config.partitioning,
         eventTime:
           source === 'event'
-            ? { field: time.field ?? defaults!.field, unit: time.unit ?? (time.field ? 'ms' : defaults!.unit) }
+            ? {
+                field: time.field ?? defaults!.field,
+                unit: time.unit ?? (time.field ? 'ms' : defaults!.unit),
+              }
             : undefined,
       });
     }
@@ -330,7 +333,11 @@ export class S3ParquetSink implements Sink {
     this.registrar =
       options.registrar ??
       (config.registration
-        ? new GluePartitionRegistrar(config.registration, ctx.aws.s3, `s3://${config.bucket}/${config.prefix}`)
+        ? new GluePartitionRegistrar(
+            config.registration,
+            ctx.aws.s3,
+            `s3://${config.bucket}/${config.prefix}`,
+          )
         : undefined);
   }
 
@@ -342,7 +349,10 @@ export class S3ParquetSink implements Sink {
     const state = this.shardState(shard);
     const dir = manifestDir(this.manifestPrefix, shard.stream, shard.shardId);
     // Without a checkpoint the shard starts over, so every file may hold records about to be replayed.
-    const keys = await this.service.listKeys(dir, checkpoint ? startAfterCheckpoint(dir, checkpoint) : undefined);
+    const keys = await this.service.listKeys(
+      dir,
+      checkpoint ? startAfterCheckpoint(dir, checkpoint) : undefined,
+    );
     if (!keys) return; // closed meanwhile: nothing will be written any more
     const limit = pLimit(8);
     let committed = 0;
@@ -351,7 +361,7 @@ export class S3ParquetSink implements Sink {
       keys.map((key) =>
         limit(async () => {
           const manifest = (await this.service.getJson(key)) as Manifest | undefined;
-          if (!manifest || manifest.version !== 1) return;
+          if (manifest?.version !== 1) return;
           const metadata = await this.service.headMetadata(manifest.dataKey);
           if (metadata?.['ksw-file-id'] === manifest.fileId) {
             state.replay.add(manifest.positions);
@@ -399,7 +409,10 @@ export class S3ParquetSink implements Sink {
       }
       const { origin } = event;
       const derived = event.derived === true;
-      if (!derived && this.shardState(origin).replay.take(origin.sequenceNumber, origin.subSequenceNumber, event.index)) {
+      if (
+        !derived &&
+        this.shardState(origin).replay.take(origin.sequenceNumber, origin.subSequenceNumber, event.index)
+      ) {
         // Roll the partition's open file so the new run cuts files where the previous run did.
         const natural = this.buffers.get(bufferId(origin, false, partition, false));
         if (natural && natural.rows.length > 0) {
@@ -421,7 +434,10 @@ export class S3ParquetSink implements Sink {
       }
       let buffer = this.buffer(origin, derived, quarantine ? null : partition, quarantine);
       // Size limits are checked between records: the events of one record stay in one file.
-      if ((buffer.rows.length >= maxFileRows || buffer.bytes >= maxFileBytes) && !continuesRecord(buffer, origin)) {
+      if (
+        (buffer.rows.length >= maxFileRows || buffer.bytes >= maxFileBytes) &&
+        !continuesRecord(buffer, origin)
+      ) {
         this.roll(buffer, buffer.rows.length >= maxFileRows ? 'rows' : 'bytes');
         await this.waitForCapacity();
         // The partition may have been closed meanwhile (and others opened): decide again.
@@ -484,7 +500,12 @@ export class S3ParquetSink implements Sink {
     return state;
   }
 
-  private buffer(origin: RecordOrigin, derived: boolean, partition: string | null, quarantine: boolean): FileBuffer {
+  private buffer(
+    origin: RecordOrigin,
+    derived: boolean,
+    partition: string | null,
+    quarantine: boolean,
+  ): FileBuffer {
     const id = bufferId(origin, derived, partition, quarantine);
     let buffer = this.buffers.get(id);
     if (!buffer) {
@@ -506,7 +527,8 @@ export class S3ParquetSink implements Sink {
         timer: undefined,
       };
       this.buffers.set(id, buffer);
-      if (partition !== null) this.openPartitions.set(partition, (this.openPartitions.get(partition) ?? 0) + 1);
+      if (partition !== null)
+        this.openPartitions.set(partition, (this.openPartitions.get(partition) ?? 0) + 1);
       this.metrics.openPartitions.set(this.labels, this.openPartitions.size);
       this.metrics.openFiles.set(this.labels, this.buffers.size);
     }
@@ -627,10 +649,15 @@ export class S3ParquetSink implements Sink {
         'parquet encode',
         async () => {
           await mkdir(this.config.tmpDir, { recursive: true });
-          return this.encoder.encode(buffer.quarantine ? this.quarantineColumns : this.columns, rows, tmpFile, {
-            stream: buffer.stream,
-            shardId: buffer.shardId,
-          });
+          return this.encoder.encode(
+            buffer.quarantine ? this.quarantineColumns : this.columns,
+            rows,
+            tmpFile,
+            {
+              stream: buffer.stream,
+              shardId: buffer.shardId,
+            },
+          );
         },
         {
           signal: this.abort.signal,
@@ -645,7 +672,11 @@ export class S3ParquetSink implements Sink {
       if (!encoded) return;
       const fileBytes = encoded.value;
       const dir = `${this.config.prefix}${
-        buffer.quarantine ? this.config.partitioning!.quarantinePrefix : buffer.partition !== null ? `${buffer.partition}/` : ''
+        buffer.quarantine
+          ? this.config.partitioning!.quarantinePrefix
+          : buffer.partition !== null
+            ? `${buffer.partition}/`
+            : ''
       }`;
       // Derived events (e.g. RED windows) are not the same on a replay: their key is their content, so the
       // same windows overwrite each other and different ones never collide.
