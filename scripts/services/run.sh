@@ -2,6 +2,7 @@
 # The services test tier: tests against real peers that are not npm packages.
 #   - DynamoDB Local (AWS's own implementation, Maven Central) for the lease table
 #   - pyarrow (PyPI) as an independent Parquet reader
+#   - moto (PyPI) in server mode for the Glue Data Catalog (partition registration)
 # Installs what it needs itself, then runs the tests inside a private network namespace that has only
 # a loopback interface, so every server started there (DynamoDB Local binds all interfaces and has no
 # bind option) is reachable on 127.0.0.1 only. Every server is stopped by PID by the tests.
@@ -22,10 +23,10 @@ if ! ls "$cache/dynamodb-local/"DynamoDBLocal-*.jar >/dev/null 2>&1; then
   mvn -q -B -f scripts/services/pom.xml dependency:copy-dependencies -DoutputDirectory="$cache/dynamodb-local"
 fi
 
-# 2. pyarrow in a virtualenv (cached).
-if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import pyarrow' 2>/dev/null; then
+# 2. pyarrow (independent Parquet reader) and moto (Glue in server mode) in a virtualenv (cached).
+if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import pyarrow, moto.server' 2>/dev/null; then
   python3 -m venv "$cache/venv"
-  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check pyarrow
+  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check pyarrow 'moto[server]'
 fi
 
 export KSW_DYNAMODB_LOCAL_DIR="$cache/dynamodb-local"
