@@ -8,7 +8,12 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { CreateDatabaseCommand, CreateTableCommand, GetPartitionsCommand, GlueClient } from '@aws-sdk/client-glue';
+import {
+  CreateDatabaseCommand,
+  CreateTableCommand,
+  GetPartitionsCommand,
+  GlueClient,
+} from '@aws-sdk/client-glue';
 import { Ack } from '../../src/core/ack.js';
 import type { AwsClients } from '../../src/core/aws.js';
 import type { PipelineEvent } from '../../src/core/records.js';
@@ -81,7 +86,9 @@ describe('Glue partition registration (moto)', () => {
             Location: 's3://glue-lake/events/',
             InputFormat: 'org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat',
             OutputFormat: 'org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat',
-            SerdeInfo: { SerializationLibrary: 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe' },
+            SerdeInfo: {
+              SerializationLibrary: 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe',
+            },
           },
         },
       }),
@@ -91,7 +98,10 @@ describe('Glue partition registration (moto)', () => {
       bucket: 'glue-lake',
       prefix: 'events/',
       tmpDir: path.join(s3.dir, 'tmp'),
-      partitioning: { template: 'dt={yyyy}-{MM}-{dd}/svc={field:svc}', time: { source: 'event', field: 'at' } },
+      partitioning: {
+        template: 'dt={yyyy}-{MM}-{dd}/svc={field:svc}',
+        time: { source: 'event', field: 'at' },
+      },
       roll: { maxFileRows: 1 },
       columns: [{ name: 'n', type: 'int64' }],
       registration: { type: 'glue', database: 'lake', table: 'events', endpoint },
@@ -120,9 +130,13 @@ describe('Glue partition registration (moto)', () => {
       }));
       await sink.write(events);
       await sink.flush();
-      const metric = async (name: string) => (await registry.getSingleMetric(name)?.get())?.values[0]?.value ?? 0;
+      const metric = async (name: string) =>
+        (await registry.getSingleMetric(name)?.get())?.values[0]?.value ?? 0;
       await waitFor(
-        async () => (await metric('ksw_parquet_partition_registrations_total')) + (await metric('ksw_parquet_partition_registration_errors_total')) >= 2,
+        async () =>
+          (await metric('ksw_parquet_partition_registrations_total')) +
+            (await metric('ksw_parquet_partition_registration_errors_total')) >=
+          2,
         30_000,
         'registrations',
       );
@@ -140,14 +154,13 @@ describe('Glue partition registration (moto)', () => {
       { n: 3, svc: 'cart', at: '2025-11-22T12:00:00Z' },
     ];
     assert.deepEqual(await run(values), { registered: 2, errors: 0 });
-    const partitions = (await glue.send(new GetPartitionsCommand({ DatabaseName: 'lake', TableName: 'events' }))).Partitions!;
-    assert.deepEqual(
-      partitions.map((p) => [p.Values, p.StorageDescriptor?.Location]).sort(),
-      [
-        [['2025-11-22', 'a/b'], 's3://glue-lake/events/dt=2025-11-22/svc=a%2Fb/'],
-        [['2025-11-22', 'cart'], 's3://glue-lake/events/dt=2025-11-22/svc=cart/'],
-      ],
-    );
+    const partitions = (
+      await glue.send(new GetPartitionsCommand({ DatabaseName: 'lake', TableName: 'events' }))
+    ).Partitions!;
+    assert.deepEqual(partitions.map((p) => [p.Values, p.StorageDescriptor?.Location]).sort(), [
+      [['2025-11-22', 'a/b'], 's3://glue-lake/events/dt=2025-11-22/svc=a%2Fb/'],
+      [['2025-11-22', 'cart'], 's3://glue-lake/events/dt=2025-11-22/svc=cart/'],
+    ]);
     // A second worker registers the same partitions again: idempotent.
     assert.deepEqual(await run(values), { registered: 2, errors: 0 });
     glue.destroy();

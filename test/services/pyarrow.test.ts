@@ -143,7 +143,12 @@ describe('Parquet read back by pyarrow', () => {
     ];
     const sink = new S3ParquetSink(
       'spans',
-      parquetSinkConfigSchema.parse({ type: 's3_parquet', bucket: 'pyarrow-bucket', prefix: 'spans/', schema: 'spans' }),
+      parquetSinkConfigSchema.parse({
+        type: 's3_parquet',
+        bucket: 'pyarrow-bucket',
+        prefix: 'spans/',
+        schema: 'spans',
+      }),
       { logger: silentLogger, metrics: createRegistry(false), aws, dlq: new MemoryDeadLetterQueue() },
     );
     await sink.write(
