@@ -40,21 +40,25 @@ async function run(args: string[]): Promise<number> {
   const { loadConfig } = await import('../config/load.js');
   const { Worker } = await import('../runtime/worker.js');
   const config = loadConfig(values.config);
-  const worker = await Worker.start(config);
+  // Handlers before start: taking leases (and sinks opening shards) happens inside start, and a SIGTERM
+  // arriving then must still end in a graceful stop, not in the default action (killed by the signal).
   let signals = 0;
-  await new Promise<void>((resolve) => {
+  let worker: Awaited<ReturnType<typeof Worker.start>> | undefined;
+  const stopRequested = new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
       signals += 1;
       if (signals > 1) {
-        worker.logger.warn({ signal }, 'second signal: exiting now; unacked records will be read again');
+        worker?.logger.warn({ signal }, 'second signal: exiting now; unacked records will be read again');
         process.exit(1);
       }
-      worker.logger.info({ signal }, 'signal received');
+      worker?.logger.info({ signal }, 'signal received');
       resolve();
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
+  worker = await Worker.start(config);
+  await stopRequested;
   await worker.stop();
   // stop() has flushed and checkpointed what it could within shutdown.deadlineMs; a sink still retrying
   // an upload past that must not keep the process alive (its records are unacked and will be read again).
