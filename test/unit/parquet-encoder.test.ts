@@ -18,7 +18,8 @@ import {
   scaleDecimal,
   stringifyJson,
 } from '../../src/sinks/s3-parquet/encoder.js';
-import { formatPosition, parseObjectName } from '../../src/sinks/s3-parquet/sink.js';
+import { resolveSchema } from '../../src/sinks/s3-parquet/schemas.js';
+import { formatPosition, objectKey, parseObjectName } from '../../src/sinks/s3-parquet/sink.js';
 
 const INT64_MIN = -9223372036854775808n;
 const INT64_MAX = 9223372036854775807n;
@@ -222,12 +223,23 @@ test('lookupPath follows own properties and array indexes only', () => {
 test('object names round-trip positions', () => {
   assert.equal(formatPosition({ sequenceNumber: '49590', subSequenceNumber: 0 }), '49590');
   assert.equal(formatPosition({ sequenceNumber: '49590', subSequenceNumber: 3 }), '49590.3');
-  assert.deepEqual(parseObjectName('100.2_205.parquet'), {
-    first: { sequenceNumber: '100', subSequenceNumber: 2 },
-    last: { sequenceNumber: '205', subSequenceNumber: 0 },
+  const first = { sequenceNumber: '100', subSequenceNumber: 2, index: 0 };
+  const last = { sequenceNumber: '205', subSequenceNumber: 0, index: 7 };
+  const key = objectKey('lake/dt=2024-01-01/', 'my_stream.v2', 'shardId-000000000001', first, last);
+  assert.equal(key, 'lake/dt=2024-01-01/my_stream.v2_shardId-000000000001_100.2_205-7.parquet');
+  assert.deepEqual(parseObjectName(key.slice('lake/dt=2024-01-01/'.length)), {
+    stream: 'my_stream.v2',
+    shardId: 'shardId-000000000001',
+    first,
+    last,
   });
-  assert.equal(parseObjectName('100_205.jsonl'), undefined);
-  assert.equal(parseObjectName('x/100_205.parquet'), undefined);
+  assert.equal(
+    parseObjectName('s_shardId-000000000001_100_205_d0123abcd.parquet')?.last.sequenceNumber,
+    '205',
+    'derived files carry a content hash',
+  );
+  assert.equal(parseObjectName('s_shardId-000000000001_100_205.jsonl'), undefined);
+  assert.equal(parseObjectName('100_205.parquet'), undefined);
 });
 
 test('config rejects duplicate and reserved column names', () => {
@@ -248,7 +260,11 @@ test('config rejects duplicate and reserved column names', () => {
   );
   const parsed = parquetSinkConfigSchema.parse(base);
   assert.equal(parsed.roll.maxFileRows, 1_000_000);
-  assert.equal(parsed.recordColumn, '_record');
+  assert.equal(resolveSchema(parsed).recordColumn, '_record');
+  assert.equal(
+    resolveSchema(parquetSinkConfigSchema.parse({ ...base, schema: 'spans' })).recordColumn,
+    false,
+  );
 });
 
 function event(value: Record<string, unknown>, sequenceNumber = '100', index = 0): PipelineEvent {
@@ -296,10 +312,11 @@ describe('RowBuilder and ParquetEncoder', () => {
       { resource: { service: null } },
     ];
     const built = values.map((v, i) => rows.build(event(v, String(100 + i), i)));
-    const encoder = new ParquetEncoder({ columns: rows.columns, compression: 'snappy', rowGroupRows: 2 });
+    const encoder = new ParquetEncoder({ compression: 'snappy', rowGroupRows: 2 });
     const file = path.join(dir, "it's.parquet");
     try {
       const bytes = await encoder.encode(
+        rows.columns,
         built.map((b) => {
           assert.ok(b.ok);
           return b.row;

@@ -1,8 +1,8 @@
 /**
  * Rows -> Parquet file. Event values are converted to typed cells in JS (so a bad value can be
- * dead-lettered per event), buffered by the sink, then appended to a table of an in-memory DuckDB with
- * the Appender API and written with `COPY ... (FORMAT parquet)`: DuckDB writes exact INT64s, full-length
- * min/max statistics and zstd/snappy pages (see FIELD-NOTES: parquetjs-lite corrupts INT64).
+ * dead-lettered per event; see columns.ts), buffered by the sink, then appended to a table of an in-memory
+ * DuckDB with the Appender API and written with `COPY ... (FORMAT parquet)`: DuckDB writes exact INT64s,
+ * full-length min/max statistics and zstd/snappy pages (see FIELD-NOTES: parquetjs-lite corrupts INT64).
  */
 import { stat } from 'node:fs/promises';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
@@ -12,381 +12,22 @@ import {
   DuckDBInstance,
   DuckDBTimestampValue,
 } from '@duckdb/node-api';
-import { isLosslessNumber } from 'lossless-json';
-import type { PipelineEvent } from '../../core/records.js';
-import { METADATA_COLUMNS, type ParquetColumnConfig, type ParquetColumnType } from './config.js';
+import { quoteIdentifier, type StagedType, type TableColumn } from './columns.js';
+import type { Cell } from './convert.js';
 
-/** A converted value, ready for the appender: timestamps are bigints in the column's unit. */
-export type Cell = string | number | bigint | boolean | null;
-
-export type Conversion =
-  | { readonly ok: true; readonly value: Cell }
-  | { readonly ok: false; readonly reason: string };
-
-export type TimeUnit = 'ns' | 'us' | 'ms' | 's';
-
-const INT32_MIN = -(2n ** 31n);
-const INT32_MAX = 2n ** 31n - 1n;
-const INT64_MIN = -(2n ** 63n);
-const INT64_MAX = 2n ** 63n - 1n;
-// Timestamps are limited to years 0001..9999: every engine and ISO-8601 can represent those.
-const MIN_TIMESTAMP_MS = -62_135_596_800_000n;
-const MAX_TIMESTAMP_MS = 253_402_300_799_999n;
-const INTEGER_TEXT = /^-?\d+$/;
-const DECIMAL_TEXT = /^(-?)(\d+)(?:\.(\d*))?(?:[eE]([+-]?\d+))?$/;
-const FLOAT_TEXT = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$|^[+-]?Infinity$|^NaN$/;
-const ISO_TIMESTAMP =
-  /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?(Z|z|[+-]\d{2}(?::?\d{2})?)?$/;
-const UNIT_EXPONENT: Record<TimeUnit, number> = { s: 0, ms: 3, us: 6, ns: 9 };
-
-/** A short, bounded description of a rejected value for the dead-letter reason. */
-export function describeValue(value: unknown): string {
-  if (typeof value === 'string') {
-    const text = JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
-    return text;
-  }
-  if (typeof value === 'bigint') return value.toString();
-  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
-  if (Array.isArray(value)) return 'an array';
-  if (value instanceof Date) return 'a Date';
-  return value === null ? 'null' : `a ${typeof value}`;
-}
-
-const fail = (type: string, value: unknown, why = ''): Conversion => ({
-  ok: false,
-  reason: `expected ${type}, got ${describeValue(value)}${why}`,
-});
-
-function integerFrom(value: unknown, type: 'int32' | 'int64', min: bigint, max: bigint): Conversion {
-  let n: bigint;
-  if (typeof value === 'number') {
-    if (!Number.isInteger(value)) return fail(type, value);
-    // A number beyond 2^53 was already rounded when the JSON was parsed: refuse rather than store a wrong value.
-    if (!Number.isSafeInteger(value)) {
-      return fail(type, value, ' (beyond 2^53 a JS number has already lost precision; send it as a string)');
-    }
-    n = BigInt(value);
-  } else if (typeof value === 'bigint') {
-    n = value;
-  } else if (typeof value === 'string' || isLosslessNumber(value)) {
-    const text = typeof value === 'string' ? value : value.value;
-    if (!INTEGER_TEXT.test(text)) return fail(type, value);
-    n = BigInt(text);
-  } else {
-    return fail(type, value);
-  }
-  if (n < min || n > max) return fail(type, value, ' (out of range)');
-  return { ok: true, value: type === 'int32' ? Number(n) : n };
-}
-
-function doubleFrom(value: unknown): Conversion {
-  if (typeof value === 'number') return { ok: true, value };
-  if (typeof value === 'bigint') return { ok: true, value: Number(value) };
-  if (isLosslessNumber(value)) return { ok: true, value: Number(value.value) };
-  // Protobuf JSON writes NaN and infinities as strings.
-  if (typeof value === 'string' && FLOAT_TEXT.test(value)) return { ok: true, value: Number(value) };
-  return fail('double', value);
-}
-
-function booleanFrom(value: unknown): Conversion {
-  if (typeof value === 'boolean') return { ok: true, value };
-  if (value === 'true' || value === 'false') return { ok: true, value: value === 'true' };
-  return fail('boolean', value);
-}
-
-function stringFrom(value: unknown): Conversion {
-  if (typeof value === 'string') return { ok: true, value };
-  if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean') {
-    return { ok: true, value: String(value) };
-  }
-  if (isLosslessNumber(value)) return { ok: true, value: value.value };
-  return fail('string', value);
-}
-
-function floorDiv(a: bigint, b: bigint): bigint {
-  const q = a / b;
-  return a % b !== 0n && a < 0n !== b < 0n ? q - 1n : q;
-}
-
-/**
- * `text` (a decimal, possibly with fraction and exponent) times 10^exponent, rounded down, computed
- * exactly. Undefined when the text is not a decimal or absurdly scaled.
- */
-export function scaleDecimal(text: string, exponent: number): bigint | undefined {
-  const match = DECIMAL_TEXT.exec(text);
-  if (!match) return undefined;
-  const [, sign, whole, fraction = '', exp = '0'] = match;
-  const shift = Number(exp) - fraction.length + exponent;
-  if (!Number.isFinite(shift) || Math.abs(shift) > 40) return undefined;
-  const digits = BigInt(`${sign}${whole}${fraction}`);
-  return shift >= 0 ? digits * 10n ** BigInt(shift) : floorDiv(digits, 10n ** BigInt(-shift));
-}
-
-/** Microseconds since the epoch of an ISO-8601 date or date-time (UTC when it has no offset). */
-export function parseIsoMicros(text: string): bigint | undefined {
-  const m = ISO_TIMESTAMP.exec(text);
-  if (!m) return undefined;
-  const [, y, mo, d, h = '0', mi = '0', s = '0', fraction = '', zone] = m;
-  const date = new Date(0);
-  // setUTCFullYear instead of Date.UTC: the latter maps years 0..99 to 1900..1999.
-  date.setUTCFullYear(Number(y), Number(mo) - 1, Number(d));
-  date.setUTCHours(Number(h), Number(mi), Number(s), 0);
-  if (
-    date.getUTCFullYear() !== Number(y) ||
-    date.getUTCMonth() !== Number(mo) - 1 ||
-    date.getUTCDate() !== Number(d) ||
-    date.getUTCHours() !== Number(h) ||
-    date.getUTCMinutes() !== Number(mi) ||
-    date.getUTCSeconds() !== Number(s)
-  ) {
-    return undefined; // 2023-02-30, 25:00 and the like
-  }
-  let offsetMinutes = 0;
-  if (zone && zone !== 'Z' && zone !== 'z') {
-    const digits = zone.slice(1).replace(':', '');
-    const hours = Number(digits.slice(0, 2));
-    const minutes = Number(digits.slice(2) || '0');
-    if (hours > 23 || minutes > 59) return undefined;
-    offsetMinutes = (zone[0] === '-' ? -1 : 1) * (hours * 60 + minutes);
-  }
-  const micros = BigInt(date.getTime() - offsetMinutes * 60_000) * 1000n;
-  return micros + BigInt(fraction.padEnd(6, '0').slice(0, 6));
-}
-
-function timestampFrom(value: unknown, type: 'timestamp_ms' | 'timestamp_us', unit: TimeUnit): Conversion {
-  const targetExponent = type === 'timestamp_ms' ? 3 : 6;
-  let result: bigint | undefined;
-  if (typeof value === 'bigint') {
-    result = scaleDecimal(value.toString(), targetExponent - UNIT_EXPONENT[unit]);
-  } else if (typeof value === 'number') {
-    // String(n) is the shortest text that round-trips, so 1700000000.123 s scales to exactly ...123000 us.
-    if (Number.isFinite(value)) result = scaleDecimal(String(value), targetExponent - UNIT_EXPONENT[unit]);
-  } else if (typeof value === 'string' || isLosslessNumber(value)) {
-    const text = typeof value === 'string' ? value : value.value;
-    result = scaleDecimal(text, targetExponent - UNIT_EXPONENT[unit]);
-    if (result === undefined) {
-      const micros = parseIsoMicros(text);
-      if (micros !== undefined) result = type === 'timestamp_ms' ? floorDiv(micros, 1000n) : micros;
-    }
-  } else if (value instanceof Date) {
-    const ms = value.getTime();
-    if (!Number.isNaN(ms)) result = BigInt(ms) * (type === 'timestamp_ms' ? 1n : 1000n);
-  }
-  if (result === undefined) return fail(type, value);
-  const scale = type === 'timestamp_ms' ? 1n : 1000n;
-  if (result < MIN_TIMESTAMP_MS * scale || result > MAX_TIMESTAMP_MS * scale + (scale - 1n)) {
-    return fail(type, value, ` (outside years 0001..9999 for unit ${unit})`);
-  }
-  return { ok: true, value: result };
-}
-
-/** Converts one value to its column type; undefined and null become NULL. */
-export function convertValue(type: ParquetColumnType, value: unknown, timeUnit: TimeUnit = 'ms'): Conversion {
-  if (value === undefined || value === null) return { ok: true, value: null };
-  switch (type) {
-    case 'string':
-      return stringFrom(value);
-    case 'int32':
-      return integerFrom(value, 'int32', INT32_MIN, INT32_MAX);
-    case 'int64':
-      return integerFrom(value, 'int64', INT64_MIN, INT64_MAX);
-    case 'double':
-      return doubleFrom(value);
-    case 'boolean':
-      return booleanFrom(value);
-    case 'timestamp_ms':
-    case 'timestamp_us':
-      return timestampFrom(value, type, timeUnit);
-    case 'json':
-      try {
-        return { ok: true, value: stringifyJson(value) };
-      } catch (err) {
-        return {
-          ok: false,
-          reason: `expected json, got a value that cannot be serialized: ${(err as Error).message}`,
-        };
-      }
-  }
-}
-
-/**
- * JSON.stringify that writes bigints (and lossless-json numbers) as their digits instead of throwing,
- * so a 64-bit integer parsed losslessly stays exact in the JSON text.
- */
-export function stringifyJson(value: unknown): string {
-  // Native JSON.stringify is several times faster; it throws on bigints (and on cycles), and only then is
-  // the exact serializer below needed. (lossless-json's LosslessNumber objects have no toJSON and would
-  // come out as objects on this path; the decoder produces bigints, not LosslessNumbers.)
-  try {
-    return JSON.stringify(value) ?? 'null';
-  } catch {
-    return stringifyExact(value);
-  }
-}
-
-function stringifyExact(value: unknown): string {
-  const ancestors = new Set<object>();
-  const write = (v: unknown): string | undefined => {
-    if (v === null) return 'null';
-    switch (typeof v) {
-      case 'string':
-        return JSON.stringify(v);
-      case 'number':
-        return Number.isFinite(v) ? String(v) : 'null';
-      case 'bigint':
-        return v.toString();
-      case 'boolean':
-        return v ? 'true' : 'false';
-      case 'object':
-        break;
-      default:
-        return undefined; // undefined, functions and symbols are skipped, as by JSON.stringify
-    }
-    if (isLosslessNumber(v)) return v.value;
-    const object = v as Record<string, unknown> & { toJSON?: () => unknown };
-    if (typeof object.toJSON === 'function') return write(object.toJSON());
-    if (ancestors.has(object)) throw new TypeError('circular structure');
-    ancestors.add(object);
-    let text: string;
-    if (Array.isArray(object)) {
-      text = `[${object.map((item) => write(item) ?? 'null').join(',')}]`;
-    } else {
-      const parts: string[] = [];
-      for (const key of Object.keys(object)) {
-        const item = write(object[key]);
-        if (item !== undefined) parts.push(`${JSON.stringify(key)}:${item}`);
-      }
-      text = `{${parts.join(',')}}`;
-    }
-    ancestors.delete(object);
-    return text;
-  };
-  return write(value) ?? 'null';
-}
-
-/** Follows a pre-split dotted path; own properties only, numeric segments index arrays. */
-export function lookupPath(value: unknown, path: readonly string[]): unknown {
-  let current = value;
-  for (const segment of path) {
-    if (current === null || typeof current !== 'object') return undefined;
-    if (Array.isArray(current)) {
-      if (!/^\d+$/.test(segment)) return undefined;
-      current = current[Number(segment)];
-    } else {
-      current = Object.hasOwn(current, segment) ? (current as Record<string, unknown>)[segment] : undefined;
-    }
-  }
-  return current;
-}
-
-type SqlType = 'VARCHAR' | 'BIGINT' | 'INTEGER' | 'DOUBLE' | 'BOOLEAN' | 'TIMESTAMP_MS' | 'TIMESTAMP';
-
-const SQL_TYPE: Record<ParquetColumnType, SqlType> = {
-  string: 'VARCHAR',
-  int32: 'INTEGER',
-  int64: 'BIGINT',
-  double: 'DOUBLE',
-  boolean: 'BOOLEAN',
-  timestamp_ms: 'TIMESTAMP_MS', // Parquet TIMESTAMP(MILLIS)
-  timestamp_us: 'TIMESTAMP', // Parquet TIMESTAMP(MICROS)
-  // Plain UTF8 text rather than DuckDB's JSON type, whose Parquet JSON annotation not every engine reads.
-  json: 'VARCHAR',
-};
-
-type Append = (appender: DuckDBAppender, cell: Exclude<Cell, null>) => void;
-
-// TIMESTAMP_MS cells are staged as TIMESTAMP (micros) and cast back in the COPY query: the appender's
-// millisecond method goes through its generic, several times slower value path.
-const APPEND: Record<SqlType, Append> = {
-  VARCHAR: (a, c) => a.appendVarchar(c as string),
-  BIGINT: (a, c) => a.appendBigInt(c as bigint),
-  INTEGER: (a, c) => a.appendInteger(c as number),
-  DOUBLE: (a, c) => a.appendDouble(c as number),
-  BOOLEAN: (a, c) => a.appendBoolean(c as boolean),
-  TIMESTAMP_MS: (a, c) => a.appendTimestamp(new DuckDBTimestampValue((c as bigint) * 1000n)),
-  TIMESTAMP: (a, c) => a.appendTimestamp(new DuckDBTimestampValue(c as bigint)),
-};
-
-/**
- * A column of the output file. `row` columns are cells of each row; `stream` and `shard` are the same for
- * every row of a file (one file = one shard), so they are written as constants instead of per row.
- */
-export interface TableColumn {
-  readonly name: string;
-  readonly sqlType: SqlType;
-  readonly source: 'row' | 'stream' | 'shard';
-}
-
-export type RowResult =
-  | { readonly ok: true; readonly row: Cell[] }
-  | { readonly ok: false; readonly reason: string };
-
-interface ColumnExtractor {
-  readonly config: ParquetColumnConfig;
-  readonly path: readonly string[];
-}
-
-/**
- * Turns events into rows: metadata columns, configured columns, then the optional whole-record column.
- * A row holds the cells of the `row` columns only (not _stream and _shard_id).
- */
-export class RowBuilder {
-  readonly columns: readonly TableColumn[];
-  private readonly extractors: readonly ColumnExtractor[];
-  private readonly recordColumn: boolean;
-
-  constructor(columns: readonly ParquetColumnConfig[], recordColumn: string | false) {
-    this.extractors = columns.map((config) => ({ config, path: (config.path ?? config.name).split('.') }));
-    this.recordColumn = recordColumn !== false;
-    const metadata: Record<(typeof METADATA_COLUMNS)[number], Omit<TableColumn, 'name'>> = {
-      _stream: { sqlType: 'VARCHAR', source: 'stream' },
-      _shard_id: { sqlType: 'VARCHAR', source: 'shard' },
-      _sequence_number: { sqlType: 'VARCHAR', source: 'row' },
-      _sub_sequence_number: { sqlType: 'BIGINT', source: 'row' },
-      _event_index: { sqlType: 'INTEGER', source: 'row' },
-      _partition_key: { sqlType: 'VARCHAR', source: 'row' },
-      _arrival_time: { sqlType: 'TIMESTAMP_MS', source: 'row' },
-    };
-    this.columns = [
-      ...METADATA_COLUMNS.map((name) => ({ name, ...metadata[name] })),
-      ...columns.map((c) => ({ name: c.name, sqlType: SQL_TYPE[c.type], source: 'row' as const })),
-      ...(recordColumn === false
-        ? []
-        : [{ name: recordColumn, sqlType: 'VARCHAR' as const, source: 'row' as const }]),
-    ];
-  }
-
-  build(event: PipelineEvent): RowResult {
-    const { origin } = event;
-    const arrival = origin.arrivalTime.getTime();
-    const row: Cell[] = [
-      origin.sequenceNumber,
-      BigInt(origin.subSequenceNumber),
-      event.index,
-      origin.partitionKey,
-      Number.isNaN(arrival) ? null : BigInt(arrival),
-    ];
-    for (const { config, path } of this.extractors) {
-      const converted = convertValue(config.type, lookupPath(event.value, path), config.timeUnit);
-      if (!converted.ok) return { ok: false, reason: `column ${config.name}: ${converted.reason}` };
-      row.push(converted.value);
-    }
-    if (this.recordColumn) {
-      try {
-        row.push(stringifyJson(event.value));
-      } catch (err) {
-        return {
-          ok: false,
-          reason: `record column: cannot serialize the event as JSON: ${(err as Error).message}`,
-        };
-      }
-    }
-    return { ok: true, row };
-  }
-}
+export { RowBuilder, type RowResult, type TableColumn } from './columns.js';
+export {
+  type Cell,
+  type Conversion,
+  convertValue,
+  describeValue,
+  lookupPath,
+  parseIsoMicros,
+  scaleDecimal,
+  stringifyJson,
+} from './convert.js';
 
 export interface EncoderOptions {
-  readonly columns: readonly TableColumn[];
   readonly compression: 'zstd' | 'snappy';
   readonly rowGroupRows: number;
 }
@@ -397,7 +38,39 @@ export interface FileConstants {
   readonly shardId: string;
 }
 
-const quoteIdentifier = (name: string) => `"${name.replaceAll('"', '""')}"`;
+type Append = (appender: DuckDBAppender, cell: Exclude<Cell, null>) => void;
+
+// TIMESTAMP_MS cells are staged as TIMESTAMP (micros) and cast back in the COPY query: the appender's
+// millisecond method goes through its generic, several times slower value path. Nested cells are JSON text.
+const APPEND: Record<StagedType, Append> = {
+  VARCHAR: (a, c) => a.appendVarchar(c as string),
+  NESTED: (a, c) => a.appendVarchar(c as string),
+  BIGINT: (a, c) => a.appendBigInt(c as bigint),
+  INTEGER: (a, c) => a.appendInteger(c as number),
+  DOUBLE: (a, c) => a.appendDouble(c as number),
+  BOOLEAN: (a, c) => a.appendBoolean(c as boolean),
+  TIMESTAMP_MS: (a, c) => a.appendTimestamp(new DuckDBTimestampValue((c as bigint) * 1000n)),
+  TIMESTAMP: (a, c) => a.appendTimestamp(new DuckDBTimestampValue(c as bigint)),
+};
+
+const STAGING_TYPE: Record<StagedType, string> = {
+  VARCHAR: 'VARCHAR',
+  NESTED: 'VARCHAR',
+  BIGINT: 'BIGINT',
+  INTEGER: 'INTEGER',
+  DOUBLE: 'DOUBLE',
+  BOOLEAN: 'BOOLEAN',
+  TIMESTAMP_MS: 'TIMESTAMP',
+  TIMESTAMP: 'TIMESTAMP',
+};
+
+/** How a table of rows is staged and copied; compiled once per column list. */
+interface Layout {
+  readonly columns: readonly TableColumn[];
+  readonly append: readonly Append[];
+  readonly ddl: string;
+}
+
 const quoteLiteral = (text: string) => `'${text.replaceAll("'", "''")}'`;
 /** Rows appended between yields: appending is synchronous native work and must not starve the event loop. */
 const APPEND_SLICE_ROWS = 8192;
@@ -410,42 +83,66 @@ export class ParquetEncoder {
   private instance: Promise<{ instance: DuckDBInstance; connection: DuckDBConnection }> | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private tables = 0;
-  private readonly append: Append[];
-  private readonly ddl: string;
+  private readonly layouts = new WeakMap<readonly TableColumn[], Layout>();
 
-  constructor(private readonly options: EncoderOptions) {
-    const stored = options.columns.filter((c) => c.source === 'row');
-    this.append = stored.map((c) => APPEND[c.sqlType]);
-    this.ddl = stored
-      .map((c) => `${quoteIdentifier(c.name)} ${c.sqlType === 'TIMESTAMP_MS' ? 'TIMESTAMP' : c.sqlType}`)
-      .join(', ');
-  }
+  constructor(private readonly options: EncoderOptions) {}
 
-  /** Writes `rows` (as built by RowBuilder) to a Parquet file at `path` and returns its size in bytes. */
-  encode(rows: readonly Cell[][], path: string, constants: FileConstants): Promise<number> {
-    const run = this.queue.then(() => this.encodeNow(rows, path, constants));
+  /**
+   * Writes `rows` (cells of the `row` columns of `columns`, as built by RowBuilder) to a Parquet file at
+   * `path` and returns its size in bytes.
+   */
+  encode(
+    columns: readonly TableColumn[],
+    rows: readonly Cell[][],
+    path: string,
+    constants: FileConstants,
+  ): Promise<number> {
+    const run = this.queue.then(() => this.encodeNow(this.layout(columns), rows, path, constants));
     this.queue = run.catch(() => undefined);
     return run;
   }
 
-  private selectList(constants: FileConstants): string {
-    return this.options.columns
+  private layout(columns: readonly TableColumn[]): Layout {
+    let layout = this.layouts.get(columns);
+    if (!layout) {
+      const stored = columns.filter((c) => c.source === 'row');
+      layout = {
+        columns,
+        append: stored.map((c) => APPEND[c.staged]),
+        ddl: stored.map((c) => `${quoteIdentifier(c.name)} ${STAGING_TYPE[c.staged]}`).join(', '),
+      };
+      this.layouts.set(columns, layout);
+    }
+    return layout;
+  }
+
+  private selectList(layout: Layout, constants: FileConstants): string {
+    return layout.columns
       .map((c) => {
         const name = quoteIdentifier(c.name);
         if (c.source === 'stream') return `${quoteLiteral(constants.stream)}::VARCHAR AS ${name}`;
         if (c.source === 'shard') return `${quoteLiteral(constants.shardId)}::VARCHAR AS ${name}`;
-        return c.sqlType === 'TIMESTAMP_MS' ? `${name}::TIMESTAMP_MS AS ${name}` : name;
+        if (c.staged === 'TIMESTAMP_MS') return `${name}::TIMESTAMP_MS AS ${name}`;
+        // Canonical JSON written by columns.ts, cast to the nested type (exact: int64 digits, timestamp text).
+        if (c.staged === 'NESTED') return `${name}::JSON::${c.sqlType} AS ${name}`;
+        return name;
       })
       .join(', ');
   }
 
-  private async encodeNow(rows: readonly Cell[][], path: string, constants: FileConstants): Promise<number> {
+  private async encodeNow(
+    layout: Layout,
+    rows: readonly Cell[][],
+    path: string,
+    constants: FileConstants,
+  ): Promise<number> {
     const { connection } = await this.open();
     this.tables += 1;
     const table = `roll_${this.tables}`;
-    await connection.run(`CREATE TABLE ${table} (${this.ddl})`);
+    await connection.run(`CREATE TABLE ${table} (${layout.ddl})`);
     try {
       const appender = await connection.createAppender(table);
+      const append = layout.append;
       try {
         for (let start = 0; start < rows.length; start += APPEND_SLICE_ROWS) {
           if (start > 0) await yieldToEventLoop();
@@ -455,7 +152,7 @@ export class ParquetEncoder {
             for (let c = 0; c < row.length; c++) {
               const cell = row[c]!;
               if (cell === null) appender.appendNull();
-              else this.append[c]!(appender, cell);
+              else append[c]!(appender, cell);
             }
             appender.endRow();
           }
@@ -469,7 +166,7 @@ export class ParquetEncoder {
       }
       appender.closeSync();
       await connection.run(
-        `COPY (SELECT ${this.selectList(constants)} FROM ${table}) TO ${quoteLiteral(path)} ` +
+        `COPY (SELECT ${this.selectList(layout, constants)} FROM ${table}) TO ${quoteLiteral(path)} ` +
           `(FORMAT parquet, COMPRESSION ${this.options.compression}, ROW_GROUP_SIZE ${this.options.rowGroupRows})`,
       );
     } finally {

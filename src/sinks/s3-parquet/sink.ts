@@ -1,17 +1,23 @@
 /**
- * Batching, rolling and acks of the Parquet sink. Each shard has its own buffer of converted rows;
- * a buffer is rolled into a file when a size limit is reached (checked between Kinesis records, so
- * the events of one record never end up in two files), when it gets too old, or on flush. A rolled
- * file is encoded, uploaded, and only then are its events acked.
+ * Batching, partitioning, rolling and acks of the Parquet sink.
  *
- * Object keys are derived from the positions of the first and last event, so a replay after a crash
- * overwrites rather than duplicates; on `openShard` the sink also recognises objects committed after
- * the checkpoint and acks their events without writing them again, so that every record ends up in
- * exactly one object even when the new run rolls at different points.
+ * Each (partition, shard) has its own open file (a buffer of converted rows); events of a partition that
+ * cannot be opened (too many open partitions) go to the shard's quarantine file instead. A file is rolled
+ * when it reaches its row or byte limit, when it gets too old, when the sink's memory cap needs room (the
+ * largest open file first), or on flush. A rolled file is encoded, its manifest written, the data object
+ * uploaded, and only then are its events acked.
+ *
+ * Object keys come from the positions of the file's first and last event, so a replay after a crash that
+ * rolls at the same events overwrites instead of duplicating. On `openShard` the sink reads the manifests of
+ * files committed after the checkpoint and acks their events without writing them again, so that every
+ * record ends up in exactly one object even when the new run cuts files elsewhere (see manifest.ts).
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
+import type { S3Client } from '@aws-sdk/client-s3';
+import pLimit from 'p-limit';
 import type { Logger } from 'pino';
 import type { Ack } from '../../core/ack.js';
 import { settlesWithin } from '../../core/backoff.js';
@@ -19,8 +25,33 @@ import type { ComponentContext, ShardRef, Sink } from '../../core/component.js';
 import { compareSequence, type PipelineEvent, type RecordOrigin } from '../../core/records.js';
 import type { ShardPosition } from '../../core/watermark.js';
 import { counter, gauge, histogram } from '../../metrics/registry.js';
-import type { ParquetSinkConfig } from './config.js';
-import { type Cell, ParquetEncoder, RowBuilder } from './encoder.js';
+import {
+  INDEX_CELL,
+  RowBuilder,
+  SEQUENCE_CELL,
+  SUB_SEQUENCE_CELL,
+  type TableColumn,
+  tableColumnOf,
+} from './columns.js';
+import type { RegistrationConfig } from './config.js';
+import { type ParquetSinkConfig, QUARANTINE_PARTITION_COLUMN } from './config.js';
+import type { Cell } from './convert.js';
+import { ParquetEncoder } from './encoder.js';
+import {
+  compareEventPosition,
+  type EventPosition,
+  encodePositions,
+  formatEventPosition,
+  type Manifest,
+  manifestDir,
+  manifestKey,
+  parseEventPosition,
+  ReplayIndex,
+  startAfterCheckpoint,
+} from './manifest.js';
+import { Partitioner } from './partitioning.js';
+import type { PartitionRegistrar } from './registration.js';
+import { DEFAULT_EVENT_TIME, resolveSchema } from './schemas.js';
 import { type BackoffOptions, ParquetUploadService, retryUntilAborted } from './service.js';
 
 export function comparePosition(a: ShardPosition, b: ShardPosition): number {
@@ -34,64 +65,73 @@ export function formatPosition(position: ShardPosition): string {
     : position.sequenceNumber;
 }
 
-const OBJECT_NAME = /^(\d+)(?:\.(\d+))?_(\d+)(?:\.(\d+))?\.parquet$/;
+const OBJECT_NAME = /^(.+)_(shardId-[^_]+)_([\d.-]+)_([\d.-]+?)(?:_d[0-9a-f]+)?\.parquet$/;
 
-/** The first/last positions encoded in an object's file name, or undefined for foreign names. */
-export function parseObjectName(name: string): { first: ShardPosition; last: ShardPosition } | undefined {
+/** Stream, shard and first/last event positions of a data object's file name, or undefined for foreign names. */
+export function parseObjectName(
+  name: string,
+): { stream: string; shardId: string; first: EventPosition; last: EventPosition } | undefined {
   const match = OBJECT_NAME.exec(name);
   if (!match) return undefined;
-  const [, firstSeq, firstSub = '0', lastSeq, lastSub = '0'] = match;
-  return {
-    first: { sequenceNumber: firstSeq!, subSequenceNumber: Number(firstSub) },
-    last: { sequenceNumber: lastSeq!, subSequenceNumber: Number(lastSub) },
-  };
+  const first = parseEventPosition(match[3]!);
+  const last = parseEventPosition(match[4]!);
+  if (!first || !last) return undefined;
+  return { stream: match[1]!, shardId: match[2]!, first, last };
 }
 
-export function shardPrefix(prefix: string, stream: string, shardId: string): string {
-  return `${prefix}${stream}/${shardId}/`;
-}
-
+/** Data key: `<prefix>[<partition>/ | <quarantine prefix>]<stream>_<shardId>_<first>_<last>[_d<hash>].parquet`. */
 export function objectKey(
-  prefix: string,
+  dir: string,
   stream: string,
   shardId: string,
-  first: ShardPosition,
-  last: ShardPosition,
+  first: EventPosition,
+  last: EventPosition,
+  contentHash?: string,
 ): string {
-  return `${shardPrefix(prefix, stream, shardId)}${formatPosition(first)}_${formatPosition(last)}.parquet`;
+  return `${dir}${stream}_${shardId}_${formatEventPosition(first)}_${formatEventPosition(last)}${contentHash ? `_d${contentHash}` : ''}.parquet`;
 }
 
-interface ReplayRange {
-  readonly key: string;
-  readonly first: ShardPosition;
-  readonly last: ShardPosition;
+type RollReason = 'rows' | 'bytes' | 'age' | 'memory' | 'flush' | 'replay';
+
+/**
+ * Heap bytes of a buffered row, estimated from its cells: the row array and the ack (~120 bytes plus 8 per
+ * cell), each string's characters plus its header, 24 per bigint. Strings shared with other rows are
+ * counted in each (an over-estimate keeps the cap safe). Measured against process.memoryUsage() on the
+ * memory-cap test's rows: within 20%.
+ */
+export function estimateRowBytes(row: readonly Cell[]): number {
+  let bytes = 120 + 8 * row.length;
+  for (let i = 0; i < row.length; i++) {
+    const cell = row[i];
+    if (typeof cell === 'string') bytes += 16 + cell.length;
+    else if (typeof cell === 'bigint') bytes += 24;
+  }
+  return bytes;
 }
 
-interface ShardBuffer {
+interface FileBuffer {
+  readonly id: string;
   readonly stream: string;
   readonly shardId: string;
+  /** Partition path, or null when the sink is not partitioned or for a quarantine file. */
+  readonly partition: string | null;
+  readonly quarantine: boolean;
+  /** Holds derived events (made by a processor): content-addressed key, no manifest, never replay-skipped. */
+  readonly derived: boolean;
   rows: Cell[][];
   acks: Ack[];
-  rawBytes: number;
-  first: ShardPosition | undefined;
-  last: ShardPosition | undefined;
+  bytes: number;
+  /** True while positions were appended in increasing order (then no sort is needed at roll). */
+  sorted: boolean;
+  minTime: number;
+  maxTime: number;
   minArrival: number;
   maxArrival: number;
   timer: NodeJS.Timeout | undefined;
-  /** Objects of a previous run beyond the checkpoint, sorted by first position. */
-  replay: ReplayRange[];
 }
 
-interface RolledFile {
-  readonly stream: string;
-  readonly shardId: string;
-  rows: Cell[][];
-  readonly rowCount: number;
-  readonly acks: Ack[];
-  readonly first: ShardPosition;
-  readonly last: ShardPosition;
-  readonly minArrival: number;
-  readonly maxArrival: number;
+interface ShardState {
+  replay: ReplayIndex;
 }
 
 /** A counting semaphore for upload slots. */
@@ -139,9 +179,29 @@ function createMetrics(ctx: ComponentContext) {
       labelNames,
       buckets: [10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000],
     }),
+    rolls: counter(ctx.metrics, {
+      name: 'ksw_parquet_rolls_total',
+      help: 'Files closed, by reason: rows, bytes, age, memory (the memory cap rolled the largest file), flush, replay.',
+      labelNames: ['sink', 'reason'] as const,
+    }),
     bufferedBytes: gauge(ctx.metrics, {
       name: 'ksw_parquet_buffered_bytes',
-      help: 'Raw bytes of events buffered in shard files not rolled yet.',
+      help: 'Bytes of rows held in memory: open files plus files rolled but not yet encoded.',
+      labelNames,
+    }),
+    openPartitions: gauge(ctx.metrics, {
+      name: 'ksw_parquet_open_partitions',
+      help: 'Partitions with an open file (the cap is partitioning.maxOpenPartitions).',
+      labelNames,
+    }),
+    openFiles: gauge(ctx.metrics, {
+      name: 'ksw_parquet_open_files',
+      help: 'Open files: one per (partition, shard) with buffered rows, plus quarantine files.',
+      labelNames,
+    }),
+    quarantined: counter(ctx.metrics, {
+      name: 'ksw_parquet_quarantined_events_total',
+      help: 'Events written to the quarantine prefix because their partition could not be opened (open partition cap).',
       labelNames,
     }),
     uploadSeconds: histogram(ctx.metrics, {
@@ -152,17 +212,27 @@ function createMetrics(ctx: ComponentContext) {
     }),
     uploadErrors: counter(ctx.metrics, {
       name: 'ksw_parquet_upload_errors_total',
-      help: 'Failed attempts to encode, upload or list Parquet files (each is retried).',
+      help: 'Failed attempts to encode, upload, write or read manifests, or list (each is retried).',
       labelNames,
     }),
     replaySkipped: counter(ctx.metrics, {
       name: 'ksw_parquet_replay_skipped_events_total',
-      help: 'Replayed events acked without writing because an object of the previous run already holds them.',
+      help: 'Replayed events acked without writing because a file committed by a previous run already holds them.',
       labelNames,
     }),
     deadLetters: counter(ctx.metrics, {
       name: 'ksw_parquet_dead_letters_total',
-      help: 'Events sent to the dead-letter queue because a value did not fit its column type.',
+      help: 'Events sent to the dead-letter queue because a value did not fit its column type or had no partition time.',
+      labelNames,
+    }),
+    registrations: counter(ctx.metrics, {
+      name: 'ksw_parquet_partition_registrations_total',
+      help: 'Partitions registered in the catalog (registration hook).',
+      labelNames,
+    }),
+    registrationErrors: counter(ctx.metrics, {
+      name: 'ksw_parquet_partition_registration_errors_total',
+      help: "Failed partition registrations (retried with the partition's next file).",
       labelNames,
     }),
   };
@@ -171,23 +241,40 @@ function createMetrics(ctx: ComponentContext) {
 export interface ParquetSinkOptions {
   /** Retry backoff for encode/upload/list failures (tests shorten it). */
   readonly backoff?: BackoffOptions;
+  /** Replaces the registrar built from `registration` (tests). */
+  readonly registrar?: PartitionRegistrar;
 }
+
+/** Remembered registered partitions at most; past it the set starts over (a re-registration is harmless). */
+const MAX_REMEMBERED_PARTITIONS = 100_000;
 
 export class S3ParquetSink implements Sink {
   private readonly logger: Logger;
   private readonly metrics: ReturnType<typeof createMetrics>;
   private readonly labels: { sink: string };
   private readonly rowBuilder: RowBuilder;
+  private readonly columns: readonly TableColumn[];
+  private readonly quarantineColumns: readonly TableColumn[];
+  private readonly partitioner: Partitioner | undefined;
   private readonly encoder: ParquetEncoder;
   private readonly service: ParquetUploadService;
+  private readonly registrar: PartitionRegistrar | undefined;
+  private readonly registered = new Set<string>();
+  private readonly manifestPrefix: string;
   private readonly abort = new AbortController();
   private readonly slots: Slots;
-  private readonly shards = new Map<string, ShardBuffer>();
+  private readonly buffers = new Map<string, FileBuffer>();
+  private readonly shardStates = new Map<string, ShardState>();
+  /** Open files per partition path (across shards). */
+  private readonly openPartitions = new Map<string, number>();
   private readonly inflight = new Set<Promise<void>>();
   private readonly tmpFiles = new Set<string>();
   private capacityWaiters: Array<() => void> = [];
   private pendingFiles = 0;
-  private bufferedBytes = 0;
+  /** Bytes of rows in open files. */
+  private openBytes = 0;
+  /** Bytes of rows in rolled files not yet handed to DuckDB. */
+  private pendingBytes = 0;
   private fileCounter = 0;
   private closed = false;
   private closing: Promise<void> | undefined;
@@ -204,12 +291,32 @@ export class S3ParquetSink implements Sink {
     this.labels = { sink: name };
     this.metrics = createMetrics(ctx);
     this.metrics.bufferedBytes.set(this.labels, 0);
-    this.rowBuilder = new RowBuilder(config.columns, config.recordColumn);
-    this.encoder = new ParquetEncoder({
-      columns: this.rowBuilder.columns,
-      compression: config.compression,
-      rowGroupRows: config.rowGroupRows,
-    });
+    this.metrics.openPartitions.set(this.labels, 0);
+    this.metrics.openFiles.set(this.labels, 0);
+    const schema = resolveSchema(config);
+    this.rowBuilder = new RowBuilder(schema.columns, schema.recordColumn, schema.recordContent);
+    this.columns = this.rowBuilder.columns;
+    this.quarantineColumns = [
+      ...this.columns,
+      tableColumnOf({ name: QUARANTINE_PARTITION_COLUMN, type: 'string' }),
+    ];
+    if (config.partitioning) {
+      const time = config.partitioning.time;
+      const defaults = DEFAULT_EVENT_TIME[config.schema];
+      const source = time.source ?? (defaults ? 'event' : 'arrival');
+      this.partitioner = new Partitioner({
+        config: config.partitioning,
+        eventTime:
+          source === 'event'
+            ? {
+                field: time.field ?? defaults!.field,
+                unit: time.unit ?? (time.field ? 'ms' : defaults!.unit),
+              }
+            : undefined,
+      });
+    }
+    this.manifestPrefix = config.manifestPrefix ?? `${config.prefix}_ksw/manifests/`;
+    this.encoder = new ParquetEncoder({ compression: config.compression, rowGroupRows: config.rowGroupRows });
     this.slots = new Slots(config.uploadConcurrency);
     this.service = new ParquetUploadService({
       s3: ctx.aws.s3,
@@ -220,28 +327,54 @@ export class S3ParquetSink implements Sink {
       uploadErrors: this.metrics.uploadErrors,
       labels: this.labels,
       backoff: options.backoff,
+      multipart: {
+        thresholdBytes: config.upload.multipartThresholdBytes,
+        partSizeBytes: config.upload.partSizeBytes,
+      },
     });
+    this.registrar =
+      options.registrar ??
+      (config.registration
+        ? lazyGlueRegistrar(config.registration, ctx.aws.s3, `s3://${config.bucket}/${config.prefix}`)
+        : undefined);
   }
 
+  /**
+   * Reads the manifests of files that end after the checkpoint; the events of those whose data object was
+   * committed (exists with the manifest's file id) are acked without writing when they are replayed.
+   */
   async openShard(shard: ShardRef, checkpoint: ShardPosition | undefined): Promise<void> {
-    const buffer = this.shardBuffer(shard);
-    const dir = shardPrefix(this.config.prefix, shard.stream, shard.shardId);
-    const keys = await this.service.listKeys(dir);
+    const state = this.shardState(shard);
+    const dir = manifestDir(this.manifestPrefix, shard.stream, shard.shardId);
+    // Without a checkpoint the shard starts over, so every file may hold records about to be replayed.
+    const keys = await this.service.listKeys(
+      dir,
+      checkpoint ? startAfterCheckpoint(dir, checkpoint) : undefined,
+    );
     if (!keys) return; // closed meanwhile: nothing will be written any more
-    const ranges: ReplayRange[] = [];
-    for (const key of keys) {
-      const parsed = parseObjectName(key.slice(dir.length));
-      if (!parsed) continue;
-      // Without a checkpoint the shard starts over, so every object may hold records about to be replayed.
-      if (checkpoint && comparePosition(parsed.last, checkpoint) <= 0) continue;
-      ranges.push({ key, ...parsed });
-    }
-    ranges.sort((a, b) => comparePosition(a.first, b.first));
-    buffer.replay = ranges;
-    if (ranges.length > 0) {
+    const limit = pLimit(8);
+    let committed = 0;
+    let uncommitted = 0;
+    await Promise.all(
+      keys.map((key) =>
+        limit(async () => {
+          const manifest = (await this.service.getJson(key)) as Manifest | undefined;
+          if (manifest?.version !== 1) return;
+          const metadata = await this.service.headMetadata(manifest.dataKey);
+          if (metadata?.['ksw-file-id'] === manifest.fileId) {
+            state.replay.add(manifest.positions);
+            committed += 1;
+          } else {
+            // Written before a crash that came before (or during) the data upload: not committed.
+            uncommitted += 1;
+          }
+        }),
+      ),
+    );
+    if (committed + uncommitted > 0) {
       this.logger.info(
-        { stream: shard.stream, shardId: shard.shardId, objects: ranges.length },
-        'objects committed after the checkpoint found; their events will be acked without rewriting',
+        { stream: shard.stream, shardId: shard.shardId, committed, uncommitted, events: state.replay.size },
+        'files committed after the checkpoint found; their events will be acked without rewriting',
       );
     }
   }
@@ -250,43 +383,81 @@ export class S3ParquetSink implements Sink {
     if (this.closed) throw new Error(`sink ${this.name} is closed`);
     await this.waitForCapacity();
     const { maxFileRows, maxFileBytes } = this.config.roll;
+    const partitioning = this.config.partitioning;
     for (const event of events) {
-      const shard = this.shardBuffer(event.origin);
-      const position: ShardPosition = {
-        sequenceNumber: event.origin.sequenceNumber,
-        subSequenceNumber: event.origin.subSequenceNumber,
-      };
       // Converted first even when replayed: an event that failed conversion in the previous run is not in
-      // that run's object, and dead-lettering it again is the only way to be sure its letter exists.
+      // that run's files, and dead-lettering it again is the only way to be sure its letter exists.
       const built = this.rowBuilder.build(event);
       if (!built.ok) {
         this.deadLetter(event, built.reason);
         continue;
       }
-      if (this.coveredByReplay(shard, position)) {
-        // Roll first so no new file's key range straddles an object of the previous run.
-        if (shard.rows.length > 0) {
-          this.roll(shard);
+      let partition: string | null = null;
+      let time: number;
+      if (this.partitioner) {
+        const result = this.partitioner.partitionOf(event);
+        if (!result.ok) {
+          this.deadLetter(event, result.reason);
+          continue;
+        }
+        partition = result.path;
+        time = result.timeMs;
+      } else {
+        time = event.origin.arrivalTime.getTime();
+      }
+      const { origin } = event;
+      const derived = event.derived === true;
+      if (
+        !derived &&
+        this.shardState(origin).replay.take(origin.sequenceNumber, origin.subSequenceNumber, event.index)
+      ) {
+        // Roll the partition's open file so the new run cuts files where the previous run did.
+        const natural = this.buffers.get(bufferId(origin, false, partition, false));
+        if (natural && natural.rows.length > 0) {
+          this.roll(natural, 'replay');
           await this.waitForCapacity();
         }
         this.metrics.replaySkipped.inc(this.labels);
         event.ack.done();
         continue;
       }
+      let quarantine = false;
+      if (partition !== null && !this.openPartitions.has(partition)) {
+        if (this.openPartitions.size >= partitioning!.maxOpenPartitions) quarantine = true;
+      }
+      const row = built.row;
+      if (quarantine) {
+        row.push(partition);
+        this.metrics.quarantined.inc(this.labels);
+      }
+      let buffer = this.buffer(origin, derived, quarantine ? null : partition, quarantine);
+      // Size limits are checked between records: the events of one record stay in one file.
       if (
-        shard.last !== undefined &&
-        comparePosition(shard.last, position) !== 0 &&
-        (shard.rows.length >= maxFileRows || shard.rawBytes >= maxFileBytes)
+        (buffer.rows.length >= maxFileRows || buffer.bytes >= maxFileBytes) &&
+        !continuesRecord(buffer, origin)
       ) {
-        this.roll(shard);
+        this.roll(buffer, buffer.rows.length >= maxFileRows ? 'rows' : 'bytes');
+        await this.waitForCapacity();
+        // The partition may have been closed meanwhile (and others opened): decide again.
+        if (!quarantine && partition !== null && !this.openPartitions.has(partition)) {
+          if (this.openPartitions.size >= partitioning!.maxOpenPartitions) {
+            row.push(partition);
+            quarantine = true;
+            this.metrics.quarantined.inc(this.labels);
+          }
+        }
+        buffer = this.buffer(origin, derived, quarantine ? null : partition, quarantine);
+      }
+      this.append(buffer, event, row, time);
+      if (this.openBytes > this.config.memory.maxBufferedBytes * 0.75) {
+        this.relieveMemory();
         await this.waitForCapacity();
       }
-      this.append(shard, event, built.row, position);
     }
   }
 
   async flush(): Promise<void> {
-    for (const shard of this.shards.values()) this.roll(shard);
+    for (const buffer of [...this.buffers.values()]) this.roll(buffer, 'flush');
     await Promise.all([...this.inflight]);
   }
 
@@ -300,7 +471,7 @@ export class S3ParquetSink implements Sink {
     const drained = (async () => {
       // Writers that were waiting for capacity may still append after the first flush.
       do await this.flush();
-      while ([...this.shards.values()].some((s) => s.rows.length > 0) || this.inflight.size > 0);
+      while (this.buffers.size > 0 || this.inflight.size > 0);
     })();
     if (!(await settlesWithin(drained, this.config.closeTimeoutMs))) {
       this.logger.warn(
@@ -311,41 +482,55 @@ export class S3ParquetSink implements Sink {
     this.abort.abort();
     this.wakeCapacityWaiters();
     await drained.catch(() => undefined);
-    for (const shard of this.shards.values()) clearTimeout(shard.timer);
+    for (const buffer of this.buffers.values()) clearTimeout(buffer.timer);
     await this.encoder.close();
+    this.registrar?.close();
     await Promise.all([...this.tmpFiles].map((file) => rm(file, { force: true })));
   }
 
-  private shardBuffer(ref: ShardRef | RecordOrigin): ShardBuffer {
+  private shardState(ref: ShardRef | RecordOrigin): ShardState {
     const id = `${ref.stream}\n${ref.shardId}`;
-    let shard = this.shards.get(id);
-    if (!shard) {
-      shard = {
-        stream: ref.stream,
-        shardId: ref.shardId,
+    let state = this.shardStates.get(id);
+    if (!state) {
+      state = { replay: new ReplayIndex() };
+      this.shardStates.set(id, state);
+    }
+    return state;
+  }
+
+  private buffer(
+    origin: RecordOrigin,
+    derived: boolean,
+    partition: string | null,
+    quarantine: boolean,
+  ): FileBuffer {
+    const id = bufferId(origin, derived, partition, quarantine);
+    let buffer = this.buffers.get(id);
+    if (!buffer) {
+      buffer = {
+        id,
+        stream: origin.stream,
+        shardId: origin.shardId,
+        partition,
+        quarantine,
+        derived,
         rows: [],
         acks: [],
-        rawBytes: 0,
-        first: undefined,
-        last: undefined,
+        bytes: 0,
+        sorted: true,
+        minTime: Number.POSITIVE_INFINITY,
+        maxTime: Number.NEGATIVE_INFINITY,
         minArrival: Number.POSITIVE_INFINITY,
         maxArrival: Number.NEGATIVE_INFINITY,
         timer: undefined,
-        replay: [],
       };
-      this.shards.set(id, shard);
+      this.buffers.set(id, buffer);
+      if (partition !== null)
+        this.openPartitions.set(partition, (this.openPartitions.get(partition) ?? 0) + 1);
+      this.metrics.openPartitions.set(this.labels, this.openPartitions.size);
+      this.metrics.openFiles.set(this.labels, this.buffers.size);
     }
-    return shard;
-  }
-
-  private coveredByReplay(shard: ShardBuffer, position: ShardPosition): boolean {
-    const ranges = shard.replay;
-    if (ranges.length === 0) return false;
-    // Events arrive in order: a range that ends before this event can never match again.
-    while (ranges.length > 0 && comparePosition(ranges[0]!.last, position) < 0) ranges.shift();
-    return ranges.some(
-      (r) => comparePosition(r.first, position) <= 0 && comparePosition(position, r.last) <= 0,
-    );
+    return buffer;
   }
 
   private deadLetter(event: PipelineEvent, reason: string): void {
@@ -356,55 +541,66 @@ export class S3ParquetSink implements Sink {
     );
   }
 
-  private append(shard: ShardBuffer, event: PipelineEvent, row: Cell[], position: ShardPosition): void {
-    if (shard.rows.length === 0) {
-      shard.first = position;
-      shard.timer = setTimeout(() => this.roll(shard), this.config.roll.maxFileAgeMs);
-      shard.timer.unref();
+  private append(buffer: FileBuffer, event: PipelineEvent, row: Cell[], time: number): void {
+    const rows = buffer.rows;
+    if (rows.length === 0) {
+      buffer.timer = setTimeout(() => this.roll(buffer, 'age'), this.config.roll.maxFileAgeMs);
+      buffer.timer.unref();
+    } else if (buffer.sorted && comparePositionCells(rows[rows.length - 1]!, row) >= 0) {
+      buffer.sorted = false;
     }
-    shard.rows.push(row);
-    shard.acks.push(event.ack);
-    shard.last = position;
-    const bytes = event.raw.byteLength;
-    shard.rawBytes += bytes;
-    this.bufferedBytes += bytes;
-    this.metrics.bufferedBytes.set(this.labels, this.bufferedBytes);
+    rows.push(row);
+    buffer.acks.push(event.ack);
+    const bytes = estimateRowBytes(row);
+    buffer.bytes += bytes;
+    this.openBytes += bytes;
+    this.metrics.bufferedBytes.set(this.labels, this.openBytes + this.pendingBytes);
+    if (time < buffer.minTime) buffer.minTime = time;
+    if (time > buffer.maxTime) buffer.maxTime = time;
     const arrival = event.origin.arrivalTime.getTime();
-    if (arrival < shard.minArrival) shard.minArrival = arrival;
-    if (arrival > shard.maxArrival) shard.maxArrival = arrival;
+    if (arrival < buffer.minArrival) buffer.minArrival = arrival;
+    if (arrival > buffer.maxArrival) buffer.maxArrival = arrival;
   }
 
-  private roll(shard: ShardBuffer): void {
-    clearTimeout(shard.timer);
-    shard.timer = undefined;
-    if (shard.rows.length === 0 || !shard.first || !shard.last) return;
-    const file: RolledFile = {
-      stream: shard.stream,
-      shardId: shard.shardId,
-      rows: shard.rows,
-      rowCount: shard.rows.length,
-      acks: shard.acks,
-      first: shard.first,
-      last: shard.last,
-      minArrival: shard.minArrival,
-      maxArrival: shard.maxArrival,
-    };
-    this.bufferedBytes -= shard.rawBytes;
-    this.metrics.bufferedBytes.set(this.labels, this.bufferedBytes);
-    shard.rows = [];
-    shard.acks = [];
-    shard.rawBytes = 0;
-    shard.first = undefined;
-    shard.last = undefined;
-    shard.minArrival = Number.POSITIVE_INFINITY;
-    shard.maxArrival = Number.NEGATIVE_INFINITY;
+  /** Rolls the largest open files until they hold at most 60% of the cap (hysteresis: few scans). */
+  private relieveMemory(): void {
+    const target = this.config.memory.maxBufferedBytes * 0.6;
+    const largestFirst = [...this.buffers.values()].sort((a, b) => b.bytes - a.bytes);
+    for (const buffer of largestFirst) {
+      if (this.openBytes <= target) break;
+      this.roll(buffer, 'memory');
+    }
+  }
 
+  private roll(buffer: FileBuffer, reason: RollReason): void {
+    clearTimeout(buffer.timer);
+    buffer.timer = undefined;
+    if (this.buffers.get(buffer.id) === buffer) {
+      this.buffers.delete(buffer.id);
+      if (buffer.partition !== null) {
+        const open = (this.openPartitions.get(buffer.partition) ?? 1) - 1;
+        if (open > 0) this.openPartitions.set(buffer.partition, open);
+        else this.openPartitions.delete(buffer.partition);
+      }
+      this.metrics.openPartitions.set(this.labels, this.openPartitions.size);
+      this.metrics.openFiles.set(this.labels, this.buffers.size);
+    }
+    if (buffer.rows.length === 0) return;
+    this.metrics.rolls.inc({ ...this.labels, reason });
+    const rows = buffer.rows;
+    const acks = buffer.acks;
+    const bytes = buffer.bytes;
+    buffer.rows = [];
+    buffer.acks = [];
+    buffer.bytes = 0;
+    this.openBytes -= bytes;
+    this.pendingBytes += bytes;
     this.pendingFiles += 1;
-    const committed = this.commit(file)
+    const committed = this.commit(buffer, rows, acks, bytes)
       .catch((err: unknown) => {
         // Not expected (every step retries); the events stay unacked and are read again after a restart.
         this.logger.error(
-          { error: (err as Error)?.message, stream: file.stream, shardId: file.shardId },
+          { error: (err as Error)?.message, stream: buffer.stream, shardId: buffer.shardId },
           'commit failed',
         );
       })
@@ -416,48 +612,125 @@ export class S3ParquetSink implements Sink {
     this.inflight.add(committed);
   }
 
-  /** Encodes, uploads and acks one rolled file. Resolves without acking only when the sink is closed. */
-  private async commit(file: RolledFile): Promise<void> {
-    const key = objectKey(this.config.prefix, file.stream, file.shardId, file.first, file.last);
+  /**
+   * Encodes the file, writes its manifest, uploads the data object, then acks. Resolves without acking only
+   * when the sink is closed. The commit point is the data object (with the manifest's file id) existing.
+   */
+  private async commit(buffer: FileBuffer, rows: Cell[][], acks: Ack[], bytes: number): Promise<void> {
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.pendingBytes -= bytes;
+      this.metrics.bufferedBytes.set(this.labels, this.openBytes + this.pendingBytes);
+      this.wakeCapacityWaiters();
+    };
+    const rowCount = rows.length;
+    if (!buffer.sorted) rows.sort(comparePositionCells);
+    const first = positionOf(rows[0]!);
+    const last = positionOf(rows[rowCount - 1]!);
+    const partitions = buffer.quarantine
+      ? [...new Set(rows.map((r) => r[r.length - 1] as string))].sort()
+      : buffer.partition !== null
+        ? [buffer.partition]
+        : [];
+    const positions = buffer.derived ? '' : encodePositions(rows.map(positionOf));
     this.fileCounter += 1;
     const tmpFile = path.join(
       this.config.tmpDir,
       `ksw-parquet-${process.pid}-${this.fileCounter}-${randomUUID().slice(0, 8)}.parquet`,
     );
     this.tmpFiles.add(tmpFile);
+    const context = { stream: buffer.stream, shardId: buffer.shardId, first: formatEventPosition(first) };
     try {
       const encoded = await retryUntilAborted(
         'parquet encode',
         async () => {
           await mkdir(this.config.tmpDir, { recursive: true });
-          return this.encoder.encode(file.rows, tmpFile, { stream: file.stream, shardId: file.shardId });
+          return this.encoder.encode(
+            buffer.quarantine ? this.quarantineColumns : this.columns,
+            rows,
+            tmpFile,
+            {
+              stream: buffer.stream,
+              shardId: buffer.shardId,
+            },
+          );
         },
         {
           signal: this.abort.signal,
           logger: this.logger,
           onError: () => this.metrics.uploadErrors.inc(this.labels),
-          context: { key },
+          context,
           backoff: this.options.backoff,
         },
       );
+      release(); // the rows live in the file now
+      rows.length = 0;
       if (!encoded) return;
-      file.rows = []; // the rows live in the file now
-      const bytes = encoded.value;
+      const fileBytes = encoded.value;
+      const dir = `${this.config.prefix}${
+        buffer.quarantine
+          ? this.config.partitioning!.quarantinePrefix
+          : buffer.partition !== null
+            ? `${buffer.partition}/`
+            : ''
+      }`;
+      // Derived events (e.g. RED windows) are not the same on a replay: their key is their content, so the
+      // same windows overwrite each other and different ones never collide.
+      const key = objectKey(
+        dir,
+        buffer.stream,
+        buffer.shardId,
+        first,
+        last,
+        buffer.derived ? await hashFile(tmpFile) : undefined,
+      );
+      const fileId = randomUUID();
+      const eventTime = (ms: number) => (Number.isFinite(ms) ? new Date(ms).toISOString() : null);
+      if (!buffer.derived) {
+        const manifest: Manifest = {
+          version: 1,
+          fileId,
+          bucket: this.config.bucket,
+          dataKey: key,
+          stream: buffer.stream,
+          shardId: buffer.shardId,
+          partition: buffer.quarantine ? this.config.partitioning!.quarantinePrefix : buffer.partition,
+          quarantine: buffer.quarantine,
+          partitions,
+          rows: rowCount,
+          firstPosition: formatEventPosition(first),
+          lastPosition: formatEventPosition(last),
+          minEventTime: eventTime(buffer.minTime),
+          maxEventTime: eventTime(buffer.maxTime),
+          positions,
+        };
+        const mKey = manifestKey(
+          manifestDir(this.manifestPrefix, buffer.stream, buffer.shardId),
+          { sequenceNumber: last.sequenceNumber, subSequenceNumber: last.subSequenceNumber },
+          key,
+        );
+        if (!(await this.service.putJson(mKey, manifest))) return;
+      }
       await this.slots.acquire();
       let uploaded: boolean;
       try {
         uploaded = await this.service.upload({
           key,
           path: tmpFile,
-          bytes,
+          bytes: fileBytes,
           metadata: {
-            rows: String(file.rowCount),
-            stream: file.stream,
-            shard: file.shardId,
-            'first-sequence': formatPosition(file.first),
-            'last-sequence': formatPosition(file.last),
-            'min-arrival-time': isoOrEmpty(file.minArrival),
-            'max-arrival-time': isoOrEmpty(file.maxArrival),
+            'ksw-file-id': fileId,
+            rows: String(rowCount),
+            stream: buffer.stream,
+            shard: buffer.shardId,
+            'first-position': formatEventPosition(first),
+            'last-position': formatEventPosition(last),
+            'min-event-time': eventTime(buffer.minTime) ?? '',
+            'max-event-time': eventTime(buffer.maxTime) ?? '',
+            'min-arrival-time': eventTime(buffer.minArrival) ?? '',
+            'max-arrival-time': eventTime(buffer.maxArrival) ?? '',
           },
         });
       } finally {
@@ -465,25 +738,46 @@ export class S3ParquetSink implements Sink {
       }
       if (!uploaded) return;
       this.metrics.files.inc(this.labels);
-      this.metrics.rows.inc(this.labels, file.rowCount);
-      this.metrics.fileBytes.observe(this.labels, bytes);
-      this.metrics.fileRows.observe(this.labels, file.rowCount);
-      this.logger.debug({ key, rows: file.rowCount, bytes }, 'parquet file uploaded');
-      for (const ack of file.acks) {
+      this.metrics.rows.inc(this.labels, rowCount);
+      this.metrics.fileBytes.observe(this.labels, fileBytes);
+      this.metrics.fileRows.observe(this.labels, rowCount);
+      this.logger.debug({ key, rows: rowCount, bytes: fileBytes }, 'parquet file uploaded');
+      for (const ack of acks) {
         try {
           ack.done();
         } catch (err) {
           this.logger.error({ error: (err as Error).message, key }, 'ack failed');
         }
       }
+      if (!buffer.quarantine && buffer.partition !== null) this.registerPartition(buffer.partition);
     } finally {
+      release();
       await rm(tmpFile, { force: true });
       this.tmpFiles.delete(tmpFile);
     }
   }
 
+  /** Fire and forget: the data is durable and acked already; a failure is retried with the next file. */
+  private registerPartition(partition: string): void {
+    if (!this.registrar || this.registered.has(partition)) return;
+    if (this.registered.size >= MAX_REMEMBERED_PARTITIONS) this.registered.clear();
+    this.registered.add(partition);
+    this.registrar.register([partition]).then(
+      () => this.metrics.registrations.inc(this.labels),
+      (err: unknown) => {
+        this.registered.delete(partition);
+        this.metrics.registrationErrors.inc(this.labels);
+        this.logger.warn({ partition, error: (err as Error)?.message }, 'partition registration failed');
+      },
+    );
+  }
+
   private async waitForCapacity(): Promise<void> {
-    while (this.pendingFiles > 2 * this.config.uploadConcurrency && !this.abort.signal.aborted) {
+    const pendingCap = this.config.memory.maxBufferedBytes / 4;
+    while (
+      (this.pendingFiles > 2 * this.config.uploadConcurrency || this.pendingBytes > pendingCap) &&
+      !this.abort.signal.aborted
+    ) {
       await new Promise<void>((resolve) => this.capacityWaiters.push(resolve));
     }
     // Closed while waiting: the rest of the batch stays unacked (read again after restart) rather than
@@ -498,6 +792,54 @@ export class S3ParquetSink implements Sink {
   }
 }
 
-function isoOrEmpty(ms: number): string {
-  return Number.isFinite(ms) ? new Date(ms).toISOString() : '';
+/** Loads the Glue client (~0.2 s of module loading) with the first registration, not at worker start. */
+function lazyGlueRegistrar(config: RegistrationConfig, s3: S3Client, location: string): PartitionRegistrar {
+  let loaded: Promise<PartitionRegistrar> | undefined;
+  return {
+    async register(partitions) {
+      loaded ??= import('./registration.js').then((m) => new m.GluePartitionRegistrar(config, s3, location));
+      return (await loaded).register(partitions);
+    },
+    close() {
+      void loaded?.then((registrar) => registrar.close());
+    },
+  };
 }
+
+function bufferId(origin: ShardRef, derived: boolean, partition: string | null, quarantine: boolean): string {
+  return `${origin.stream}\n${origin.shardId}\n${derived ? 'd' : 'e'}${quarantine ? 'q' : 'p'}\n${partition ?? ''}`;
+}
+
+/** True when the buffer's last row comes from the same record as `origin`. */
+function continuesRecord(buffer: FileBuffer, origin: RecordOrigin): boolean {
+  const last = buffer.rows[buffer.rows.length - 1];
+  return (
+    last !== undefined &&
+    last[SEQUENCE_CELL] === origin.sequenceNumber &&
+    Number(last[SUB_SEQUENCE_CELL] as bigint) === origin.subSequenceNumber
+  );
+}
+
+function positionOf(row: Cell[]): EventPosition {
+  return {
+    sequenceNumber: row[SEQUENCE_CELL] as string,
+    subSequenceNumber: Number(row[SUB_SEQUENCE_CELL] as bigint),
+    index: row[INDEX_CELL] as number,
+  };
+}
+
+function comparePositionCells(a: Cell[], b: Cell[]): number {
+  return (
+    compareSequence(a[SEQUENCE_CELL] as string, b[SEQUENCE_CELL] as string) ||
+    Number((a[SUB_SEQUENCE_CELL] as bigint) - (b[SUB_SEQUENCE_CELL] as bigint)) ||
+    (a[INDEX_CELL] as number) - (b[INDEX_CELL] as number)
+  );
+}
+
+async function hashFile(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest('hex').slice(0, 16);
+}
+
+export { compareEventPosition };
