@@ -69,7 +69,7 @@ async function startNodeEmulator(
   name: string,
   script: string,
   args: (port: number) => string[],
-  opts: { nodeFlags?: string[]; logDir?: string; port?: number } = {},
+  opts: { nodeFlags?: string[]; logDir?: string; port?: number; env?: (port: number) => Record<string, string> } = {},
 ): Promise<Emulator> {
   const port = opts.port ?? (await freePort());
   let stdio: 'ignore' | ['ignore', number, number] = 'ignore';
@@ -83,7 +83,7 @@ async function startNodeEmulator(
     [...(opts.nodeFlags ?? []), '--require', LOOPBACK_PRELOAD, script, ...args(port)],
     // detached: a Ctrl-C in the terminal reaches our process only, so the worker can still flush to the
     // emulators before they are stopped (by PID, below and at exit).
-    { stdio, env: { ...process.env, NODE_OPTIONS: '' }, detached: true },
+    { stdio, env: { ...process.env, NODE_OPTIONS: '', ...opts.env?.(port) }, detached: true },
   );
   running.add(child);
   child.once('exit', () => running.delete(child));
@@ -132,6 +132,41 @@ export function startKinesalite(opts: { logDir?: string; port?: number } = {}): 
     ],
     opts,
   );
+}
+
+/**
+ * kinesis-local (a Scala.js build of kinesis-mock): slower than kinesalite and slows as data grows, but it
+ * has what kinesalite lacks: ChildShards on the last GetRecords of a closed shard, UpdateShardCount and
+ * enhanced fan-out (RegisterStreamConsumer, SubscribeToShard; over HTTP/1.1 only). It hard-codes 0.0.0.0
+ * (the loopback preload rebinds it) and needs its certificate path even for plain HTTP; its TLS port gets
+ * a free port too so that two instances never collide. It may ignore SIGTERM after load: `stop()` follows
+ * with SIGKILL after 3 s.
+ */
+export async function startKinesisLocal(
+  opts: { logDir?: string; port?: number; operationMs?: number } = {},
+): Promise<Emulator> {
+  const main = require.resolve('kinesis-local/main.js');
+  const duration = `${opts.operationMs ?? 200}ms`;
+  const tlsPort = await freePort();
+  return startNodeEmulator('kinesis-local', main, () => [], {
+    ...opts,
+    env: (port) => ({
+      KINESIS_MOCK_PLAIN_PORT: String(port),
+      KINESIS_MOCK_TLS_PORT: String(tlsPort),
+      KINESIS_MOCK_CERT_PATH: path.join(path.dirname(main), 'server.json'),
+      LOG_LEVEL: 'WARN',
+      ROOT_LOG_LEVEL: 'ERROR',
+      SHARD_LIMIT: '200',
+      SHOULD_PERSIST_DATA: 'false',
+      CREATE_STREAM_DURATION: duration,
+      DELETE_STREAM_DURATION: duration,
+      REGISTER_STREAM_CONSUMER_DURATION: duration,
+      DEREGISTER_STREAM_CONSUMER_DURATION: duration,
+      MERGE_SHARDS_DURATION: duration,
+      SPLIT_SHARD_DURATION: duration,
+      UPDATE_SHARD_COUNT_DURATION: duration,
+    }),
+  });
 }
 
 /** dynalite: DynamoDB with working conditional writes; no transactions, no TTL. */
