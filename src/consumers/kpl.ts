@@ -26,13 +26,13 @@ export interface UserRecord {
 }
 
 /** Why an aggregate could not be read; the record goes to the DLQ with this reason. */
-export class AggregateError extends Error {
+export class KplAggregateError extends Error {
   constructor(
     readonly reason: 'md5-mismatch' | 'malformed' | 'empty',
     detail: string,
   ) {
     super(`KPL aggregated record ${detail}`);
-    this.name = 'AggregateError';
+    this.name = 'KplAggregateError';
   }
 }
 
@@ -63,17 +63,17 @@ class ProtoReader {
     let result = 0;
     let scale = 1;
     for (let i = 0; i < 10; i++) {
-      if (this.pos >= this.end) throw new AggregateError('malformed', 'is truncated inside a varint');
+      if (this.pos >= this.end) throw new KplAggregateError('malformed', 'is truncated inside a varint');
       const byte = this.buf[this.pos++]!;
       result += (byte & 0x7f) * scale;
       if ((byte & 0x80) === 0) {
         if (!Number.isSafeInteger(result))
-          throw new AggregateError('malformed', 'holds a varint beyond 2^53');
+          throw new KplAggregateError('malformed', 'holds a varint beyond 2^53');
         return result;
       }
       scale *= 128;
     }
-    throw new AggregateError('malformed', 'holds a varint longer than 10 bytes');
+    throw new KplAggregateError('malformed', 'holds a varint longer than 10 bytes');
   }
 
   /** The [start, end) byte range of a length-delimited field. */
@@ -81,7 +81,7 @@ class ProtoReader {
     const length = this.varint();
     const start = this.pos;
     if (length > this.end - start)
-      throw new AggregateError('malformed', `declares a field of ${length} bytes past its end`);
+      throw new KplAggregateError('malformed', `declares a field of ${length} bytes past its end`);
     this.pos = start + length;
     return [start, start + length];
   }
@@ -102,12 +102,12 @@ class ProtoReader {
         return;
       default:
         // Groups (3, 4) were never used by the KPL; anything else is not protobuf.
-        throw new AggregateError('malformed', `uses protobuf wire type ${wireType}`);
+        throw new KplAggregateError('malformed', `uses protobuf wire type ${wireType}`);
     }
   }
 
   private advance(n: number): void {
-    if (n > this.end - this.pos) throw new AggregateError('malformed', 'is truncated inside a field');
+    if (n > this.end - this.pos) throw new KplAggregateError('malformed', 'is truncated inside a field');
     this.pos += n;
   }
 }
@@ -118,23 +118,23 @@ function text(buf: Uint8Array, [start, end]: [number, number], what: string): st
   try {
     return utf8.decode(buf.subarray(start, end));
   } catch {
-    throw new AggregateError('malformed', `has a ${what} that is not valid UTF-8`);
+    throw new KplAggregateError('malformed', `has a ${what} that is not valid UTF-8`);
   }
 }
 
 /**
- * Splits a KPL aggregated record into its user records. Throws `AggregateError` when the MD5 trailer does
+ * Splits a KPL aggregated record into its user records. Throws `KplAggregateError` when the MD5 trailer does
  * not match, the protobuf is malformed, an index points outside its table, or the aggregate is empty.
  * Call only when `isAggregated(data)`.
  */
 export function deaggregate(data: Uint8Array): UserRecord[] {
   const bodyStart = KPL_MAGIC.byteLength;
   const bodyEnd = data.byteLength - MD5_BYTES;
-  if (bodyEnd < bodyStart) throw new AggregateError('malformed', 'is shorter than magic + MD5');
+  if (bodyEnd < bodyStart) throw new KplAggregateError('malformed', 'is shorter than magic + MD5');
   const body = data.subarray(bodyStart, bodyEnd);
   const digest = createHash('md5').update(body).digest();
   if (!digest.equals(data.subarray(bodyEnd))) {
-    throw new AggregateError('md5-mismatch', 'has an MD5 trailer that does not match its content');
+    throw new KplAggregateError('md5-mismatch', 'has an MD5 trailer that does not match its content');
   }
   const partitionKeys: string[] = [];
   const hashKeys: string[] = [];
@@ -162,7 +162,7 @@ export function deaggregate(data: Uint8Array): UserRecord[] {
         else rec.skip(w); // tags (4) and unknown fields
       }
       if (pk === undefined || payload === undefined) {
-        throw new AggregateError(
+        throw new KplAggregateError(
           'malformed',
           `user record ${raw.length} lacks its ${pk === undefined ? 'partition_key_index' : 'data'}`,
         );
@@ -170,11 +170,11 @@ export function deaggregate(data: Uint8Array): UserRecord[] {
       raw.push({ pk, ehk, data: payload });
     } else top.skip(wireType);
   }
-  if (raw.length === 0) throw new AggregateError('empty', 'holds no user records');
+  if (raw.length === 0) throw new KplAggregateError('empty', 'holds no user records');
   return raw.map((r, i) => {
     const partitionKey = partitionKeys[r.pk];
     if (partitionKey === undefined) {
-      throw new AggregateError(
+      throw new KplAggregateError(
         'malformed',
         `user record ${i} points at partition key ${r.pk} of a table of ${partitionKeys.length}`,
       );
@@ -183,7 +183,7 @@ export function deaggregate(data: Uint8Array): UserRecord[] {
     if (r.ehk !== undefined) {
       explicitHashKey = hashKeys[r.ehk];
       if (explicitHashKey === undefined) {
-        throw new AggregateError(
+        throw new KplAggregateError(
           'malformed',
           `user record ${i} points at explicit hash key ${r.ehk} of a table of ${hashKeys.length}`,
         );

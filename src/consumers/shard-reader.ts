@@ -13,7 +13,7 @@ import type { DeadLetterQueue } from '../core/component.js';
 import { compareSequence, type SourceRecord } from '../core/records.js';
 import type { ShardPosition, ShardWatermark } from '../core/watermark.js';
 import { counter } from '../metrics/registry.js';
-import { AggregateError, deaggregate, isAggregated } from './kpl.js';
+import { deaggregate, isAggregated, KplAggregateError } from './kpl.js';
 
 /** Fields every consumer type has, whatever its `type:`. */
 export const consumerBaseShape = {
@@ -207,7 +207,7 @@ export class RecordConverter {
         try {
           users = deaggregate(data);
         } catch (err) {
-          if (!(err instanceof AggregateError)) throw err;
+          if (!(err instanceof KplAggregateError)) throw err;
           this.m.badAggregates.inc({ stream: this.config.stream, reason: err.reason });
           if (this.deps.dlq) {
             const position = { sequenceNumber, subSequenceNumber: 0 };

@@ -69,7 +69,12 @@ async function startNodeEmulator(
   name: string,
   script: string,
   args: (port: number) => string[],
-  opts: { nodeFlags?: string[]; logDir?: string; port?: number; env?: (port: number) => Record<string, string> } = {},
+  opts: {
+    nodeFlags?: string[];
+    logDir?: string;
+    port?: number;
+    env?: (port: number) => Record<string, string>;
+  } = {},
 ): Promise<Emulator> {
   const port = opts.port ?? (await freePort());
   let stdio: 'ignore' | ['ignore', number, number] = 'ignore';

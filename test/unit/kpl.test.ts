@@ -1,7 +1,7 @@
 /**
  * KPL de-aggregation: our decoder against aggregates produced by AWS's own `aws-kinesis-agg` package (not
  * only our encoder), our encoder against AWS's de-aggregator, and bad aggregates (MD5, truncation, indexes,
- * random corruption) always rejected with an AggregateError. Then the record converter: one watermark
+ * random corruption) always rejected with an KplAggregateError. Then the record converter: one watermark
  * entry per user record, checkpoint resume in the middle of an aggregate, bad aggregates to the DLQ.
  */
 import assert from 'node:assert/strict';
@@ -9,7 +9,13 @@ import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { describe, it } from 'node:test';
 import type { _Record } from '@aws-sdk/client-kinesis';
-import { AggregateError, aggregate, deaggregate, isAggregated, KPL_MAGIC } from '../../src/consumers/kpl.js';
+import {
+  aggregate,
+  deaggregate,
+  isAggregated,
+  KPL_MAGIC,
+  KplAggregateError,
+} from '../../src/consumers/kpl.js';
 import { RecordConverter, type StartingPoint } from '../../src/consumers/shard-reader.js';
 import { ShardWatermark } from '../../src/core/watermark.js';
 import { createRegistry } from '../../src/metrics/registry.js';
@@ -121,7 +127,7 @@ describe('KPL de-aggregation', () => {
     flipped[10] = flipped[10]! ^ 0xff;
     assert.throws(
       () => deaggregate(flipped),
-      (e: unknown) => e instanceof AggregateError && e.reason === 'md5-mismatch',
+      (e: unknown) => e instanceof KplAggregateError && e.reason === 'md5-mismatch',
     );
 
     const withMd5 = (body: Uint8Array) =>
@@ -130,19 +136,19 @@ describe('KPL de-aggregation', () => {
     // Truncated protobuf with a matching MD5: malformed, not an MD5 error.
     assert.throws(
       () => deaggregate(withMd5(body.subarray(0, body.length - 3))),
-      (e: unknown) => e instanceof AggregateError && e.reason === 'malformed',
+      (e: unknown) => e instanceof KplAggregateError && e.reason === 'malformed',
     );
     // One partition key, record pointing at key index 3.
     const badIndex = Uint8Array.of(0x0a, 0x01, 0x6b, 0x1a, 0x05, 0x08, 0x03, 0x1a, 0x01, 0x78);
     assert.throws(() => deaggregate(withMd5(badIndex)), /partition key 3 of a table of 1/);
     assert.throws(
       () => deaggregate(withMd5(Uint8Array.of(0x0a, 0x01, 0x6b))),
-      (e: unknown) => e instanceof AggregateError && e.reason === 'empty',
+      (e: unknown) => e instanceof KplAggregateError && e.reason === 'empty',
     );
     assert.throws(() => deaggregate(Buffer.from(KPL_MAGIC)), /shorter than magic \+ MD5/);
   });
 
-  it('random corruption (MD5 fixed up) only ever yields records or an AggregateError', () => {
+  it('random corruption (MD5 fixed up) only ever yields records or an KplAggregateError', () => {
     const random = seededRandom(42);
     const body = Buffer.from(awsAggregate(userRecords(8)).subarray(4));
     const protobuf = body.subarray(0, body.length - 16);
@@ -155,7 +161,7 @@ describe('KPL de-aggregation', () => {
       try {
         for (const u of deaggregate(data)) assert.ok(u.data.byteLength <= data.byteLength);
       } catch (err) {
-        assert.ok(err instanceof AggregateError, `unexpected ${String(err)}`);
+        assert.ok(err instanceof KplAggregateError, `unexpected ${String(err)}`);
         rejected++;
       }
     }
