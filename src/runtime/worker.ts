@@ -86,6 +86,9 @@ export class Worker {
     const pipeline = new Pipeline(decoder, processors, sinks, router, hotKeys && ((r) => hotKeys.observe(r)));
     const coordinator = new ShardCoordinator(config.consumers, config.checkpoints, {
       kinesis: aws.kinesis,
+      kinesisSubscribe: aws.kinesisSubscribe,
+      dlq,
+      appName: config.app.name,
       leases: new LeaseTable(aws.dynamodb, config.checkpoints.table),
       logger,
       metrics,
