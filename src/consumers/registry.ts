@@ -4,7 +4,12 @@
  */
 import type { KinesisClient } from '@aws-sdk/client-kinesis';
 import type { Logger } from 'pino';
-import { type EfoConsumerConfig, EfoShardReader, efoConsumerConfigSchema, registerStreamConsumer } from './efo.js';
+import {
+  type EfoConsumerConfig,
+  EfoShardReader,
+  efoConsumerConfigSchema,
+  registerStreamConsumer,
+} from './efo.js';
 import { type PollingConsumerConfig, PollingShardReader, pollingConsumerConfigSchema } from './polling.js';
 import type { ShardReader, ShardReaderDeps, StartingPoint } from './shard-reader.js';
 
