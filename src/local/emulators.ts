@@ -208,15 +208,24 @@ export interface LocalStack {
     endpoints: { kinesis: string; s3: string; dynamodb: string };
     credentials: { accessKeyId: string; secretAccessKey: string };
     s3ChecksumMode: 'when_required';
+    /** kinesis-local serves SubscribeToShard over HTTP/1.1 only. */
+    subscribeProtocol: 'http2' | 'http1.1';
   };
   stop(): Promise<void>;
 }
 
-/** Starts Kinesis, DynamoDB and S3 emulators; `dataDir` holds the S3 objects and the logs. */
-export async function startLocalStack(opts: { dataDir: string }): Promise<LocalStack> {
+/**
+ * Starts Kinesis, DynamoDB and S3 emulators; `dataDir` holds the S3 objects and the logs. Kinesis is
+ * kinesalite (fast) unless `kinesis: 'kinesis-local'` (ChildShards, UpdateShardCount, enhanced fan-out).
+ */
+export async function startLocalStack(opts: {
+  dataDir: string;
+  kinesis?: 'kinesalite' | 'kinesis-local';
+}): Promise<LocalStack> {
   const logDir = path.join(opts.dataDir, 'logs');
+  const kinesisLocal = opts.kinesis === 'kinesis-local';
   const [kinesis, dynamodb, s3] = await Promise.all([
-    startKinesalite({ logDir }),
+    kinesisLocal ? startKinesisLocal({ logDir }) : startKinesalite({ logDir }),
     startDynalite({ logDir }),
     startS3rver({ dir: path.join(opts.dataDir, 's3'), logDir }),
   ]);
@@ -230,6 +239,7 @@ export async function startLocalStack(opts: { dataDir: string }): Promise<LocalS
       // s3rver accepts only these; kinesalite and dynalite accept anything.
       credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
       s3ChecksumMode: 'when_required',
+      subscribeProtocol: kinesisLocal ? 'http1.1' : 'http2',
     },
     async stop() {
       await Promise.all([kinesis.stop(), dynamodb.stop(), s3.stop()]);
