@@ -56,7 +56,7 @@ export const efoConsumerConfigSchema = z
     resubscribeIntervalMs: z
       .number()
       .int()
-      .min(1_000)
+      .min(6_000)
       .max(300_000)
       .default(300_000)
       .describe(
@@ -89,6 +89,9 @@ export const efoConsumerConfigSchema = z
   .superRefine(checkStartTimestamp);
 
 export type EfoConsumerConfig = z.infer<typeof efoConsumerConfigSchema>;
+
+/** SubscribeToShard allows one successful call per consumer and shard every 5 seconds. */
+const SUBSCRIBE_SPACING_MS = 5_000;
 
 /** Registers the consumer (or finds it when already registered) and waits until it is ACTIVE. */
 export async function registerStreamConsumer(
@@ -144,6 +147,8 @@ export class EfoShardReader implements ShardReader {
   private children: ChildShard[] | undefined;
   /** The last ContinuationSequenceNumber: where the next subscription continues. */
   private continuation: string | undefined;
+  /** When the last subscription succeeded: the service refuses another within 5 s (ResourceInUseException). */
+  private subscribedAt = 0;
   private readonly labels: { stream: string; shard: string };
   private readonly m;
 
@@ -209,6 +214,8 @@ export class EfoShardReader implements ShardReader {
       const lifetime = setTimeout(endSubscription, this.config.resubscribeIntervalMs);
       let watchdog = setTimeout(endSubscription, this.config.eventTimeoutMs);
       try {
+        await sleep(this.subscribedAt + SUBSCRIBE_SPACING_MS - Date.now(), signal);
+        if (signal.aborted) break;
         this.m.subscriptions.inc(this.labels);
         const out = await this.deps.subscribeClient.send(
           new SubscribeToShardCommand({
@@ -218,6 +225,8 @@ export class EfoShardReader implements ShardReader {
           }),
           { abortSignal: subscription.signal },
         );
+        this.subscribedAt = Date.now();
+        log.debug({ position: this.startingPosition() }, 'subscribed');
         let idleSince = Date.now();
         for await (const event of out.EventStream ?? []) {
           clearTimeout(watchdog);
@@ -231,6 +240,7 @@ export class EfoShardReader implements ShardReader {
             });
           }
           attempt = 0;
+          log.trace({ records: e.Records?.length, continuation: e.ContinuationSequenceNumber }, 'event');
           const records = this.converter.convert(e.Records ?? []);
           if (e.MillisBehindLatest !== undefined) this.m.millisBehind.set(this.labels, e.MillisBehindLatest);
           if (records.length > 0) {
@@ -264,9 +274,14 @@ export class EfoShardReader implements ShardReader {
           if (subscription.signal.aborted) break;
         }
         // The subscription ended (5 minutes, our timer or watchdog): resubscribe from the continuation.
+        log.debug({ continuation: this.continuation }, 'subscription ended; resubscribing');
       } catch (err) {
         if (signal.aborted) break;
-        if (subscription.signal.aborted) continue; // our own timer or watchdog: resubscribe at once
+        if (subscription.signal.aborted) {
+          // Our own timer or watchdog: resubscribe at once.
+          log.debug({ err: (err as Error).message }, 'subscription ended by our timer; resubscribing');
+          continue;
+        }
         const name = awsErrorName(err);
         this.m.readErrors.inc({ ...this.labels, error: name });
         if (name === 'ResourceNotFoundException') {
@@ -278,10 +293,12 @@ export class EfoShardReader implements ShardReader {
         }
         // ResourceInUseException: the previous owner's subscription is still open (at most 5 minutes), or
         // the consumer is not ACTIVE yet. Retry with backoff like throttling.
-        const delay = backoffDelay(attempt, this.config.backoffBaseMs, this.config.backoffMaxMs);
+        const backoff = backoffDelay(attempt, this.config.backoffBaseMs, this.config.backoffMaxMs);
+        // SubscribeToShard allows 1 call/s per consumer and shard; a busy subscription is retried no faster.
+        const delay = name === 'ResourceInUseException' ? Math.max(1_000, backoff) : backoff;
         attempt += 1;
         log.warn(
-          { errName: name, attempt, delayMs: delay },
+          { errName: name, err: (err as Error).message, attempt, delayMs: delay },
           'SubscribeToShard failed; resubscribing after backoff',
         );
         await sleep(delay, signal);

@@ -57,6 +57,7 @@ export class TestFleet {
       checkpoints?: Partial<CheckpointConfig>;
       /** Largest random delay before a delivered record is acked (a sink's buffering). */
       maxAckDelayMs?: number;
+      logger?: import('pino').Logger;
     },
   ) {}
 
@@ -77,7 +78,7 @@ export class TestFleet {
         kinesis: this.opts.kinesis,
         ...(this.opts.kinesisSubscribe ? { kinesisSubscribe: this.opts.kinesisSubscribe } : {}),
         leases: new LeaseTable(this.opts.dynamodb, this.opts.table),
-        logger: silentLogger,
+        logger: (this.opts.logger ?? silentLogger).child({ worker: id }),
         metrics,
         workerId: id,
         sinks: [],
