@@ -80,7 +80,7 @@ export const checkpointConfigSchema = z
       .min(100)
       .optional()
       .describe(
-        "How often the lease table is scanned to take expired or unowned leases and to balance. Default: failoverMs / 6, so a dead worker's shards are taken within failoverMs + one renewal interval. Each scan reads the whole table (consistent reads).",
+        "How often the lease table is scanned to take expired or unowned leases and to balance. Default: failoverMs / 8, so a dead worker's shards are taken within failoverMs + one renewal interval. Each scan reads the whole table (consistent reads).",
       ),
     maxLeasesForWorker: z
       .number()
@@ -211,7 +211,7 @@ export class ShardCoordinator {
   ) {
     this.log = deps.logger.child({ component: 'coordinator' });
     this.renewIntervalMs = config.renewIntervalMs ?? Math.max(100, Math.floor(config.failoverMs / 3));
-    this.takeIntervalMs = config.takeIntervalMs ?? Math.max(100, Math.floor(config.failoverMs / 6));
+    this.takeIntervalMs = config.takeIntervalMs ?? Math.max(100, Math.floor(config.failoverMs / 8));
     this.handoffTimeoutMs = config.handoffTimeoutMs ?? Math.floor(config.failoverMs / 2);
     const r = deps.metrics;
     const shardLabels = ['stream', 'shard'] as const;
@@ -942,7 +942,31 @@ export class ShardCoordinator {
         }
       }),
     );
+    await this.releaseUnread();
     this.held.clear();
     this.m.leasesHeld.set(0);
+  }
+
+  /**
+   * Leases that are ours in the table but were not read yet (a handoff to us just finished or is finishing):
+   * let the handoff finish (bounded by handoffTimeoutMs), then release them too, so nobody waits for expiry.
+   */
+  private async releaseUnread(): Promise<void> {
+    const me = this.deps.workerId;
+    const rows = await this.deps.leases.list().catch(() => [] as Lease[]);
+    const deadline = Date.now() + this.handoffTimeoutMs;
+    await Promise.all(
+      rows
+        .filter((l) => l.leaseOwner === me && !this.held.has(l.leaseKey))
+        .map(async (row) => {
+          let lease: Lease | undefined = row;
+          while (lease?.checkpointOwner && Date.now() < deadline) {
+            await new Promise((r) => setTimeout(r, 100));
+            lease = await this.deps.leases.get(row.leaseKey).catch(() => lease);
+          }
+          if (!lease || lease.leaseOwner !== me || lease.checkpointOwner) return; // it will expire
+          await this.deps.leases.release(lease).catch(() => undefined);
+        }),
+    );
   }
 }
