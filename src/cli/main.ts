@@ -5,6 +5,7 @@
  *   ksw validate -c config.yaml   check a config; print every problem with its field and a fix
  *   ksw demo                      embedded local stack + synthetic producer + worker, then a summary
  *   ksw produce --stream S ...    put records from a file/stdin, offloading large ones to S3
+ *   ksw inspect -c config.yaml    print the lease table: owner, checkpoint, lag per shard
  */
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/errors.js';
@@ -18,6 +19,9 @@ commands:
   demo [--records N] [--shards N] [--dir PATH]
                      start Kinesis, S3 and DynamoDB emulators on 127.0.0.1, produce synthetic spans,
                      run the worker, verify the Parquet output with DuckDB, print a summary
+  inspect -c FILE [--json] [--no-lag]
+                     print the lease table: owner, counter, checkpoint, lag per shard (one GetRecords
+                     per shard at its checkpoint), parents/children, leases per worker and fair share
   produce --stream NAME [--file PATH] [--offload-bucket B] ...
                      put records to a stream; records over 900 KiB go to S3 with a pointer (claim
                      check) or are split into chunks (ksw produce --help)
@@ -94,6 +98,10 @@ export async function main(argv: string[]): Promise<number> {
         const { configReference } = await import('../config/docs.js');
         process.stdout.write(configReference());
         return 0;
+      }
+      case 'inspect': {
+        const { inspectCommand } = await import('./inspect.js');
+        return await inspectCommand(rest);
       }
       case 'produce': {
         const { produceCommand } = await import('./produce.js');
