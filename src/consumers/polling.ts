@@ -8,7 +8,6 @@ import {
   GetRecordsCommand,
   type GetRecordsCommandOutput,
   GetShardIteratorCommand,
-  type KinesisClient,
   type ShardIteratorType,
 } from '@aws-sdk/client-kinesis';
 import { z } from 'zod';

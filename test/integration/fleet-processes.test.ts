@@ -150,7 +150,9 @@ class Fleet {
       });
     for (const l of rows) {
       if (!l.leaseOwner || l.checkpointOwner || l.checkpoint === 'SHARD_END') continue;
-      (out[l.leaseOwner] ??= []).push(l.leaseKey);
+      const keys = out[l.leaseOwner] ?? [];
+      keys.push(l.leaseKey);
+      out[l.leaseOwner] = keys;
     }
     return out;
   }
