@@ -460,7 +460,7 @@ export class ShardCoordinator {
     // Leases we hold: has someone started a handoff from us, or taken them?
     for (const held of this.held.values()) {
       const row = leases.get(held.key);
-      if (held.state !== 'reading' || !row) continue;
+      if ((held.state !== 'reading' && held.state !== 'ending') || !row) continue;
       if (row.leaseOwner !== me) await this.onLeaseChanged(held, row);
     }
 
@@ -658,7 +658,8 @@ export class ShardCoordinator {
 
   /** Our lease row names another owner: a handoff to finish, or a loss. */
   private async onLeaseChanged(held: HeldShard, row: Lease): Promise<void> {
-    if (held.state !== 'reading') return;
+    if (held.state !== 'reading' && held.state !== 'ending') return;
+    if (row.checkpoint === SHARD_END && !row.leaseOwner) return; // our own SHARD_END and release, just done
     if (row.checkpointOwner === this.deps.workerId) {
       held.lease = row;
       this.handOff(held);
@@ -692,7 +693,8 @@ export class ShardCoordinator {
    * checkpointOwner so the new owner starts right after it.
    */
   private handOff(held: HeldShard): void {
-    if (held.state !== 'reading') return;
+    // A shard waiting to write SHARD_END is handed over too: the new owner finds its end again.
+    if (held.state !== 'reading' && held.state !== 'ending') return;
     held.state = 'handing-off';
     held.handoff = (async () => {
       held.reader.stop();

@@ -97,6 +97,46 @@ describe('fleet of coordinators', () => {
     }
   });
 
+  it('maxLeasesForWorker caps a worker below its fair share; the rest is left for others', async () => {
+    const stream = 'fleet-cap';
+    await createStream(t.aws.kinesis, stream, 4);
+    const consumers = [{ type: 'polling', stream, idleIntervalMs: 50 }];
+    const capped = new TestFleet({
+      kinesis: t.aws.kinesis,
+      dynamodb: t.aws.dynamodb,
+      table: 'fleet-cap-leases',
+      consumers,
+      checkpoints: { ...FAST, maxLeasesForWorker: 2 },
+    });
+    const free = new TestFleet({
+      kinesis: t.aws.kinesis,
+      dynamodb: t.aws.dynamodb,
+      table: 'fleet-cap-leases',
+      consumers,
+      checkpoints: FAST,
+    });
+    try {
+      const a = await capped.start('capped');
+      const share = async () =>
+        (await a.metrics.getSingleMetric('ksw_lease_fair_share')!.get()).values[0]?.value;
+      const table = new LeaseTable(t.aws.dynamodb, 'fleet-cap-leases');
+      await waitFor(
+        async () =>
+          capped.held().capped === 2 &&
+          (await share()) === 2 &&
+          (await table.list()).filter((l) => !l.leaseOwner).length === 2,
+        20_000,
+        'capped at 2 with 2 leases left unowned',
+      );
+      await free.start('free');
+      await waitFor(() => free.held().free === 2, 20_000, 'the other worker takes the other 2');
+      assert.equal(capped.held().capped, 2);
+    } finally {
+      await capped.stopAll();
+      await free.stopAll();
+    }
+  });
+
   it('resumes from a lease table in the Java KCL row format: right after a checkpoint, and mid-aggregate', async () => {
     const stream = 'fleet-kcl';
     const [shard0, shard1] = (await createStream(t.aws.kinesis, stream, 2)) as [string, string];
