@@ -7,6 +7,7 @@
  *   ksw produce --stream S ...    put records from a file/stdin, offloading large ones to S3
  *   ksw redrive -c FILE --sink N  replay DLQ objects into a sink, remove what it wrote
  *   ksw ddl -c config.yaml --sink NAME   print the Athena/Glue CREATE EXTERNAL TABLE of a Parquet sink
+ *   ksw inspect -c config.yaml    print the lease table: owner, checkpoint, lag per shard
  */
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/errors.js';
@@ -23,6 +24,9 @@ commands:
   ddl -c FILE --sink NAME [--table T] [--database D] [--projection-start YYYY-MM-DD]
                      print the Athena/Glue CREATE EXTERNAL TABLE (with partition projection) for an
                      s3_parquet sink's schema and partitioning
+  inspect -c FILE [--json] [--no-lag]
+                     print the lease table: owner, counter, checkpoint, lag per shard (one GetRecords
+                     per shard at its checkpoint), parents/children, leases per worker and fair share
   produce --stream NAME [--file PATH] [--offload-bucket B] ...
                      put records to a stream; records over 900 KiB go to S3 with a pointer (claim
                      check) or are split into chunks (ksw produce --help)
@@ -148,6 +152,10 @@ export async function main(argv: string[]): Promise<number> {
         const { configReference } = await import('../config/docs.js');
         process.stdout.write(configReference());
         return 0;
+      }
+      case 'inspect': {
+        const { inspectCommand } = await import('./inspect.js');
+        return await inspectCommand(rest);
       }
       case 'produce': {
         const { produceCommand } = await import('./produce.js');

@@ -99,6 +99,29 @@ export const workerConfigSchema = z
   })
   .strict()
   .superRefine((config, ctx) => {
+    config.consumers.forEach((consumer, i) => {
+      if (
+        consumer.type === 'efo' &&
+        !consumer.consumerName &&
+        !/^[a-zA-Z0-9_.-]{1,128}$/.test(config.app.name)
+      ) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['consumers', i, 'consumerName'],
+          message: `the enhanced fan-out consumer name defaults to app.name "${config.app.name}", which is not a valid consumer name (letters, digits, _ . -): set consumerName`,
+        });
+      }
+    });
+    const streams = config.consumers.map((c) => c.stream);
+    streams.forEach((stream, i) => {
+      if (streams.indexOf(stream) !== i) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['consumers', i, 'stream'],
+          message: `stream "${stream}" is already read by consumers[${streams.indexOf(stream)}]; one consumer per stream (leases are per shard)`,
+        });
+      }
+    });
     const sinkNames = Object.keys(config.sinks);
     // Processors that emit their own events (red_metrics windows) name the sinks they go to.
     config.processors.forEach((processor, i) => {

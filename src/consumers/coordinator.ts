@@ -1,17 +1,30 @@
 /**
- * The shard coordinator: discovers shards, keeps a lease per shard in the lease table, runs a reader for
- * every lease it holds, renews its leases, and checkpoints each shard's contiguous watermark.
+ * The shard coordinator: keeps a lease per shard in the lease table, takes and balances leases across the
+ * workers of a fleet, runs a reader for every lease it holds, renews its leases, and checkpoints each
+ * shard's contiguous watermark.
  *
- * Lease rules (the KCL's): an unowned lease, a lease owned by this worker id (restart after a crash),
- * or a lease whose counter did not move for `failoverMs` may be taken. A child shard is started only when
- * every parent lease reached SHARD_END (or the parent is gone), so per-key order holds across reshards.
- * Balancing between several workers comes with the fleet issue; this worker takes all it may.
+ * Lease taking runs every `takeIntervalMs` (failover cadence, not shard-sync cadence), as the KCL's
+ * LeaseTaker does, and follows its rules:
+ *  - a lease may be taken when it is unowned, owned by this worker id (restart), or expired: its counter did
+ *    not move for `failoverMs` by our own clock (no clock is compared across workers);
+ *  - live workers are the owners of unexpired leases (plus us); each worker's fair share is
+ *    ceil(leases / live workers); a worker below its share takes available leases, and when there are
+ *    none it moves at most `maxLeasesToStealAtOnce` leases from the most loaded worker;
+ *  - moving a lease is a graceful handoff (KCL 3.x `checkpointOwner`): the holder stops reading, lets its
+ *    records drain into the sinks, checkpoints, then lets go; the new owner starts from that checkpoint.
+ *    A holder that does not finish within `handoffTimeoutMs` is overruled (its late writes fail).
+ *
+ * Resharding: leases are created for new shards at every shard sync and at once from the ChildShards of a
+ * closed shard's last read. A child is started only when every parent lease reached SHARD_END, and
+ * SHARD_END (with the children in `childShardIds`) is written only once the parent's watermark covers its
+ * last record, so per-key order holds across splits and merges. Leases of finished shards that left the
+ * stream (retention) are deleted.
  */
 import { type KinesisClient, ListShardsCommand, type Shard } from '@aws-sdk/client-kinesis';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
-import type { Sink } from '../core/component.js';
+import type { DeadLetterQueue, Sink } from '../core/component.js';
 import type { SourceRecord } from '../core/records.js';
 import { type ShardPosition, ShardWatermark } from '../core/watermark.js';
 import { counter, gauge } from '../metrics/registry.js';
@@ -23,7 +36,8 @@ import {
   type LeaseTable,
   SHARD_END,
 } from './lease-table.js';
-import { type PollingConsumerConfig, PollingShardReader, type StartingPoint } from './polling.js';
+import { type ConsumerConfig, type ConsumerContext, openConsumer, type StreamConsumer } from './registry.js';
+import type { ReaderEnd, ShardReader, StartingPoint } from './shard-reader.js';
 
 export const checkpointConfigSchema = z
   .object({
@@ -31,7 +45,9 @@ export const checkpointConfigSchema = z
       .string()
       .min(3)
       .default('ksw-leases')
-      .describe('DynamoDB lease table (KCL 2.x row format). One table per application, like the KCL.'),
+      .describe(
+        'DynamoDB lease table (KCL row format). One table per application, like the KCL: point it at a Java KCL application table to take over its place.',
+      ),
     createTable: z
       .boolean()
       .default(true)
@@ -41,7 +57,9 @@ export const checkpointConfigSchema = z
       .int()
       .min(100)
       .default(10_000)
-      .describe('How often each shard checkpoints its watermark (also done at shutdown and at SHARD_END).'),
+      .describe(
+        'How often each shard checkpoints its watermark (also done at shutdown, handoff and SHARD_END).',
+      ),
     failoverMs: z
       .number()
       .int()
@@ -50,13 +68,53 @@ export const checkpointConfigSchema = z
       .describe(
         'A lease whose counter has not moved for this long is expired and may be taken by another worker.',
       ),
+    renewIntervalMs: z
+      .number()
+      .int()
+      .min(100)
+      .optional()
+      .describe('How often held leases are renewed. Default: failoverMs / 3.'),
+    takeIntervalMs: z
+      .number()
+      .int()
+      .min(100)
+      .optional()
+      .describe(
+        "How often the lease table is scanned to take expired or unowned leases and to balance. Default: failoverMs / 8, so a dead worker's shards are taken within failoverMs + one renewal interval. Each scan reads the whole table (consistent reads).",
+      ),
+    maxLeasesForWorker: z
+      .number()
+      .int()
+      .min(1)
+      .optional()
+      .describe('Upper bound of leases this worker holds, whatever its fair share (default: no bound).'),
+    maxLeasesToStealAtOnce: z
+      .number()
+      .int()
+      .min(1)
+      .default(1)
+      .describe('Leases moved at most per scan from the most loaded worker when balancing.'),
+    handoffTimeoutMs: z
+      .number()
+      .int()
+      .min(100)
+      .optional()
+      .describe(
+        'How long a graceful handoff may take (holder drains and checkpoints) before the new owner overrules it. Default: failoverMs / 2.',
+      ),
     shardSyncIntervalMs: z
       .number()
       .int()
       .min(500)
       .default(30_000)
       .describe(
-        'How often to list shards and look for leases to take (new shards after a reshard, expired leases).',
+        'How often to list shards: creates leases for new shards (a closed shard also reports its children at once) and deletes finished leases whose shard left the stream.',
+      ),
+    deleteFinishedLeases: z
+      .boolean()
+      .default(true)
+      .describe(
+        'Delete SHARD_END leases of shards no longer listed by the stream (past retention), as the KCL does.',
       ),
   })
   .strict()
@@ -64,22 +122,28 @@ export const checkpointConfigSchema = z
 
 export type CheckpointConfig = z.infer<typeof checkpointConfigSchema>;
 
+type HeldState = 'reading' | 'ending' | 'handing-off' | 'lost';
+
 interface HeldShard {
+  readonly key: string;
   readonly stream: string;
   readonly shardId: string;
   lease: Lease;
   readonly watermark: ShardWatermark;
-  readonly reader: PollingShardReader;
+  readonly reader: ShardReader;
   lastCheckpointed: ShardPosition | undefined;
   lastRenewedAt: number;
   /** Serialises lease writes (renew, checkpoint, release): each is conditional on the counter. */
   chain: Promise<unknown>;
   done?: Promise<void>;
-  lost: boolean;
+  state: HeldState;
+  handoff?: Promise<void>;
 }
 
 export interface CoordinatorDeps {
   readonly kinesis: KinesisClient;
+  /** Kinesis client for enhanced fan-out subscriptions (HTTP/2 against AWS); default `kinesis`. */
+  readonly kinesisSubscribe?: KinesisClient;
   readonly leases: LeaseTable;
   readonly logger: Logger;
   readonly metrics: Registry;
@@ -87,6 +151,10 @@ export interface CoordinatorDeps {
   readonly sinks: readonly Sink[];
   readonly deliver: (records: SourceRecord[]) => Promise<void>;
   readonly onBackpressure: () => void;
+  /** Where bad KPL aggregates go. */
+  readonly dlq?: DeadLetterQueue;
+  /** Default enhanced fan-out consumer name. */
+  readonly appName?: string;
 }
 
 export interface ShardStatus {
@@ -99,30 +167,92 @@ export interface ShardStatus {
   readonly oldestUnackedAgeMs: number;
 }
 
+/** Per-shard series this worker exports; removed when the shard leaves it so stale lag does not linger. */
+const PER_SHARD_METRICS = [
+  'ksw_kinesis_millis_behind_latest',
+  'ksw_shard_in_flight_bytes',
+  'ksw_shard_in_flight_records',
+  'ksw_shard_oldest_unacked_age_seconds',
+];
+
+function shuffle<T>(items: T[]): T[] {
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [items[i], items[j]] = [items[j]!, items[i]!];
+  }
+  return items;
+}
+
 export class ShardCoordinator {
   private readonly held = new Map<string, HeldShard>();
   /** leaseKey -> (counter, time first seen with it): how expiry is judged, from our own clock. */
   private readonly observed = new Map<string, { counter: number; since: number }>();
+  /** Leases handed to us whose previous owner is still finishing: leaseKey -> when we first saw it. */
+  private readonly incoming = new Map<string, number>();
+  /** Shard ids each stream listed at the last shard sync. */
+  private readonly listed = new Map<string, Map<string, Shard>>();
+  private readonly opened = new Map<string, StreamConsumer>();
   private readonly timers: NodeJS.Timeout[] = [];
   private stopping = false;
   private syncing: Promise<void> | undefined;
+  private taking: Promise<void> | undefined;
+  private takeAgain = false;
+  private readonly abort = new AbortController();
   private readonly log: Logger;
   private readonly m;
+  readonly renewIntervalMs: number;
+  readonly takeIntervalMs: number;
+  readonly handoffTimeoutMs: number;
 
   constructor(
-    private readonly consumers: readonly PollingConsumerConfig[],
+    private readonly consumers: readonly ConsumerConfig[],
     private readonly config: CheckpointConfig,
     private readonly deps: CoordinatorDeps,
   ) {
     this.log = deps.logger.child({ component: 'coordinator' });
+    this.renewIntervalMs = config.renewIntervalMs ?? Math.max(100, Math.floor(config.failoverMs / 3));
+    this.takeIntervalMs = config.takeIntervalMs ?? Math.max(100, Math.floor(config.failoverMs / 8));
+    this.handoffTimeoutMs = config.handoffTimeoutMs ?? Math.floor(config.failoverMs / 2);
     const r = deps.metrics;
     const shardLabels = ['stream', 'shard'] as const;
     this.m = {
       leasesHeld: gauge(r, { name: 'ksw_leases_held', help: 'Leases held by this worker' }),
-      leaseTakes: counter(r, { name: 'ksw_lease_takes_total', help: 'Leases taken' }),
+      fairShare: gauge(r, {
+        name: 'ksw_lease_fair_share',
+        help: 'Leases this worker aims to hold: ceil(active leases / live workers)',
+      }),
+      workers: gauge(r, {
+        name: 'ksw_fleet_workers',
+        help: 'Live workers seen in the lease table (owners of unexpired leases, this one included)',
+      }),
+      leaseTakes: counter(r, {
+        name: 'ksw_lease_takes_total',
+        help: 'Leases taken, by reason: unowned, expired, own (restart), handoff (received), forced (handoff timed out)',
+        labelNames: ['reason'],
+      }),
+      leaseSteals: counter(r, {
+        name: 'ksw_lease_steals_total',
+        help: 'Graceful handoffs this worker started to move a lease from the most loaded worker (balancing)',
+      }),
+      handoffsGiven: counter(r, {
+        name: 'ksw_lease_handoffs_given_total',
+        help: 'Leases this worker handed to another after draining and checkpointing, by outcome',
+        labelNames: ['outcome'],
+      }),
       leaseLosses: counter(r, {
         name: 'ksw_lease_losses_total',
-        help: 'Leases lost to another worker or to expiry',
+        help: 'Leases lost without a handoff: taken by another worker, or not renewed within failoverMs',
+        labelNames: ['reason'],
+      }),
+      shardEnds: counter(r, {
+        name: 'ksw_shard_ends_total',
+        help: 'Shards read to their end and checkpointed SHARD_END (after a split, merge or UpdateShardCount)',
+        labelNames: ['stream'],
+      }),
+      leasesCreated: counter(r, { name: 'ksw_leases_created_total', help: 'Leases created for new shards' }),
+      leasesDeleted: counter(r, {
+        name: 'ksw_leases_deleted_total',
+        help: 'SHARD_END leases deleted because their shard left the stream',
       }),
       checkpoints: counter(r, {
         name: 'ksw_checkpoints_total',
@@ -153,9 +283,28 @@ export class ShardCoordinator {
     return this.consumers.length === 1 ? shardId : `${stream}:${shardId}`;
   }
 
+  /** The stream and shard of a lease key of this application, or undefined for foreign rows. */
+  private parseKey(key: string): { consumer: ConsumerConfig; shardId: string } | undefined {
+    if (this.consumers.length === 1) return { consumer: this.consumers[0]!, shardId: key };
+    const at = key.indexOf(':');
+    if (at < 0) return undefined;
+    const consumer = this.consumers.find((c) => c.stream === key.slice(0, at));
+    return consumer ? { consumer, shardId: key.slice(at + 1) } : undefined;
+  }
+
   async start(): Promise<void> {
     await this.deps.leases.ensureTable(this.config.createTable);
+    const ctx: ConsumerContext = {
+      kinesis: this.deps.kinesis,
+      kinesisSubscribe: this.deps.kinesisSubscribe ?? this.deps.kinesis,
+      logger: this.log,
+      appName: this.deps.appName ?? 'ksw',
+      signal: this.abort.signal,
+    };
+    for (const consumer of this.consumers)
+      this.opened.set(consumer.stream, await openConsumer(consumer, ctx));
     await this.sync();
+    await this.takeLeases();
     const every = (ms: number, fn: () => Promise<void>) => {
       const t = setInterval(
         () => void fn().catch((err) => this.log.error({ err }, 'periodic task failed')),
@@ -164,7 +313,8 @@ export class ShardCoordinator {
       t.unref();
       this.timers.push(t);
     };
-    every(Math.max(200, Math.floor(this.config.failoverMs / 3)), () => this.renewAll());
+    every(this.renewIntervalMs, () => this.renewAll());
+    every(this.takeIntervalMs, () => this.takeLeases());
     every(this.config.intervalMs, () => this.checkpointAll());
     every(this.config.shardSyncIntervalMs, () => this.sync());
     every(1_000, async () => this.exportGauges());
@@ -183,10 +333,17 @@ export class ShardCoordinator {
   }
 
   get heldCount(): number {
-    return this.held.size;
+    return [...this.held.values()].filter((h) => h.state === 'reading' || h.state === 'ending').length;
   }
 
-  /** Lists shards and leases, creates missing leases and takes what this worker may take. */
+  /** Lease keys this worker reads now. */
+  heldKeys(): string[] {
+    return [...this.held.values()].filter((h) => h.state === 'reading').map((h) => h.key);
+  }
+
+  // --- shard sync: leases for new shards, cleanup of finished ones ---------------------------------------
+
+  /** Lists every stream's shards, creates missing leases and deletes finished leases of vanished shards. */
   sync(): Promise<void> {
     if (this.stopping) return Promise.resolve();
     this.syncing ??= this.doSync().finally(() => {
@@ -196,49 +353,52 @@ export class ShardCoordinator {
   }
 
   private async doSync(): Promise<void> {
-    const now = Date.now();
     const leases = new Map((await this.deps.leases.list()).map((l) => [l.leaseKey, l]));
+    let created = false;
     for (const consumer of this.consumers) {
       const shards = await this.listShards(consumer.stream);
-      const live = new Set(shards.map((s) => s.ShardId!));
-      for (const shard of shards) {
-        const key = this.leaseKey(consumer.stream, shard.ShardId!);
-        let lease = leases.get(key);
-        if (!lease) {
-          const parents = [shard.ParentShardId, shard.AdjacentParentShardId].filter((p): p is string => !!p);
-          // A child of a reshard starts at its beginning: TRIM_HORIZON, whatever the configured start.
-          const initial: InitialPosition = parents.some((p) => live.has(p))
-            ? 'TRIM_HORIZON'
-            : consumer.startPosition;
-          lease = await this.deps.leases.createIfMissing(key, initial, parents);
-          leases.set(key, lease);
-        }
-      }
+      const byId = new Map(shards.map((s) => [s.ShardId!, s]));
+      this.listed.set(consumer.stream, byId);
       for (const shard of shards) {
         if (this.stopping) return;
         const key = this.leaseKey(consumer.stream, shard.ShardId!);
-        const lease = leases.get(key)!;
-        if (this.held.has(key) || lease.checkpoint === SHARD_END) continue;
-        if (!this.mayTake(lease, now)) continue;
-        const parentsDone = lease.parentShardIds.every((p) => {
-          const parent = leases.get(this.leaseKey(consumer.stream, p));
-          return !parent ? !live.has(p) : parent.checkpoint === SHARD_END;
-        });
-        if (!parentsDone) continue;
-        await this.takeAndStart(consumer, shard.ShardId!, lease);
+        if (leases.has(key)) continue;
+        const parents = [shard.ParentShardId, shard.AdjacentParentShardId].filter((p): p is string => !!p);
+        // A child of a reshard starts at its beginning: TRIM_HORIZON, whatever the configured start.
+        const initial: InitialPosition = parents.some(
+          (p) => byId.has(p) || leases.has(this.leaseKey(consumer.stream, p)),
+        )
+          ? 'TRIM_HORIZON'
+          : consumer.startPosition;
+        const range = shard.HashKeyRange;
+        leases.set(
+          key,
+          await this.deps.leases.createIfMissing(
+            key,
+            initial,
+            parents,
+            range ? { start: range.StartingHashKey!, end: range.EndingHashKey! } : undefined,
+          ),
+        );
+        this.m.leasesCreated.inc();
+        created = true;
+      }
+      if (this.config.deleteFinishedLeases) {
+        for (const lease of leases.values()) {
+          const parsed = this.parseKey(lease.leaseKey);
+          if (!parsed || parsed.consumer.stream !== consumer.stream) continue;
+          if (lease.checkpoint !== SHARD_END || byId.has(parsed.shardId)) continue;
+          if (await this.deps.leases.remove(lease)) {
+            this.m.leasesDeleted.inc();
+            this.log.info(
+              { lease: lease.leaseKey },
+              'deleted the lease of a finished shard that left the stream',
+            );
+          }
+        }
       }
     }
-    this.m.leasesHeld.set(this.held.size);
-  }
-
-  private mayTake(lease: Lease, now: number): boolean {
-    if (!lease.leaseOwner || lease.leaseOwner === this.deps.workerId) return true;
-    const seen = this.observed.get(lease.leaseKey);
-    if (!seen || seen.counter !== lease.leaseCounter) {
-      this.observed.set(lease.leaseKey, { counter: lease.leaseCounter, since: now });
-      return false;
-    }
-    return now - seen.since >= this.config.failoverMs;
+    if (created) await this.takeLeases();
   }
 
   private async listShards(stream: string): Promise<Shard[]> {
@@ -254,8 +414,161 @@ export class ShardCoordinator {
     return shards;
   }
 
-  private async takeAndStart(consumer: PollingConsumerConfig, shardId: string, lease: Lease): Promise<void> {
+  // --- lease taking and balancing -------------------------------------------------------------------------
+
+  /** Scans the lease table; takes, balances and notices handoffs. One scan at a time. */
+  takeLeases(): Promise<void> {
+    if (this.stopping) return Promise.resolve();
+    if (this.taking) {
+      this.takeAgain = true;
+      return this.taking;
+    }
+    this.taking = (async () => {
+      do {
+        this.takeAgain = false;
+        await this.doTakeLeases();
+      } while (this.takeAgain && !this.stopping);
+    })().finally(() => {
+      this.taking = undefined;
+    });
+    return this.taking;
+  }
+
+  private parentsDone(lease: Lease, stream: string, leases: Map<string, Lease>): boolean {
+    const listed = this.listed.get(stream);
+    return lease.parentShardIds.every((p) => {
+      const parent = leases.get(this.leaseKey(stream, p));
+      // A parent without a lease is done when the stream no longer lists it (past retention).
+      return parent ? parent.checkpoint === SHARD_END : !listed?.has(p);
+    });
+  }
+
+  private async doTakeLeases(): Promise<void> {
+    const now = Date.now();
+    const me = this.deps.workerId;
+    const leases = new Map((await this.deps.leases.list()).map((l) => [l.leaseKey, l]));
+    const expired = (lease: Lease): boolean => {
+      const seen = this.observed.get(lease.leaseKey);
+      if (!seen || seen.counter !== lease.leaseCounter) {
+        this.observed.set(lease.leaseKey, { counter: lease.leaseCounter, since: now });
+        return false;
+      }
+      return now - seen.since >= this.config.failoverMs;
+    };
+    for (const key of this.observed.keys()) if (!leases.has(key)) this.observed.delete(key);
+
+    // Leases we hold: has someone started a handoff from us, or taken them?
+    for (const held of this.held.values()) {
+      const row = leases.get(held.key);
+      if ((held.state !== 'reading' && held.state !== 'ending') || !row) continue;
+      if (row.leaseOwner !== me) await this.onLeaseChanged(held, row);
+    }
+
+    const active: Array<{ lease: Lease; consumer: ConsumerConfig; shardId: string }> = [];
+    for (const lease of leases.values()) {
+      const parsed = this.parseKey(lease.leaseKey);
+      if (!parsed || lease.checkpoint === SHARD_END) continue;
+      if (!this.parentsDone(lease, parsed.consumer.stream, leases)) continue;
+      active.push({ lease, ...parsed });
+    }
+    // Expiry bookkeeping for every active lease, then liveness from it.
+    const isExpired = new Map(active.map((a) => [a.lease.leaseKey, expired(a.lease)]));
+    const load = new Map<string, string[]>([[me, []]]);
+    for (const { lease } of active) {
+      if (!lease.leaseOwner || isExpired.get(lease.leaseKey)) continue;
+      const list = load.get(lease.leaseOwner) ?? [];
+      list.push(lease.leaseKey);
+      load.set(lease.leaseOwner, list);
+    }
+    const workers = load.size;
+    let target = active.length === 0 ? 0 : Math.ceil(active.length / workers);
+    if (this.config.maxLeasesForWorker !== undefined)
+      target = Math.min(target, this.config.maxLeasesForWorker);
+    this.m.workers.set(workers);
+    this.m.fairShare.set(target);
+
+    const toTake: Array<{ lease: Lease; consumer: ConsumerConfig; shardId: string; reason: string }> = [];
+    // Ours but not read by us: a restart with the same id, or a handoff to us (finished or overdue).
+    for (const a of active) {
+      const { lease } = a;
+      if (lease.leaseOwner !== me || this.held.has(lease.leaseKey)) {
+        if (lease.leaseOwner !== me) this.incoming.delete(lease.leaseKey);
+        continue;
+      }
+      if (lease.checkpointOwner && lease.checkpointOwner !== me) {
+        const since = this.incoming.get(lease.leaseKey) ?? now;
+        this.incoming.set(lease.leaseKey, since);
+        if (now - since < this.handoffTimeoutMs) continue;
+        this.log.warn(
+          { lease: lease.leaseKey, previousOwner: lease.checkpointOwner },
+          'handoff not finished within handoffTimeoutMs; taking the lease from its checkpoint',
+        );
+        toTake.push({ ...a, reason: 'forced' });
+      } else {
+        toTake.push({ ...a, reason: this.incoming.has(lease.leaseKey) ? 'handoff' : 'own' });
+      }
+      this.incoming.delete(lease.leaseKey);
+    }
+    for (const key of this.incoming.keys()) if (!leases.has(key)) this.incoming.delete(key);
+    // Ours: held, being handed to us, or ours from before a restart (taken just above).
+    const mine = active.filter((a) => a.lease.leaseOwner === me).length;
+    const available = shuffle(
+      active.filter(
+        (a) => a.lease.leaseOwner !== me && (!a.lease.leaseOwner || isExpired.get(a.lease.leaseKey)),
+      ),
+    );
+    const free = available.slice(0, Math.max(0, target - mine));
+    for (const a of free) toTake.push({ ...a, reason: a.lease.leaseOwner ? 'expired' : 'unowned' });
+
+    await Promise.all(
+      toTake.map(async (t) => {
+        if (this.stopping) return;
+        await this.takeAndStart(t.consumer, t.shardId, t.lease, t.reason);
+      }),
+    );
+
+    // Balancing: below the fair share with nothing free, move leases from the most loaded worker.
+    const needed = target - mine - free.length;
+    if (needed <= 0 || this.stopping) return;
+    let victim: string | undefined;
+    let victimLoad = 0;
+    for (const [owner, keys] of load) {
+      if (owner !== me && keys.length > victimLoad) {
+        victim = owner;
+        victimLoad = keys.length;
+      }
+    }
+    if (!victim || victimLoad < target) return;
+    let steal = Math.min(needed, victimLoad - target);
+    if (needed > 1 && steal === 0) steal = 1;
+    steal = Math.min(steal, this.config.maxLeasesToStealAtOnce);
+    const candidates = shuffle(
+      (load.get(victim) ?? []).map((k) => leases.get(k)!).filter((l) => !l.checkpointOwner),
+    );
+    for (const lease of candidates.slice(0, steal)) {
+      try {
+        await this.deps.leases.startHandoff(lease, me);
+        this.incoming.set(lease.leaseKey, now);
+        this.m.leaseSteals.inc();
+        this.log.info(
+          { lease: lease.leaseKey, from: victim, fairShare: target, workers },
+          'balancing: asked the most loaded worker to hand a lease over',
+        );
+      } catch (err) {
+        if (!(err instanceof LeaseLostError)) throw err;
+      }
+    }
+  }
+
+  private async takeAndStart(
+    consumer: ConsumerConfig,
+    shardId: string,
+    lease: Lease,
+    reason: string,
+  ): Promise<void> {
     const key = lease.leaseKey;
+    const stream = this.opened.get(consumer.stream);
+    if (!stream || this.held.has(key)) return;
     let taken: Lease;
     try {
       taken = await this.deps.leases.take(lease, this.deps.workerId);
@@ -263,7 +576,11 @@ export class ShardCoordinator {
       if (err instanceof LeaseLostError) return; // someone else was faster
       throw err;
     }
-    this.m.leaseTakes.inc();
+    if (this.stopping) {
+      await this.deps.leases.release(taken).catch(() => undefined);
+      return;
+    }
+    this.m.leaseTakes.inc({ reason });
     const position = checkpointPosition(taken);
     const start: StartingPoint = position
       ? { kind: 'after', position }
@@ -273,17 +590,19 @@ export class ShardCoordinator {
           ...(consumer.startTimestamp ? { timestamp: new Date(consumer.startTimestamp) } : {}),
         };
     const watermark = new ShardWatermark(consumer.maxInFlightBytes, position);
-    for (const sink of this.deps.sinks)
-      await sink.openShard?.({ stream: consumer.stream, shardId }, position);
-    const reader = new PollingShardReader(consumer, shardId, start, {
+    const range = taken.hashKeyRange ?? this.hashKeyRange(consumer.stream, shardId);
+    const reader = stream.createReader(shardId, start, {
       kinesis: this.deps.kinesis,
       logger: this.deps.logger,
       metrics: this.deps.metrics,
       watermark,
       deliver: this.deps.deliver,
       onBackpressure: this.deps.onBackpressure,
+      ...(this.deps.dlq ? { dlq: this.deps.dlq } : {}),
+      ...(range ? { hashKeyRange: { start: BigInt(range.start), end: BigInt(range.end) } } : {}),
     });
     const held: HeldShard = {
+      key,
       stream: consumer.stream,
       shardId,
       lease: taken,
@@ -292,46 +611,208 @@ export class ShardCoordinator {
       lastCheckpointed: position,
       lastRenewedAt: Date.now(),
       chain: Promise.resolve(),
-      lost: false,
+      state: 'reading',
     };
     this.held.set(key, held);
+    this.m.leasesHeld.set(this.heldCount);
+    try {
+      for (const sink of this.deps.sinks)
+        await sink.openShard?.({ stream: consumer.stream, shardId }, position);
+    } catch (err) {
+      this.log.error({ err, shard: shardId }, 'a sink could not open the shard; releasing the lease');
+      this.held.delete(key);
+      await this.deps.leases.release(taken).catch(() => undefined);
+      this.m.leasesHeld.set(this.heldCount);
+      return;
+    }
+    if (taken.pendingCheckpoint) {
+      this.log.warn(
+        {
+          shard: shardId,
+          checkpoint: taken.checkpoint,
+          pendingCheckpoint: taken.pendingCheckpoint.sequenceNumber,
+        },
+        'the lease has a prepared (pending) checkpoint from a KCL application; resuming from the committed checkpoint, as the KCL does',
+      );
+    }
     this.log.info(
-      { stream: consumer.stream, shard: shardId, checkpoint: taken.checkpoint },
+      { stream: consumer.stream, shard: shardId, checkpoint: taken.checkpoint, reason },
       'lease taken; reading shard',
     );
+    if (this.stopping || held.state !== 'reading') return;
     held.done = reader.run().then(
-      (end) => this.onReaderEnd(key, held, end),
+      (end) => this.onReaderEnd(held, end),
       (err) => {
         this.log.error({ err, shard: shardId }, 'shard reader crashed; releasing the shard');
-        this.drop(key, held);
+        void this.releaseBroken(held);
       },
     );
   }
 
-  private async onReaderEnd(key: string, held: HeldShard, end: string): Promise<void> {
-    if (end !== 'shard-end' || held.lost) return;
+  private hashKeyRange(stream: string, shardId: string): { start: string; end: string } | undefined {
+    const r = this.listed.get(stream)?.get(shardId)?.HashKeyRange;
+    return r?.StartingHashKey && r.EndingHashKey
+      ? { start: r.StartingHashKey, end: r.EndingHashKey }
+      : undefined;
+  }
+
+  /** Our lease row names another owner: a handoff to finish, or a loss. */
+  private async onLeaseChanged(held: HeldShard, row: Lease): Promise<void> {
+    if (held.state !== 'reading' && held.state !== 'ending') return;
+    if (row.checkpoint === SHARD_END && !row.leaseOwner) return; // our own SHARD_END and release, just done
+    if (row.checkpointOwner === this.deps.workerId) {
+      held.lease = row;
+      this.handOff(held);
+      return;
+    }
+    this.m.leaseLosses.inc({ reason: 'taken' });
+    this.log.warn(
+      { shard: held.shardId, owner: row.leaseOwner },
+      'lease lost to another worker; stopping the shard',
+    );
+    this.drop(held);
+  }
+
+  /** A write failed its condition: read the row to tell a handoff request from a loss. */
+  private async inspectLoss(held: HeldShard): Promise<void> {
+    const row = await this.deps.leases.get(held.key).catch(() => undefined);
+    if (row && row.leaseOwner === this.deps.workerId && !row.checkpointOwner) {
+      held.lease = row; // only the counter moved (e.g. a handoff was started and taken back); carry on
+      return;
+    }
+    if (row) await this.onLeaseChanged(held, row);
+    else {
+      this.m.leaseLosses.inc({ reason: 'deleted' });
+      this.drop(held);
+    }
+  }
+
+  /**
+   * Graceful handoff of a held lease to the worker that asked for it: stop reading, let in-flight records
+   * drain into the sinks (nudging them to flush), checkpoint the watermark as checkpointOwner, then remove
+   * checkpointOwner so the new owner starts right after it.
+   */
+  private handOff(held: HeldShard): void {
+    // A shard waiting to write SHARD_END is handed over too: the new owner finds its end again.
+    if (held.state !== 'reading' && held.state !== 'ending') return;
+    held.state = 'handing-off';
+    held.handoff = (async () => {
+      held.reader.stop();
+      await held.done;
+      const deadline =
+        Date.now() + Math.max(0, this.handoffTimeoutMs - Math.min(1_000, this.handoffTimeoutMs / 4));
+      while (held.watermark.inFlightRecords > 0 && Date.now() < deadline) {
+        this.deps.onBackpressure();
+        await Promise.race([held.watermark.drained(), new Promise((r) => setTimeout(r, 200))]);
+      }
+      const drained = held.watermark.inFlightRecords === 0;
+      let outcome = drained ? 'drained' : 'partial';
+      try {
+        await this.writeLease(held, async (l) => {
+          let lease = l;
+          const wm = held.watermark.watermark;
+          const last = held.lastCheckpointed;
+          if (
+            wm &&
+            !(
+              last &&
+              last.sequenceNumber === wm.sequenceNumber &&
+              last.subSequenceNumber === wm.subSequenceNumber
+            )
+          ) {
+            lease = await this.deps.leases.checkpoint(lease, wm, { as: 'checkpointOwner' });
+            held.lastCheckpointed = wm;
+            this.m.checkpoints.inc({ stream: held.stream, shard: held.shardId });
+          }
+          return this.deps.leases.finishHandoff(lease);
+        });
+      } catch (err) {
+        outcome = 'overruled';
+        this.log.warn({ err, shard: held.shardId }, 'handoff overruled by the new owner before it finished');
+      }
+      this.m.handoffsGiven.inc({ outcome });
+      this.log.info(
+        { shard: held.shardId, checkpoint: held.lastCheckpointed?.sequenceNumber, outcome },
+        'lease handed over',
+      );
+      this.forget(held);
+    })();
+  }
+
+  private async onReaderEnd(held: HeldShard, end: ReaderEnd): Promise<void> {
+    if (held.state !== 'reading') return;
+    if (end === 'stream-gone') {
+      await this.releaseBroken(held);
+      return;
+    }
+    if (end !== 'shard-end' || this.stopping) return;
+    held.state = 'ending';
     // SHARD_END only once every record of the parent is acked, so children never overtake it.
-    await held.watermark.drained();
-    if (held.lost || this.stopping) return;
+    while (held.watermark.inFlightRecords > 0 && held.state === 'ending') {
+      await Promise.race([held.watermark.drained(), new Promise((r) => setTimeout(r, 1_000))]);
+    }
+    if (held.state !== 'ending' || this.stopping) return;
+    const parsed = this.parseKey(held.key)!;
     try {
-      await this.writeLease(held, (l) => this.deps.leases.checkpoint(l, SHARD_END));
+      const children = await this.createChildLeases(parsed.consumer, held.shardId, held.reader.childShards);
+      await this.writeLease(held, (l) =>
+        this.deps.leases.checkpoint(l, SHARD_END, { childShardIds: children }),
+      );
       this.m.checkpoints.inc({ stream: held.stream, shard: held.shardId });
-      this.log.info({ shard: held.shardId }, 'checkpointed SHARD_END; children may start');
+      this.m.shardEnds.inc({ stream: held.stream });
+      this.log.info({ shard: held.shardId, children }, 'checkpointed SHARD_END; children may start');
       await this.writeLease(held, (l) => this.deps.leases.release(l));
     } catch (err) {
       this.log.warn(
         { err, shard: held.shardId },
         'could not record SHARD_END; will retry after the lease is re-taken',
       );
+      if (err instanceof LeaseLostError) this.m.leaseLosses.inc({ reason: 'taken' });
     }
-    this.held.delete(key);
-    this.m.leasesHeld.set(this.held.size);
-    await this.sync();
+    this.forget(held);
+    await this.takeLeases();
+  }
+
+  /**
+   * Creates the leases of a closed shard's children (from the ChildShards of its last read, else from
+   * ListShards) before SHARD_END is written, so no child is ever without a lease. Returns their ids.
+   */
+  private async createChildLeases(
+    consumer: ConsumerConfig,
+    shardId: string,
+    reported: readonly { shardId: string; parentShardIds: readonly string[] }[] | undefined,
+  ): Promise<string[]> {
+    let children = reported ? [...reported] : [];
+    let shards = this.listed.get(consumer.stream);
+    const fromListing = () =>
+      [...(shards?.values() ?? [])]
+        .filter((s) => s.ParentShardId === shardId || s.AdjacentParentShardId === shardId)
+        .map((s) => ({
+          shardId: s.ShardId!,
+          parentShardIds: [s.ParentShardId, s.AdjacentParentShardId].filter((p): p is string => !!p),
+        }));
+    if (children.length === 0) children = fromListing();
+    if (children.length === 0) {
+      const listed = await this.listShards(consumer.stream);
+      shards = new Map(listed.map((s) => [s.ShardId!, s]));
+      this.listed.set(consumer.stream, shards);
+      children = fromListing();
+    }
+    for (const child of children) {
+      const range = this.hashKeyRange(consumer.stream, child.shardId);
+      await this.deps.leases.createIfMissing(
+        this.leaseKey(consumer.stream, child.shardId),
+        'TRIM_HORIZON',
+        child.parentShardIds,
+        range,
+      );
+    }
+    return children.map((c) => c.shardId);
   }
 
   private writeLease(held: HeldShard, write: (lease: Lease) => Promise<Lease>): Promise<void> {
     const next = held.chain.then(async () => {
-      if (held.lost) throw new LeaseLostError(held.lease.leaseKey, 'write');
+      if (held.state === 'lost') throw new LeaseLostError(held.lease.leaseKey, 'write');
       held.lease = await write(held.lease);
       held.lastRenewedAt = Date.now();
     });
@@ -339,31 +820,47 @@ export class ShardCoordinator {
     return next;
   }
 
-  private drop(key: string, held: HeldShard): void {
-    held.lost = true;
+  /** Stops a shard whose lease is gone; its unacked records will be read again by the new owner. */
+  private drop(held: HeldShard): void {
+    held.state = 'lost';
     held.reader.stop();
-    this.held.delete(key);
-    this.m.leasesHeld.set(this.held.size);
+    this.forget(held);
+  }
+
+  private async releaseBroken(held: HeldShard): Promise<void> {
+    held.reader.stop();
+    await this.writeLease(held, (l) => this.deps.leases.release(l)).catch(() => undefined);
+    held.state = 'lost';
+    this.forget(held);
+  }
+
+  private forget(held: HeldShard): void {
+    if (this.held.get(held.key) === held) this.held.delete(held.key);
+    this.m.leasesHeld.set(this.heldCount);
+    const labels = { stream: held.stream, shard: held.shardId };
+    for (const name of PER_SHARD_METRICS) {
+      const metric = this.deps.metrics.getSingleMetric(name) as { remove?: (l: object) => void } | undefined;
+      metric?.remove?.(labels);
+    }
   }
 
   private async renewAll(): Promise<void> {
     await Promise.all(
-      [...this.held.entries()].map(async ([key, held]) => {
+      [...this.held.values()].map(async (held) => {
+        if (held.state !== 'reading' && held.state !== 'ending') return;
         try {
           await this.writeLease(held, (l) => this.deps.leases.renew(l));
         } catch (err) {
           if (err instanceof LeaseLostError) {
-            this.m.leaseLosses.inc();
-            this.log.warn({ shard: held.shardId }, 'lease lost to another worker; stopping the shard');
-            this.drop(key, held);
+            await this.inspectLoss(held);
           } else if (Date.now() - held.lastRenewedAt > this.config.failoverMs) {
             // Others may consider the lease expired by now: stop before two workers process the shard.
-            this.m.leaseLosses.inc();
+            this.m.leaseLosses.inc({ reason: 'renewal-timeout' });
             this.log.error(
               { err, shard: held.shardId },
               'could not renew the lease within failoverMs; stopping the shard',
             );
-            this.drop(key, held);
+            this.drop(held);
           } else {
             this.log.warn({ err, shard: held.shardId }, 'lease renewal failed; will retry');
           }
@@ -379,7 +876,7 @@ export class ShardCoordinator {
 
   private async checkpointShard(held: HeldShard): Promise<void> {
     const wm = held.watermark.watermark;
-    if (!wm || held.lost) return;
+    if (!wm || (held.state !== 'reading' && held.state !== 'ending')) return;
     const last = held.lastCheckpointed;
     if (last && last.sequenceNumber === wm.sequenceNumber && last.subSequenceNumber === wm.subSequenceNumber)
       return;
@@ -389,12 +886,14 @@ export class ShardCoordinator {
       this.m.checkpoints.inc({ stream: held.stream, shard: held.shardId });
     } catch (err) {
       this.m.checkpointErrors.inc();
-      this.log.warn({ err, shard: held.shardId }, 'checkpoint failed; the next one will cover it');
+      if (err instanceof LeaseLostError) await this.inspectLoss(held);
+      else this.log.warn({ err, shard: held.shardId }, 'checkpoint failed; the next one will cover it');
     }
   }
 
   private exportGauges(): void {
     for (const h of this.held.values()) {
+      if (h.state === 'lost') continue;
       const labels = { stream: h.stream, shard: h.shardId };
       this.m.inFlightBytes.set(labels, h.watermark.inFlightBytes);
       this.m.inFlightRecords.set(labels, h.watermark.inFlightRecords);
@@ -405,8 +904,10 @@ export class ShardCoordinator {
   /** Stops fetching on every shard (first step of a graceful shutdown). */
   async stopReading(): Promise<void> {
     this.stopping = true;
+    this.abort.abort();
     for (const t of this.timers) clearInterval(t);
     await this.syncing?.catch(() => undefined);
+    await this.taking?.catch(() => undefined);
     for (const h of this.held.values()) h.reader.stop();
     await Promise.all([...this.held.values()].map((h) => h.done));
   }
@@ -423,11 +924,19 @@ export class ShardCoordinator {
     return result;
   }
 
-  /** Final checkpoint of every shard, then gives the leases up so another worker takes over at once. */
+  /**
+   * Final checkpoint of every shard, then gives the leases up so another worker takes over at once
+   * (handoffs in progress finish their own way).
+   */
   async checkpointAndRelease(): Promise<void> {
     await this.checkpointAll();
     await Promise.all(
       [...this.held.values()].map(async (h) => {
+        if (h.state === 'handing-off') {
+          await h.handoff;
+          return;
+        }
+        if (h.state !== 'reading' && h.state !== 'ending') return;
         try {
           await this.writeLease(h, (l) => this.deps.leases.release(l));
         } catch (err) {
@@ -435,7 +944,31 @@ export class ShardCoordinator {
         }
       }),
     );
+    await this.releaseUnread();
     this.held.clear();
     this.m.leasesHeld.set(0);
+  }
+
+  /**
+   * Leases that are ours in the table but were not read yet (a handoff to us just finished or is finishing):
+   * let the handoff finish (bounded by handoffTimeoutMs), then release them too, so nobody waits for expiry.
+   */
+  private async releaseUnread(): Promise<void> {
+    const me = this.deps.workerId;
+    const rows = await this.deps.leases.list().catch(() => [] as Lease[]);
+    const deadline = Date.now() + this.handoffTimeoutMs;
+    await Promise.all(
+      rows
+        .filter((l) => l.leaseOwner === me && !this.held.has(l.leaseKey))
+        .map(async (row) => {
+          let lease: Lease | undefined = row;
+          while (lease?.checkpointOwner && Date.now() < deadline) {
+            await new Promise((r) => setTimeout(r, 100));
+            lease = await this.deps.leases.get(row.leaseKey).catch(() => lease);
+          }
+          if (!lease || lease.leaseOwner !== me || lease.checkpointOwner) return; // it will expire
+          await this.deps.leases.release(lease).catch(() => undefined);
+        }),
+    );
   }
 }

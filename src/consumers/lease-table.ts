@@ -1,19 +1,27 @@
 /**
- * Leases and checkpoints in DynamoDB, in the row format of the Java KCL 2.x (DynamoDBLeaseSerializer),
- * so a fleet can move between KCL and this worker without losing its place:
+ * Leases and checkpoints in DynamoDB, in the row format of the Java KCL (DynamoDBLeaseSerializer), so a
+ * fleet can move between the KCL and this worker without losing its place:
  *
  *   leaseKey (S, hash key) = shard id · leaseOwner (S) · leaseCounter (N) · checkpoint (S: sequence number
  *   or TRIM_HORIZON / LATEST / AT_TIMESTAMP / SHARD_END) · checkpointSubSequenceNumber (N) ·
- *   ownerSwitchesSinceCheckpoint (N) · parentShardId (SS)
+ *   pendingCheckpoint (S) + pendingCheckpointSubSequenceNumber (N) · ownerSwitchesSinceCheckpoint (N) ·
+ *   parentShardId (SS) · childShardIds (SS) · startingHashKey / endingHashKey (S) · checkpointOwner (S)
  *
- * Every write is conditional on the leaseCounter we last saw (and on being the owner), so two workers can
- * never both believe a write of theirs succeeded: the loser gets `LeaseLostError` and stops the shard.
+ * Every write is conditional on the leaseCounter we last saw (and on who holds the lease), so two workers
+ * can never both believe a write of theirs succeeded: the loser gets `LeaseLostError`.
  * Attributes we do not know are never touched (UpdateItem only sets named attributes).
+ *
+ * Graceful handoff uses the KCL 3.x convention: the taker sets `leaseOwner` to itself and `checkpointOwner`
+ * to the previous owner, which stops reading, checkpoints (allowed while it is the checkpointOwner) and
+ * removes `checkpointOwner`; only then does the new owner start. A `pendingCheckpoint` (the KCL's two-phase
+ * checkpoint) is read and kept as it is; processing resumes from `checkpoint`, as the KCL does, and a
+ * checkpoint write clears it, as the KCL's does.
  */
 import {
   type AttributeValue,
   ConditionalCheckFailedException,
   CreateTableCommand,
+  DeleteItemCommand,
   DescribeTableCommand,
   type DynamoDBClient,
   GetItemCommand,
@@ -36,7 +44,18 @@ export interface Lease {
   readonly checkpointSubSequenceNumber: number;
   readonly ownerSwitchesSinceCheckpoint: number;
   readonly parentShardIds: readonly string[];
+  readonly childShardIds: readonly string[];
+  /** A prepared (two-phase) checkpoint of a KCL application; kept, never acted on. */
+  readonly pendingCheckpoint:
+    | { readonly sequenceNumber: string; readonly subSequenceNumber: number }
+    | undefined;
+  /** During a graceful handoff: the previous owner, still draining and allowed to checkpoint. */
+  readonly checkpointOwner: string | undefined;
+  readonly hashKeyRange: { readonly start: string; readonly end: string } | undefined;
 }
+
+/** Who holds a lease for a write: its owner, or the previous owner finishing a handoff. */
+type Holder = 'leaseOwner' | 'checkpointOwner';
 
 export class LeaseLostError extends Error {
   constructor(leaseKey: string, action: string) {
@@ -58,6 +77,9 @@ export function checkpointPosition(lease: Lease): ShardPosition | undefined {
 }
 
 function fromItem(item: Record<string, AttributeValue>): Lease {
+  const pending = item.pendingCheckpoint?.S;
+  const start = item.startingHashKey?.S;
+  const end = item.endingHashKey?.S;
   return {
     leaseKey: item.leaseKey?.S ?? '',
     leaseOwner: item.leaseOwner?.S,
@@ -66,6 +88,15 @@ function fromItem(item: Record<string, AttributeValue>): Lease {
     checkpointSubSequenceNumber: Number(item.checkpointSubSequenceNumber?.N ?? '0'),
     ownerSwitchesSinceCheckpoint: Number(item.ownerSwitchesSinceCheckpoint?.N ?? '0'),
     parentShardIds: item.parentShardId?.SS ?? [],
+    childShardIds: item.childShardIds?.SS ?? [],
+    pendingCheckpoint: pending
+      ? {
+          sequenceNumber: pending,
+          subSequenceNumber: Number(item.pendingCheckpointSubSequenceNumber?.N ?? '0'),
+        }
+      : undefined,
+    checkpointOwner: item.checkpointOwner?.S,
+    hashKeyRange: start && end ? { start, end } : undefined,
   };
 }
 
@@ -146,6 +177,7 @@ export class LeaseTable {
     leaseKey: string,
     initial: InitialPosition,
     parentShardIds: readonly string[],
+    hashKeyRange?: { start: string; end: string },
   ): Promise<Lease> {
     const item: Record<string, AttributeValue> = {
       leaseKey: { S: leaseKey },
@@ -155,6 +187,10 @@ export class LeaseTable {
       ownerSwitchesSinceCheckpoint: { N: '0' },
     };
     if (parentShardIds.length > 0) item.parentShardId = { SS: [...parentShardIds] };
+    if (hashKeyRange) {
+      item.startingHashKey = { S: hashKeyRange.start };
+      item.endingHashKey = { S: hashKeyRange.end };
+    }
     try {
       await this.client.send(
         new PutItemCommand({
@@ -172,23 +208,30 @@ export class LeaseTable {
     }
   }
 
-  /** Takes a lease (unowned, expired, or our own from before a restart); conditional on its counter. */
+  /**
+   * Takes a lease (unowned, expired, our own from before a restart, or forcibly from a handoff that did not
+   * finish); conditional on its counter and on its owner being still the one we saw. Ends any handoff.
+   */
   async take(lease: Lease, owner: string): Promise<Lease> {
-    const switched = lease.leaseOwner !== owner;
+    // As the KCL counts: a switch is a change from one owner to another, not the first take of a lease.
+    const switched = lease.leaseOwner !== undefined && lease.leaseOwner !== owner;
     try {
       const out = await this.client.send(
         new UpdateItemCommand({
           TableName: this.tableName,
           Key: { leaseKey: { S: lease.leaseKey } },
           UpdateExpression:
-            'SET leaseOwner = :owner, leaseCounter = :next, ownerSwitchesSinceCheckpoint = if_not_exists(ownerSwitchesSinceCheckpoint, :zero) + :switch',
-          ConditionExpression: 'leaseCounter = :expected',
+            'SET leaseOwner = :owner, leaseCounter = :next, ownerSwitchesSinceCheckpoint = if_not_exists(ownerSwitchesSinceCheckpoint, :zero) + :switch REMOVE checkpointOwner',
+          ConditionExpression: `leaseCounter = :expected AND ${
+            lease.leaseOwner === undefined ? 'attribute_not_exists(leaseOwner)' : 'leaseOwner = :previous'
+          }`,
           ExpressionAttributeValues: {
             ':owner': { S: owner },
             ':next': { N: String(lease.leaseCounter + 1) },
             ':expected': { N: String(lease.leaseCounter) },
             ':zero': { N: '0' },
             ':switch': { N: switched ? '1' : '0' },
+            ...(lease.leaseOwner === undefined ? {} : { ':previous': { S: lease.leaseOwner } }),
           },
           ReturnValues: 'ALL_NEW',
         }),
@@ -200,47 +243,133 @@ export class LeaseTable {
     }
   }
 
-  /** Renews a held lease by incrementing its counter. */
-  renew(lease: Lease): Promise<Lease> {
-    return this.ownedUpdate(lease, 'renew', 'SET leaseCounter = :next', {});
+  /**
+   * Starts a graceful handoff of a lease another live worker holds (balancing): we become `leaseOwner`, the
+   * holder becomes `checkpointOwner` and finishes (stop, drain, checkpoint, `finishHandoff`) before we read.
+   */
+  async startHandoff(lease: Lease, newOwner: string): Promise<Lease> {
+    if (!lease.leaseOwner || lease.checkpointOwner) throw new LeaseLostError(lease.leaseKey, 'hand off');
+    try {
+      const out = await this.client.send(
+        new UpdateItemCommand({
+          TableName: this.tableName,
+          Key: { leaseKey: { S: lease.leaseKey } },
+          UpdateExpression:
+            'SET leaseOwner = :new, checkpointOwner = :old, leaseCounter = :next, ownerSwitchesSinceCheckpoint = if_not_exists(ownerSwitchesSinceCheckpoint, :zero) + :one',
+          ConditionExpression:
+            'leaseCounter = :expected AND leaseOwner = :old AND attribute_not_exists(checkpointOwner)',
+          ExpressionAttributeValues: {
+            ':new': { S: newOwner },
+            ':old': { S: lease.leaseOwner },
+            ':next': { N: String(lease.leaseCounter + 1) },
+            ':expected': { N: String(lease.leaseCounter) },
+            ':zero': { N: '0' },
+            ':one': { N: '1' },
+          },
+          ReturnValues: 'ALL_NEW',
+        }),
+      );
+      return fromItem(out.Attributes ?? {});
+    } catch (err) {
+      if (isConditionFailure(err)) throw new LeaseLostError(lease.leaseKey, 'hand off');
+      throw err;
+    }
   }
 
-  /** Records a checkpoint (a position or SHARD_END) on a held lease. */
-  checkpoint(lease: Lease, position: ShardPosition | typeof SHARD_END): Promise<Lease> {
+  /** The previous owner ends its part of a handoff (after its last checkpoint): the new owner may start. */
+  finishHandoff(lease: Lease): Promise<Lease> {
+    return this.heldUpdate(
+      lease,
+      'checkpointOwner',
+      'finish handoff',
+      'SET leaseCounter = :next REMOVE checkpointOwner',
+      {},
+    );
+  }
+
+  /** Deletes the lease of a finished shard that no longer exists in the stream (past retention). */
+  async remove(lease: Lease): Promise<boolean> {
+    try {
+      await this.client.send(
+        new DeleteItemCommand({
+          TableName: this.tableName,
+          Key: { leaseKey: { S: lease.leaseKey } },
+          ConditionExpression: 'leaseCounter = :expected AND checkpoint = :end',
+          ExpressionAttributeValues: {
+            ':expected': { N: String(lease.leaseCounter) },
+            ':end': { S: SHARD_END },
+          },
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (isConditionFailure(err)) return false;
+      throw err;
+    }
+  }
+
+  /** Renews a held lease by incrementing its counter. */
+  renew(lease: Lease): Promise<Lease> {
+    return this.heldUpdate(lease, 'leaseOwner', 'renew', 'SET leaseCounter = :next', {});
+  }
+
+  /**
+   * Records a checkpoint (a position, or SHARD_END with the shard's children) on a lease we own, or on one
+   * we are handing off (`as: 'checkpointOwner'`). Clears a pending checkpoint, as the KCL does.
+   */
+  checkpoint(
+    lease: Lease,
+    position: ShardPosition | typeof SHARD_END,
+    opts: { childShardIds?: readonly string[]; as?: Holder } = {},
+  ): Promise<Lease> {
     const seq = position === SHARD_END ? SHARD_END : position.sequenceNumber;
     const sub = position === SHARD_END ? 0 : position.subSequenceNumber;
-    return this.ownedUpdate(
+    const children =
+      opts.childShardIds && opts.childShardIds.length > 0 ? [...opts.childShardIds] : undefined;
+    return this.heldUpdate(
       lease,
+      opts.as ?? 'leaseOwner',
       'checkpoint',
-      'SET leaseCounter = :next, checkpoint = :cp, checkpointSubSequenceNumber = :sub, ownerSwitchesSinceCheckpoint = :zero REMOVE pendingCheckpoint, pendingCheckpointSubSequenceNumber',
-      { ':cp': { S: seq }, ':sub': { N: String(sub) }, ':zero': { N: '0' } },
+      `SET leaseCounter = :next, checkpoint = :cp, checkpointSubSequenceNumber = :sub, ownerSwitchesSinceCheckpoint = :zero${
+        children ? ', childShardIds = :children' : ''
+      } REMOVE pendingCheckpoint, pendingCheckpointSubSequenceNumber`,
+      {
+        ':cp': { S: seq },
+        ':sub': { N: String(sub) },
+        ':zero': { N: '0' },
+        ...(children ? { ':children': { SS: children } } : {}),
+      },
     );
   }
 
   /** Gives a lease up (graceful shutdown) so another worker can take it without waiting for expiry. */
   release(lease: Lease): Promise<Lease> {
-    return this.ownedUpdate(lease, 'release', 'SET leaseCounter = :next REMOVE leaseOwner', {});
+    return this.heldUpdate(lease, 'leaseOwner', 'release', 'SET leaseCounter = :next REMOVE leaseOwner', {});
   }
 
-  private async ownedUpdate(
+  private async heldUpdate(
     lease: Lease,
+    holder: Holder,
     action: string,
     update: string,
     values: Record<string, AttributeValue>,
   ): Promise<Lease> {
-    if (!lease.leaseOwner) throw new LeaseLostError(lease.leaseKey, action);
+    const who = holder === 'leaseOwner' ? lease.leaseOwner : lease.checkpointOwner;
+    if (!who) throw new LeaseLostError(lease.leaseKey, action);
+    // An owner may not write while a previous owner is still finishing a handoff of the lease.
+    const handoffGuard = holder === 'leaseOwner' ? ' AND attribute_not_exists(checkpointOwner)' : '';
     try {
       const out = await this.client.send(
         new UpdateItemCommand({
           TableName: this.tableName,
           Key: { leaseKey: { S: lease.leaseKey } },
           UpdateExpression: update,
-          ConditionExpression: 'leaseCounter = :expected AND leaseOwner = :owner',
+          ConditionExpression: `leaseCounter = :expected AND ${holder} = :holder${handoffGuard}`,
           ExpressionAttributeValues: {
             ...values,
             ':next': { N: String(lease.leaseCounter + 1) },
             ':expected': { N: String(lease.leaseCounter) },
-            ':owner': { S: lease.leaseOwner },
+            ':holder': { S: who },
           },
           ReturnValues: 'ALL_NEW',
         }),

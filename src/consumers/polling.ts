@@ -8,32 +8,30 @@ import {
   GetRecordsCommand,
   type GetRecordsCommandOutput,
   GetShardIteratorCommand,
-  type KinesisClient,
   type ShardIteratorType,
 } from '@aws-sdk/client-kinesis';
-import type { Logger } from 'pino';
-import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import { awsErrorName, isRetryableAwsError } from '../core/aws-errors.js';
 import { backoffDelay, sleep } from '../core/backoff.js';
-import type { SourceRecord } from '../core/records.js';
-import type { ShardPosition, ShardWatermark } from '../core/watermark.js';
+import type { ShardPosition } from '../core/watermark.js';
 import { counter, gauge } from '../metrics/registry.js';
+import {
+  type ChildShard,
+  checkStartTimestamp,
+  consumerBaseShape,
+  type ReaderEnd,
+  RecordConverter,
+  type ShardReader,
+  type ShardReaderDeps,
+  type StartingPoint,
+} from './shard-reader.js';
 
 export const pollingConsumerConfigSchema = z
   .object({
     type: z
       .literal('polling')
       .describe('Polling consumer: GetRecords, sharing the 2 MB/s per shard read budget.'),
-    stream: z.string().min(1).describe('Name of the Kinesis data stream.'),
-    startPosition: z
-      .enum(['TRIM_HORIZON', 'LATEST', 'AT_TIMESTAMP'])
-      .default('TRIM_HORIZON')
-      .describe('Where a shard without a checkpoint starts. A checkpoint always wins.'),
-    startTimestamp: z
-      .string()
-      .optional()
-      .describe('ISO-8601 time for startPosition AT_TIMESTAMP, e.g. 2026-11-22T00:00:00Z.'),
+    ...consumerBaseShape,
     maxRecordsPerCall: z.number().int().min(1).max(10_000).default(10_000).describe('GetRecords Limit.'),
     idleIntervalMs: z
       .number()
@@ -49,71 +47,21 @@ export const pollingConsumerConfigSchema = z
       .min(0)
       .default(200)
       .describe('Wait between calls while behind; 200 ms keeps within the 5 GetRecords/s per shard limit.'),
-    maxInFlightBytes: z
-      .number()
-      .int()
-      .min(1_024)
-      .default(64 * 1024 * 1024)
-      .describe(
-        'Record bytes per shard fetched but not yet covered by the checkpoint watermark; fetching pauses above it.',
-      ),
-    backoffBaseMs: z
-      .number()
-      .int()
-      .min(1)
-      .default(200)
-      .describe('First retry delay after throttling or errors.'),
-    backoffMaxMs: z.number().int().min(1).default(10_000).describe('Largest retry delay.'),
   })
   .strict()
-  .superRefine((cfg, ctx) => {
-    if (cfg.startPosition === 'AT_TIMESTAMP') {
-      if (!cfg.startTimestamp) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['startTimestamp'],
-          message:
-            'required when startPosition is AT_TIMESTAMP (an ISO-8601 time such as 2026-11-22T00:00:00Z)',
-        });
-      } else if (Number.isNaN(Date.parse(cfg.startTimestamp))) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['startTimestamp'],
-          message: `"${cfg.startTimestamp}" is not an ISO-8601 time (e.g. 2026-11-22T00:00:00Z)`,
-        });
-      }
-    }
-  });
+  .superRefine(checkStartTimestamp);
 
 export type PollingConsumerConfig = z.infer<typeof pollingConsumerConfigSchema>;
 
-/** Where a reader starts: after a checkpointed record, or an initial position for fresh shards. */
-export type StartingPoint =
-  | { kind: 'after'; position: ShardPosition }
-  | { kind: 'initial'; position: 'TRIM_HORIZON' | 'LATEST' | 'AT_TIMESTAMP'; timestamp?: Date };
+export type { ReaderEnd, ShardReaderDeps, StartingPoint } from './shard-reader.js';
 
-export interface ShardReaderDeps {
-  readonly kinesis: KinesisClient;
-  readonly logger: Logger;
-  readonly metrics: Registry;
-  readonly watermark: ShardWatermark;
-  /** Hands a batch to the pipeline; resolves when the pipeline accepted it. */
-  readonly deliver: (records: SourceRecord[]) => Promise<void>;
-  /** Called while fetching is paused for backpressure, so sinks can flush early instead of waiting for age. */
-  readonly onBackpressure?: () => void;
-}
-
-/** Why a reader stopped. */
-export type ReaderEnd = 'stopped' | 'shard-end' | 'stream-gone';
-
-export class PollingShardReader {
+export class PollingShardReader implements ShardReader {
   private readonly abort = new AbortController();
-  private lastFetched: ShardPosition | undefined;
+  private readonly converter: RecordConverter;
+  private children: ChildShard[] | undefined;
   /** Time of the last successful GetRecords, used to resume an expired LATEST iterator without a gap. */
   private lastPollAt: Date | undefined;
   private readonly millisBehind;
-  private readonly fetchedRecords;
-  private readonly fetchedBytes;
   private readonly readErrors;
   private readonly expiredIterators;
   private readonly labels: { stream: string; shard: string };
@@ -131,16 +79,6 @@ export class PollingShardReader {
       help: 'MillisBehindLatest from the last GetRecords of the shard',
       labelNames: ['stream', 'shard'],
     });
-    this.fetchedRecords = counter(m, {
-      name: 'ksw_kinesis_records_fetched_total',
-      help: 'Records fetched from Kinesis',
-      labelNames: ['stream', 'shard'],
-    });
-    this.fetchedBytes = counter(m, {
-      name: 'ksw_kinesis_bytes_fetched_total',
-      help: 'Record data bytes fetched from Kinesis',
-      labelNames: ['stream', 'shard'],
-    });
     this.readErrors = counter(m, {
       name: 'ksw_kinesis_read_errors_total',
       help: 'Failed GetRecords/GetShardIterator calls by error name (throttling included)',
@@ -151,6 +89,7 @@ export class PollingShardReader {
       help: 'Shard iterators that expired and were renewed',
       labelNames: ['stream', 'shard'],
     });
+    this.converter = new RecordConverter(config, shardId, deps, start);
   }
 
   /** Stops fetching; the promise of `run()` resolves soon after. */
@@ -160,7 +99,11 @@ export class PollingShardReader {
 
   /** The last record handed to the pipeline. */
   get lastFetchedPosition(): ShardPosition | undefined {
-    return this.lastFetched;
+    return this.converter.lastPosition;
+  }
+
+  get childShards(): readonly ChildShard[] | undefined {
+    return this.children;
   }
 
   async run(): Promise<ReaderEnd> {
@@ -185,11 +128,17 @@ export class PollingShardReader {
         );
         attempt = 0;
         this.lastPollAt = new Date();
-        const records = this.toSourceRecords(out);
+        const records = this.converter.convert(out.Records ?? []);
         if (out.MillisBehindLatest !== undefined) this.millisBehind.set(this.labels, out.MillisBehindLatest);
         if (records.length > 0) await this.deps.deliver(records);
         if (!out.NextShardIterator) {
-          log.info('shard closed (reached SHARD_END)');
+          if (out.ChildShards) {
+            this.children = out.ChildShards.map((c) => ({
+              shardId: c.ShardId!,
+              parentShardIds: c.ParentShards ?? [this.shardId],
+            }));
+          }
+          log.info({ children: this.children?.map((c) => c.shardId) }, 'shard closed (reached SHARD_END)');
           return 'shard-end';
         }
         iterator = out.NextShardIterator;
@@ -224,18 +173,22 @@ export class PollingShardReader {
 
   /**
    * The iterator to read from: right after the last record already handed to the pipeline (those are
-   * tracked by the watermark and will be acked, so re-reading them would only duplicate), else right
-   * after the checkpoint, else the initial position. An expired LATEST iterator that never saw a record
-   * resumes AT_TIMESTAMP of its last successful poll, so records put while it was stalled are not skipped.
+   * tracked by the watermark and will be acked, so re-reading them would only duplicate), else at the
+   * checkpointed record (read again; the converter skips the user records the checkpoint covers), else
+   * the initial position. An expired LATEST iterator that never saw a record resumes AT_TIMESTAMP of its
+   * last successful poll, so records put while it was stalled are not skipped.
    */
   private async getIterator(): Promise<string> {
     let type: ShardIteratorType;
     let sequence: string | undefined;
     let timestamp: Date | undefined;
-    const after = this.lastFetched ?? (this.start.kind === 'after' ? this.start.position : undefined);
-    if (after) {
+    const fetched = this.converter.lastPosition;
+    if (fetched) {
       type = 'AFTER_SEQUENCE_NUMBER';
-      sequence = after.sequenceNumber;
+      sequence = fetched.sequenceNumber;
+    } else if (this.start.kind === 'after') {
+      type = 'AT_SEQUENCE_NUMBER';
+      sequence = this.start.position.sequenceNumber;
     } else if (this.start.kind === 'initial' && this.start.position === 'LATEST' && this.lastPollAt) {
       type = 'AT_TIMESTAMP';
       timestamp = new Date(this.lastPollAt.getTime() - 1_000);
@@ -257,34 +210,5 @@ export class PollingShardReader {
     );
     if (!out.ShardIterator) throw new Error(`GetShardIterator returned no iterator for ${this.shardId}`);
     return out.ShardIterator;
-  }
-
-  private toSourceRecords(out: GetRecordsCommandOutput): SourceRecord[] {
-    const result: SourceRecord[] = [];
-    let bytes = 0;
-    for (const r of out.Records ?? []) {
-      const data = r.Data ?? new Uint8Array();
-      const position: ShardPosition = { sequenceNumber: r.SequenceNumber!, subSequenceNumber: 0 };
-      const ack = this.deps.watermark.register(position, data.byteLength);
-      bytes += data.byteLength;
-      this.lastFetched = position;
-      result.push({
-        origin: {
-          stream: this.config.stream,
-          shardId: this.shardId,
-          sequenceNumber: r.SequenceNumber!,
-          subSequenceNumber: 0,
-          partitionKey: r.PartitionKey ?? '',
-          arrivalTime: r.ApproximateArrivalTimestamp ?? new Date(),
-        },
-        data,
-        ack,
-      });
-    }
-    if (result.length > 0) {
-      this.fetchedRecords.inc(this.labels, result.length);
-      this.fetchedBytes.inc(this.labels, bytes);
-    }
-    return result;
   }
 }

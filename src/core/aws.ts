@@ -1,7 +1,7 @@
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { KinesisClient } from '@aws-sdk/client-kinesis';
+import { KinesisClient, type KinesisClientConfig } from '@aws-sdk/client-kinesis';
 import { S3Client } from '@aws-sdk/client-s3';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { NodeHttp2Handler, NodeHttpHandler } from '@smithy/node-http-handler';
 import { z } from 'zod';
 
 export const awsConfigSchema = z
@@ -38,6 +38,12 @@ export const awsConfigSchema = z
       .describe(
         'SDK request/response checksums for S3. s3rver stores aws-chunked framing inside objects unless this is when_required.',
       ),
+    subscribeProtocol: z
+      .enum(['http2', 'http1.1'])
+      .default('http2')
+      .describe(
+        'Protocol of the enhanced fan-out client (SubscribeToShard and consumer registration). AWS requires http2; kinesis-local (kinesis-mock) serves SubscribeToShard over http1.1 only.',
+      ),
     maxAttempts: z
       .number()
       .int()
@@ -54,12 +60,19 @@ export type AwsConfig = z.infer<typeof awsConfigSchema>;
 /** The SDK clients of one worker, built once from config and shared by every component. */
 export interface AwsClients {
   readonly kinesis: KinesisClient;
+  /** Kinesis client for enhanced fan-out (SubscribeToShard): HTTP/2 unless configured otherwise. */
+  readonly kinesisSubscribe: KinesisClient;
   readonly s3: S3Client;
   readonly dynamodb: DynamoDBClient;
   destroy(): void;
 }
 
-export function createAwsClients(config: AwsConfig): AwsClients {
+/** Injection points for tests and embedders: e.g. a SubscribeToShard handler with its own protocol. */
+export interface AwsClientOverrides {
+  readonly subscribeRequestHandler?: KinesisClientConfig['requestHandler'];
+}
+
+export function createAwsClients(config: AwsConfig, overrides: AwsClientOverrides = {}): AwsClients {
   const base = {
     region: config.region,
     ...(config.credentials ? { credentials: config.credentials } : {}),
@@ -71,6 +84,18 @@ export function createAwsClients(config: AwsConfig): AwsClients {
     ...(config.endpoints.kinesis ? { endpoint: config.endpoints.kinesis } : {}),
     requestHandler: new NodeHttpHandler({ connectionTimeout: 5_000, requestTimeout: 30_000 }),
     // The consumer owns retries for reads (backoff with jitter, expired iterators), so the SDK does not retry.
+    maxAttempts: 1,
+  });
+  // A subscription is one long request (up to 5 minutes) of events; no request timeout, the reader watches
+  // for silence itself. AWS serves SubscribeToShard over HTTP/2 only.
+  const kinesisSubscribe = new KinesisClient({
+    ...base,
+    ...(config.endpoints.kinesis ? { endpoint: config.endpoints.kinesis } : {}),
+    requestHandler:
+      overrides.subscribeRequestHandler ??
+      (config.subscribeProtocol === 'http2'
+        ? new NodeHttp2Handler({ requestTimeout: 0, sessionTimeout: 0 })
+        : new NodeHttpHandler({ connectionTimeout: 5_000, requestTimeout: 0 })),
     maxAttempts: 1,
   });
   const checksum = config.s3ChecksumMode === 'when_required' ? 'WHEN_REQUIRED' : 'WHEN_SUPPORTED';
@@ -90,10 +115,12 @@ export function createAwsClients(config: AwsConfig): AwsClients {
   });
   return {
     kinesis,
+    kinesisSubscribe,
     s3,
     dynamodb,
     destroy() {
       kinesis.destroy();
+      kinesisSubscribe.destroy();
       s3.destroy();
       dynamodb.destroy();
     },

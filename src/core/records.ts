@@ -9,6 +9,8 @@ export interface RecordOrigin {
   /** Sub-sequence number inside a KPL aggregated record; 0 for plain records. */
   readonly subSequenceNumber: number;
   readonly partitionKey: string;
+  /** The producer's explicit hash key (of the record, or of the KPL user record), when it gave one. */
+  readonly explicitHashKey?: string;
   readonly arrivalTime: Date;
 }
 

@@ -69,7 +69,12 @@ async function startNodeEmulator(
   name: string,
   script: string,
   args: (port: number) => string[],
-  opts: { nodeFlags?: string[]; logDir?: string; port?: number } = {},
+  opts: {
+    nodeFlags?: string[];
+    logDir?: string;
+    port?: number;
+    env?: (port: number) => Record<string, string>;
+  } = {},
 ): Promise<Emulator> {
   const port = opts.port ?? (await freePort());
   let stdio: 'ignore' | ['ignore', number, number] = 'ignore';
@@ -83,7 +88,7 @@ async function startNodeEmulator(
     [...(opts.nodeFlags ?? []), '--require', LOOPBACK_PRELOAD, script, ...args(port)],
     // detached: a Ctrl-C in the terminal reaches our process only, so the worker can still flush to the
     // emulators before they are stopped (by PID, below and at exit).
-    { stdio, env: { ...process.env, NODE_OPTIONS: '' }, detached: true },
+    { stdio, env: { ...process.env, NODE_OPTIONS: '', ...opts.env?.(port) }, detached: true },
   );
   running.add(child);
   child.once('exit', () => running.delete(child));
@@ -134,6 +139,41 @@ export function startKinesalite(opts: { logDir?: string; port?: number } = {}): 
   );
 }
 
+/**
+ * kinesis-local (a Scala.js build of kinesis-mock): slower than kinesalite and slows as data grows, but it
+ * has what kinesalite lacks: ChildShards on the last GetRecords of a closed shard, UpdateShardCount and
+ * enhanced fan-out (RegisterStreamConsumer, SubscribeToShard; over HTTP/1.1 only). It hard-codes 0.0.0.0
+ * (the loopback preload rebinds it) and needs its certificate path even for plain HTTP; its TLS port gets
+ * a free port too so that two instances never collide. It may ignore SIGTERM after load: `stop()` follows
+ * with SIGKILL after 3 s.
+ */
+export async function startKinesisLocal(
+  opts: { logDir?: string; port?: number; operationMs?: number } = {},
+): Promise<Emulator> {
+  const main = require.resolve('kinesis-local/main.js');
+  const duration = `${opts.operationMs ?? 200}ms`;
+  const tlsPort = await freePort();
+  return startNodeEmulator('kinesis-local', main, () => [], {
+    ...opts,
+    env: (port) => ({
+      KINESIS_MOCK_PLAIN_PORT: String(port),
+      KINESIS_MOCK_TLS_PORT: String(tlsPort),
+      KINESIS_MOCK_CERT_PATH: path.join(path.dirname(main), 'server.json'),
+      LOG_LEVEL: 'WARN',
+      ROOT_LOG_LEVEL: 'ERROR',
+      SHARD_LIMIT: '200',
+      SHOULD_PERSIST_DATA: 'false',
+      CREATE_STREAM_DURATION: duration,
+      DELETE_STREAM_DURATION: duration,
+      REGISTER_STREAM_CONSUMER_DURATION: duration,
+      DEREGISTER_STREAM_CONSUMER_DURATION: duration,
+      MERGE_SHARDS_DURATION: duration,
+      SPLIT_SHARD_DURATION: duration,
+      UPDATE_SHARD_COUNT_DURATION: duration,
+    }),
+  });
+}
+
 /** dynalite: DynamoDB with working conditional writes; no transactions, no TTL. */
 export function startDynalite(opts: { logDir?: string; port?: number } = {}): Promise<Emulator> {
   return startNodeEmulator(
@@ -168,15 +208,24 @@ export interface LocalStack {
     endpoints: { kinesis: string; s3: string; dynamodb: string };
     credentials: { accessKeyId: string; secretAccessKey: string };
     s3ChecksumMode: 'when_required';
+    /** kinesis-local serves SubscribeToShard over HTTP/1.1 only. */
+    subscribeProtocol: 'http2' | 'http1.1';
   };
   stop(): Promise<void>;
 }
 
-/** Starts Kinesis, DynamoDB and S3 emulators; `dataDir` holds the S3 objects and the logs. */
-export async function startLocalStack(opts: { dataDir: string }): Promise<LocalStack> {
+/**
+ * Starts Kinesis, DynamoDB and S3 emulators; `dataDir` holds the S3 objects and the logs. Kinesis is
+ * kinesalite (fast) unless `kinesis: 'kinesis-local'` (ChildShards, UpdateShardCount, enhanced fan-out).
+ */
+export async function startLocalStack(opts: {
+  dataDir: string;
+  kinesis?: 'kinesalite' | 'kinesis-local';
+}): Promise<LocalStack> {
   const logDir = path.join(opts.dataDir, 'logs');
+  const kinesisLocal = opts.kinesis === 'kinesis-local';
   const [kinesis, dynamodb, s3] = await Promise.all([
-    startKinesalite({ logDir }),
+    kinesisLocal ? startKinesisLocal({ logDir }) : startKinesalite({ logDir }),
     startDynalite({ logDir }),
     startS3rver({ dir: path.join(opts.dataDir, 's3'), logDir }),
   ]);
@@ -190,6 +239,7 @@ export async function startLocalStack(opts: { dataDir: string }): Promise<LocalS
       // s3rver accepts only these; kinesalite and dynalite accept anything.
       credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
       s3ChecksumMode: 'when_required',
+      subscribeProtocol: kinesisLocal ? 'http1.1' : 'http2',
     },
     async stop() {
       await Promise.all([kinesis.stop(), dynamodb.stop(), s3.stop()]);

@@ -40,7 +40,7 @@ const partitionKeyMatchSchema = z
       .strict()
       .optional()
       .describe(
-        "The key's Kinesis hash key, MD5(partition key) as a 128-bit integer, is in this range: the same ranges `list-shards` prints, so a route can follow a shard's key space.",
+        "The key's Kinesis hash key, MD5(partition key) as a 128-bit integer (or the record's explicit hash key when the producer set one), is in this range: the same ranges `list-shards` prints, so a route can follow a shard's key space.",
       ),
   })
   .strict()
@@ -194,13 +194,18 @@ export class PartitionKeyRouter implements EventRouter {
     for (const event of events) {
       if (event.sinks !== undefined) continue;
       const key = event.origin.partitionKey;
-      const hash = () => {
-        if (lastKey !== key || lastHash === undefined) {
-          lastKey = key;
-          lastHash = kinesisHashKey(key);
-        }
-        return lastHash;
-      };
+      // A producer's explicit hash key (plain or KPL user record) decides the shard instead of MD5(key).
+      const explicit = event.origin.explicitHashKey;
+      const hash =
+        explicit !== undefined && /^\d{1,39}$/.test(explicit)
+          ? () => BigInt(explicit)
+          : () => {
+              if (lastKey !== key || lastHash === undefined) {
+                lastKey = key;
+                lastHash = kinesisHashKey(key);
+              }
+              return lastHash;
+            };
       let sinks: string[] | undefined;
       for (const route of this.routes) {
         if (!route.matchKey(key, hash)) continue;

@@ -86,6 +86,9 @@ export class Worker {
     const pipeline = new Pipeline(decoder, processors, sinks, router, hotKeys && ((r) => hotKeys.observe(r)));
     const coordinator = new ShardCoordinator(config.consumers, config.checkpoints, {
       kinesis: aws.kinesis,
+      kinesisSubscribe: aws.kinesisSubscribe,
+      dlq,
+      appName: config.app.name,
       leases: new LeaseTable(aws.dynamodb, config.checkpoints.table),
       logger,
       metrics,
@@ -175,7 +178,13 @@ export class Worker {
     ).catch(() => undefined);
     await this.server.close();
     this.aws.destroy();
-    this.logger.info({ drained }, 'worker stopped');
+    // Lifetime totals, so an operator (or a rolling-restart test) can see what this process read and wrote.
+    const total = async (name: string) =>
+      ((await this.metrics.getSingleMetric(name)?.get())?.values ?? []).reduce((sum, v) => sum + v.value, 0);
+    this.logger.info(
+      { drained, recordsFetched: await total('ksw_kinesis_records_fetched_total') },
+      'worker stopped',
+    );
     return { drained };
   }
 }

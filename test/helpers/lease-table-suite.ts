@@ -114,6 +114,116 @@ export function leaseTableSuite(
       await assert.rejects(table.renew(mine), LeaseLostError);
     });
 
+    it('keeps a KCL pendingCheckpoint on take/renew/release, resumes from checkpoint, and a checkpoint clears it', async () => {
+      await t.aws.dynamodb.send(
+        new PutItemCommand({
+          TableName: 'leases-test',
+          Item: {
+            leaseKey: { S: 'shardId-000000000008' },
+            leaseCounter: { N: '5' },
+            checkpoint: { S: '100' },
+            checkpointSubSequenceNumber: { N: '2' },
+            pendingCheckpoint: { S: '150' },
+            pendingCheckpointSubSequenceNumber: { N: '4' },
+            ownerSwitchesSinceCheckpoint: { N: '0' },
+            startingHashKey: { S: '0' },
+            endingHashKey: { S: '340282366920938463463374607431768211455' },
+          },
+        }),
+      );
+      const lease = (await table.get('shardId-000000000008'))!;
+      assert.deepEqual(lease.pendingCheckpoint, { sequenceNumber: '150', subSequenceNumber: 4 });
+      assert.deepEqual(checkpointPosition(lease), { sequenceNumber: '100', subSequenceNumber: 2 });
+      assert.deepEqual(lease.hashKeyRange, { start: '0', end: '340282366920938463463374607431768211455' });
+      const renewed = await table.renew(await table.take(lease, 'w'));
+      assert.deepEqual(renewed.pendingCheckpoint, { sequenceNumber: '150', subSequenceNumber: 4 });
+      const released = await table.release(renewed);
+      assert.deepEqual(released.pendingCheckpoint, { sequenceNumber: '150', subSequenceNumber: 4 });
+      const again = await table.take(released, 'w');
+      const cp = await table.checkpoint(again, { sequenceNumber: '160', subSequenceNumber: 0 });
+      assert.equal(cp.pendingCheckpoint, undefined);
+      const item = (
+        await t.aws.dynamodb.send(
+          new GetItemCommand({ TableName: 'leases-test', Key: { leaseKey: { S: 'shardId-000000000008' } } }),
+        )
+      ).Item!;
+      assert.equal(item.pendingCheckpoint, undefined);
+      assert.deepEqual(item.startingHashKey, { S: '0' }, 'unknown-to-us attributes kept');
+    });
+
+    it('SHARD_END records the children in childShardIds (SS), as the KCL does', async () => {
+      const lease = await table.take(
+        await table.createIfMissing('shardId-000000000009', 'TRIM_HORIZON', [], { start: '0', end: '99' }),
+        'w',
+      );
+      await table.checkpoint(lease, SHARD_END, {
+        childShardIds: ['shardId-000000000010', 'shardId-000000000011'],
+      });
+      const item = (
+        await t.aws.dynamodb.send(
+          new GetItemCommand({ TableName: 'leases-test', Key: { leaseKey: { S: 'shardId-000000000009' } } }),
+        )
+      ).Item!;
+      assert.deepEqual(item.checkpoint, { S: 'SHARD_END' });
+      assert.deepEqual([...(item.childShardIds?.SS ?? [])].sort(), [
+        'shardId-000000000010',
+        'shardId-000000000011',
+      ]);
+      assert.deepEqual(item.startingHashKey, { S: '0' });
+      assert.deepEqual(item.endingHashKey, { S: '99' });
+      const stored = (await table.get('shardId-000000000009'))!;
+      assert.equal(await table.remove(lease), false, 'a stale counter cannot delete');
+      assert.equal(await table.remove(stored), true);
+      assert.equal(await table.get('shardId-000000000009'), undefined);
+    });
+
+    it('graceful handoff: the old owner may checkpoint until it finishes; the new owner may not write before', async () => {
+      const held = await table.take(
+        await table.createIfMissing('shardId-000000000012', 'TRIM_HORIZON', []),
+        'old',
+      );
+      const handed = await table.startHandoff(held, 'new');
+      assert.equal(handed.leaseOwner, 'new');
+      assert.equal(handed.checkpointOwner, 'old');
+      assert.equal(handed.ownerSwitchesSinceCheckpoint, 1);
+      await assert.rejects(table.renew(held), LeaseLostError, 'the old owner no longer renews');
+      await assert.rejects(table.renew(handed), LeaseLostError, 'the new owner waits for the handoff');
+      await assert.rejects(table.startHandoff(handed, 'third'), LeaseLostError, 'one handoff at a time');
+      const checkpointed = await table.checkpoint(
+        handed,
+        { sequenceNumber: '42', subSequenceNumber: 0 },
+        { as: 'checkpointOwner' },
+      );
+      const finished = await table.finishHandoff(checkpointed);
+      assert.equal(finished.checkpointOwner, undefined);
+      assert.equal(finished.leaseOwner, 'new');
+      assert.equal(finished.checkpoint, '42');
+      await assert.rejects(
+        table.checkpoint(finished, { sequenceNumber: '43', subSequenceNumber: 0 }, { as: 'checkpointOwner' }),
+        LeaseLostError,
+      );
+      const taken = await table.take(finished, 'new');
+      assert.equal(taken.leaseOwner, 'new');
+      await table.renew(taken);
+    });
+
+    it('a take is conditional on the owner it saw as well as the counter; it ends a stuck handoff', async () => {
+      const lease = await table.take(
+        await table.createIfMissing('shardId-000000000013', 'TRIM_HORIZON', []),
+        'a',
+      );
+      await assert.rejects(table.take({ ...lease, leaseOwner: 'someone-else' }, 'b'), LeaseLostError);
+      const handed = await table.startHandoff(lease, 'b');
+      const forced = await table.take(handed, 'b');
+      assert.equal(forced.checkpointOwner, undefined);
+      assert.equal(forced.leaseOwner, 'b');
+      await assert.rejects(
+        table.finishHandoff(handed),
+        LeaseLostError,
+        'the old owner learns it was forced out',
+      );
+    });
+
     it('release removes the owner; SHARD_END is a checkpoint', async () => {
       const lease = await table.take(
         await table.createIfMissing('shardId-000000000004', 'TRIM_HORIZON', []),

@@ -20,9 +20,11 @@ export interface TestStack {
 }
 
 /** Starts the emulators in a fresh temp dir. Call `stop()` in `after`. */
-export async function startTestStack(): Promise<TestStack> {
+export async function startTestStack(
+  opts: { kinesis?: 'kinesalite' | 'kinesis-local' } = {},
+): Promise<TestStack> {
   const dir = mkdtempSync(path.join(tmpdir(), 'ksw-test-'));
-  const stack = await startLocalStack({ dataDir: dir });
+  const stack = await startLocalStack({ dataDir: dir, ...opts });
   const aws = createAwsClients(awsConfigSchema.parse(stack.awsConfig));
   return {
     stack,

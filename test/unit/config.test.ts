@@ -34,6 +34,50 @@ describe('config', () => {
     assert.equal(c.decode.format, 'auto');
   });
 
+  it('enhanced fan-out consumers: defaults, a consumer name valid for Kinesis, one consumer per stream', () => {
+    const c = validateConfig(
+      {
+        ...minimal,
+        consumers: [
+          { type: 'efo', stream: 'spans' },
+          { type: 'polling', stream: 'other' },
+        ],
+      },
+      'test.yaml',
+      {},
+    );
+    const efo = c.consumers[0]!;
+    assert.equal(efo.type, 'efo');
+    if (efo.type === 'efo') {
+      assert.equal(efo.resubscribeIntervalMs, 300_000);
+      assert.equal(efo.deaggregate, true);
+    }
+    assert.match(
+      problems({ ...minimal, app: { name: 'my app' }, consumers: [{ type: 'efo', stream: 'spans' }] })
+        .map((p) => `${p.path}: ${p.message}`)
+        .join('\n'),
+      /consumers\[0\]\.consumerName: .*set consumerName/,
+    );
+    assert.match(
+      problems({
+        ...minimal,
+        consumers: [
+          { type: 'polling', stream: 'spans' },
+          { type: 'efo', stream: 'spans' },
+        ],
+      })
+        .map((p) => `${p.path}: ${p.message}`)
+        .join('\n'),
+      /consumers\[1\]\.stream: .*already read by consumers\[0\]/,
+    );
+    assert.match(
+      problems({ ...minimal, consumers: [{ type: 'efo', stream: 's', resubscribeIntervalMs: 1000 }] })
+        .map((p) => `${p.path}: ${p.message}`)
+        .join('\n'),
+      /resubscribeIntervalMs/,
+    );
+  });
+
   it('the example config validates with its variables set', () => {
     const c = loadConfig(path.join(import.meta.dirname, '../../examples/worker.yaml'), {
       STREAM_NAME: 'spans',

@@ -103,6 +103,20 @@ describe('PartitionKeyRouter', () => {
     );
   });
 
+  it('a hash range follows the explicit hash key when the producer set one (plain or KPL user record)', () => {
+    const { router: r } = router({
+      routes: [{ name: 'low', partitionKey: { hashRange: { from: '0', to: '1000' } }, sinks: ['s1'] }],
+    });
+    const withExplicit = {
+      ...event('key-7', {}),
+      origin: origin('1', { partitionKey: 'key-7', explicitHashKey: '999' }),
+    };
+    const without = event('key-7', {});
+    r.route([withExplicit, without]);
+    assert.deepEqual(withExplicit.sinks, ['s1']);
+    assert.deepEqual(without.sinks, []);
+  });
+
   it('combines partition-key and field conditions; all_matches unions sinks, first_match stops', () => {
     const routes = [
       { name: 'errors', where: ['status >= 500'], sinks: ['search', 'lake'] },
