@@ -257,3 +257,52 @@ describe('IAM task role policy', () => {
     }
   });
 });
+
+describe('shipped worker configs', () => {
+  const env = {
+    STREAM_NAME: 'spans',
+    LAKE_BUCKET: 'lake',
+    AWS_REGION: 'us-east-1',
+    LEASE_TABLE: 'leases',
+    POD_NAME: 'ksw-0',
+    HOSTNAME: 'host',
+  };
+
+  it('every example and the compose worker config pass validation', async () => {
+    const { loadConfig } = await import('../../src/config/load.js');
+    const files = [
+      ...readdirSync(path.join(ROOT, 'examples'))
+        .filter((f) => f.endsWith('.yaml'))
+        .map((f) => `examples/${f}`),
+      'deploy/compose/worker.yaml',
+    ];
+    assert.ok(files.length >= 3);
+    for (const file of files) loadConfig(path.join(ROOT, file), env);
+  });
+
+  it('the compose worker writes only to buckets the compose stack creates, and reaches its services', async () => {
+    const { loadConfig } = await import('../../src/config/load.js');
+    const config = loadConfig(path.join(ROOT, 'deploy/compose/worker.yaml'), env);
+    const compose = readFileSync(path.join(ROOT, 'docker-compose.yml'), 'utf8');
+    const created = new Set([...compose.matchAll(/local\/([a-z0-9-]+)/g)].map((m) => m[1]!));
+    const buckets = new Set<string>([config.dlq.bucket]);
+    for (const sink of Object.values(config.sinks)) {
+      if (sink.type === 's3_parquet') buckets.add(sink.bucket);
+      if (sink.type === 'opensearch') {
+        assert.match(sink.endpoint ?? '', /^http:\/\/opensearch:9200$/);
+        if (sink.offload) buckets.add(sink.offload.bucket);
+      }
+    }
+    for (const b of config.decode.s3Pointers.allowedBuckets) buckets.add(b);
+    assert.deepEqual(
+      [...buckets].filter((b) => !created.has(b)),
+      [],
+      'buckets the compose worker uses but docker-compose.yml does not create',
+    );
+    // The span processors are what the Grafana dashboard's RED and sampling panels show.
+    assert.deepEqual(
+      config.processors.map((p) => p.type),
+      ['otel_spans', 'red_metrics', 'tail_sampling'],
+    );
+  });
+});

@@ -57,24 +57,45 @@ describe('worker metrics in a real Prometheus', () => {
     const bucket = 'ops-lake';
     await t.aws.s3.send(new CreateBucketCommand({ Bucket: bucket }));
     await createStream(t.aws.kinesis, stream, 2);
+    // The traces pipeline of examples/traces.yaml: every metric family the dashboard and the alert rules
+    // name is registered by it (the OpenSearch sink is configured but routed nothing: no node runs here).
     const config = validateConfig({
       app: { name: 'ksw', workerId: 'ops-1' },
       aws: t.stack.awsConfig,
       consumers: [{ type: 'polling', stream, idleIntervalMs: 100, busyIntervalMs: 0 }],
       checkpoints: { table: 'ops-leases', intervalMs: 300, shardSyncIntervalMs: 1_000 },
+      processors: [
+        { type: 'otel_spans' },
+        { type: 'red_metrics', windowMs: 1_000, sinks: ['red'] },
+        {
+          type: 'tail_sampling',
+          decisionWaitMs: 1_000,
+          quietPeriodMs: 200,
+          policies: [
+            { name: 'errors', type: 'status_code' },
+            { name: 'slow', type: 'latency', thresholdMs: 1000, probability: 0.8 },
+            { name: 'rest', type: 'probabilistic', probability: 0.2 },
+          ],
+        },
+      ],
       sinks: {
-        lake: {
+        lake: { type: 's3_parquet', bucket, prefix: 'spans/', schema: 'spans', roll: { maxFileAgeMs: 500 } },
+        red: {
           type: 's3_parquet',
           bucket,
-          prefix: 'spans/',
+          prefix: 'red/',
+          schema: 'red_metrics',
           roll: { maxFileAgeMs: 500 },
-          columns: [{ name: 'traceId', type: 'string' }],
         },
+        search: { type: 'opensearch', endpoint: 'http://127.0.0.1:9', index: 'traces' },
       },
       // Configured so their metrics are registered: the dashboard shows them.
       decode: { s3Pointers: { enabled: true, allowedBuckets: [bucket] } },
       routing: {
-        routes: [{ name: 'errors', where: ['status.code == 2'], sinks: ['lake'] }],
+        routes: [
+          { name: 'errors', where: ['status.code == 2'], sinks: ['lake'] },
+          { name: 'never', where: ['attributes["ksw.ops.never"] exists'], sinks: ['search'] },
+        ],
         default: { sinks: ['lake'] },
       },
       dlq: { type: 's3', bucket, prefix: 'dlq/', maxBatchAgeMs: 200 },
@@ -84,12 +105,17 @@ describe('worker metrics in a real Prometheus', () => {
     worker = await Worker.start(config, { logger: silentLogger });
     const producer = new KinesisProducer(t.aws.kinesis, stream);
     await producer.put([...generateSpans(SPANS)].map(spanRecord));
+    const value = async (name: string, labels: Record<string, string> = {}) =>
+      ((await worker.metrics.getSingleMetric(name)?.get())?.values ?? [])
+        .filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l))
+        .reduce((sum, v) => sum + v.value, 0);
     await waitFor(
       async () =>
-        ((await worker.metrics.getSingleMetric('ksw_parquet_rows_total')?.get())?.values[0]?.value ?? 0) >=
-        SPANS,
+        (await value('ksw_tail_sampling_spans_total')) >= SPANS &&
+        (await value('ksw_parquet_rows_total', { sink: 'lake' })) ===
+          (await value('ksw_tail_sampling_spans_total', { decision: 'kept' })),
       60_000,
-      'all spans written',
+      'every span decided and every kept span written',
     );
     const { host, port } = worker.address;
     exposition = await (await fetch(`http://${host}:${port}/metrics`)).text();
@@ -186,8 +212,17 @@ describe('worker metrics in a real Prometheus', () => {
       30_000,
       `Prometheus to see ${SPANS} records fetched`,
     );
+    // RED sees 100 % of the spans; the lake holds exactly the spans tail sampling kept.
+    await waitFor(
+      async () => (await query('sum(ksw_red_requests_total)')).data?.result[0]?.value[1] === String(SPANS),
+      30_000,
+      `Prometheus to see ${SPANS} spans in the RED request counters`,
+    );
+    const kept = await query('sum(ksw_tail_sampling_spans_total{decision="kept"})');
     const rows = await query('sum(ksw_parquet_rows_total{sink="lake"})');
-    assert.equal(rows.data.result[0]?.value[1], String(SPANS));
+    assert.equal(rows.data.result[0]?.value[1], kept.data.result[0]?.value[1]);
+    const errors = await query('sum by (service) (ksw_red_errors_total)');
+    assert.ok(errors.data.result.length > 0, 'RED error counters per service');
     await waitFor(
       async () => {
         const rules = (await (await fetch(`${promUrl}/api/v1/rules`)).json()) as {
