@@ -25,7 +25,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { awsErrorName, isRetryableAwsError } from '../core/aws-errors.js';
 import { backoffDelay, sleep } from '../core/backoff.js';
-import { counter, gauge } from '../metrics/registry.js';
+import { counter } from '../metrics/registry.js';
 import {
   aborted,
   type ChildShard,
@@ -36,6 +36,7 @@ import {
   type ShardReader,
   type ShardReaderDeps,
   type StartingPoint,
+  shardReadMetrics,
 } from './shard-reader.js';
 
 export const efoConsumerConfigSchema = z
@@ -162,16 +163,7 @@ export class EfoShardReader implements ShardReader {
     this.labels = { stream: config.stream, shard: shardId };
     const r = deps.metrics;
     this.m = {
-      millisBehind: gauge(r, {
-        name: 'ksw_kinesis_millis_behind_latest',
-        help: 'MillisBehindLatest from the last GetRecords of the shard',
-        labelNames: ['stream', 'shard'],
-      }),
-      readErrors: counter(r, {
-        name: 'ksw_kinesis_read_errors_total',
-        help: 'Failed GetRecords/GetShardIterator calls by error name (throttling included)',
-        labelNames: ['stream', 'shard', 'error'],
-      }),
+      ...shardReadMetrics(r),
       subscriptions: counter(r, {
         name: 'ksw_efo_subscriptions_total',
         help: 'SubscribeToShard calls (a subscription lasts at most 5 minutes)',

@@ -14,7 +14,7 @@ import { z } from 'zod';
 import { awsErrorName, isRetryableAwsError } from '../core/aws-errors.js';
 import { backoffDelay, sleep } from '../core/backoff.js';
 import type { ShardPosition } from '../core/watermark.js';
-import { counter, gauge } from '../metrics/registry.js';
+import { counter } from '../metrics/registry.js';
 import {
   type ChildShard,
   checkStartTimestamp,
@@ -24,6 +24,7 @@ import {
   type ShardReader,
   type ShardReaderDeps,
   type StartingPoint,
+  shardReadMetrics,
 } from './shard-reader.js';
 
 export const pollingConsumerConfigSchema = z
@@ -61,8 +62,7 @@ export class PollingShardReader implements ShardReader {
   private children: ChildShard[] | undefined;
   /** Time of the last successful GetRecords, used to resume an expired LATEST iterator without a gap. */
   private lastPollAt: Date | undefined;
-  private readonly millisBehind;
-  private readonly readErrors;
+  private readonly read: ReturnType<typeof shardReadMetrics>;
   private readonly expiredIterators;
   private readonly labels: { stream: string; shard: string };
 
@@ -74,16 +74,7 @@ export class PollingShardReader implements ShardReader {
   ) {
     this.labels = { stream: config.stream, shard: shardId };
     const m = deps.metrics;
-    this.millisBehind = gauge(m, {
-      name: 'ksw_kinesis_millis_behind_latest',
-      help: 'MillisBehindLatest from the last GetRecords of the shard',
-      labelNames: ['stream', 'shard'],
-    });
-    this.readErrors = counter(m, {
-      name: 'ksw_kinesis_read_errors_total',
-      help: 'Failed GetRecords/GetShardIterator calls by error name (throttling included)',
-      labelNames: ['stream', 'shard', 'error'],
-    });
+    this.read = shardReadMetrics(m);
     this.expiredIterators = counter(m, {
       name: 'ksw_kinesis_expired_iterators_total',
       help: 'Shard iterators that expired and were renewed',
@@ -129,7 +120,8 @@ export class PollingShardReader implements ShardReader {
         attempt = 0;
         this.lastPollAt = new Date();
         const records = this.converter.convert(out.Records ?? []);
-        if (out.MillisBehindLatest !== undefined) this.millisBehind.set(this.labels, out.MillisBehindLatest);
+        if (out.MillisBehindLatest !== undefined)
+          this.read.millisBehind.set(this.labels, out.MillisBehindLatest);
         if (records.length > 0) await this.deps.deliver(records);
         if (!out.NextShardIterator) {
           if (out.ChildShards) {
@@ -147,7 +139,7 @@ export class PollingShardReader implements ShardReader {
       } catch (err) {
         if (signal.aborted) break;
         const name = awsErrorName(err);
-        this.readErrors.inc({ ...this.labels, error: name });
+        this.read.readErrors.inc({ ...this.labels, error: name });
         if (name === 'ExpiredIteratorException') {
           this.expiredIterators.inc(this.labels);
           log.warn({ err: name }, 'shard iterator expired; getting a new one after the last record read');

@@ -12,8 +12,24 @@ import { z } from 'zod';
 import type { DeadLetterQueue } from '../core/component.js';
 import { compareSequence, type SourceRecord } from '../core/records.js';
 import type { ShardPosition, ShardWatermark } from '../core/watermark.js';
-import { counter } from '../metrics/registry.js';
+import { counter, gauge } from '../metrics/registry.js';
 import { deaggregate, isAggregated, KplAggregateError } from './kpl.js';
+
+/** The per-shard read metrics every reader type exports under the same names. */
+export function shardReadMetrics(registry: Registry) {
+  return {
+    millisBehind: gauge(registry, {
+      name: 'ksw_kinesis_millis_behind_latest',
+      help: 'MillisBehindLatest from the last GetRecords of the shard',
+      labelNames: ['stream', 'shard'],
+    }),
+    readErrors: counter(registry, {
+      name: 'ksw_kinesis_read_errors_total',
+      help: 'Failed GetRecords/GetShardIterator calls by error name (throttling included)',
+      labelNames: ['stream', 'shard', 'error'],
+    }),
+  };
+}
 
 /** Fields every consumer type has, whatever its `type:`. */
 export const consumerBaseShape = {
