@@ -5,17 +5,17 @@
  * that were produced. Every metric named by the dashboard or the alert rules must exist in the exposition.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import { parse } from 'yaml';
 import { validateConfig } from '../../src/config/load.js';
-import { freePort } from '../../src/local/emulators.js';
 import { KinesisProducer } from '../../src/producer/kinesis-producer.js';
 import { generateSpans, spanRecord } from '../../src/producer/synthetic-spans.js';
 import { Worker } from '../../src/runtime/worker.js';
+import { type PrometheusServer, startPrometheus } from '../helpers/prometheus.js';
 import { createStream, silentLogger, startTestStack, type TestStack, waitFor } from '../helpers/stack.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -47,8 +47,7 @@ function concrete(expr: string): string {
 describe('worker metrics in a real Prometheus', () => {
   let t: TestStack;
   let worker: Worker;
-  let prometheus: ChildProcess | undefined;
-  let promUrl = '';
+  let prometheus: PrometheusServer | undefined;
   let exposition = '';
 
   before(async () => {
@@ -120,59 +119,29 @@ describe('worker metrics in a real Prometheus', () => {
     const { host, port } = worker.address;
     exposition = await (await fetch(`http://${host}:${port}/metrics`)).text();
 
-    const dir = path.join(t.dir, 'prometheus');
-    mkdirSync(dir, { recursive: true });
-    const promPort = await freePort();
-    writeFileSync(
-      path.join(dir, 'prometheus.yml'),
-      [
-        'global: { scrape_interval: 1s, evaluation_interval: 1s }',
-        `rule_files: ["${path.join(ROOT, 'deploy/prometheus/alerts.yaml')}"]`,
-        'scrape_configs:',
-        '  - job_name: ksw',
-        `    static_configs: [{ targets: ["${host}:${port}"] }]`,
-      ].join('\n'),
-    );
-    prometheus = spawn(
-      path.join(BIN, 'prometheus'),
-      [
-        `--config.file=${path.join(dir, 'prometheus.yml')}`,
-        `--storage.tsdb.path=${path.join(dir, 'data')}`,
-        `--web.listen-address=127.0.0.1:${promPort}`,
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    let log = '';
-    prometheus.stderr?.on('data', (d) => {
-      log = (log + String(d)).slice(-4000);
+    prometheus = await startPrometheus({
+      bin: BIN,
+      dir: path.join(t.dir, 'prometheus'),
+      job: 'ksw',
+      target: `${host}:${port}`,
+      ruleFiles: [path.join(ROOT, 'deploy/prometheus/alerts.yaml')],
     });
-    promUrl = `http://127.0.0.1:${promPort}`;
-    await waitFor(
-      async () => (await fetch(`${promUrl}/-/ready`).catch(() => undefined))?.ok === true,
-      30_000,
-      `Prometheus ready (log: ${log})`,
-    );
   });
 
   after(async () => {
-    if (prometheus?.pid) {
-      prometheus.kill('SIGTERM');
-      await new Promise((r) => prometheus!.once('exit', r));
-    }
+    await prometheus?.stop();
     await worker?.stop();
     await t?.stop();
   });
 
-  async function query(expr: string): Promise<{
-    status: string;
-    data: { result: Array<{ metric: Record<string, string>; value: [number, string] }> };
-    error?: string;
-  }> {
-    const res = await fetch(`${promUrl}/api/v1/query?query=${encodeURIComponent(expr)}`);
-    return (await res.json()) as never;
-  }
+  const query = (expr: string) => prometheus!.query(expr);
 
   it('the exposition passes promtool check metrics (except prom-client defaults, listed)', () => {
+    // A missing binary would make execFileSync throw without output, which reads as "no problems".
+    assert.ok(
+      existsSync(path.join(BIN, 'promtool')),
+      `promtool not found in ${BIN} (scripts/ops/run.sh fetches it)`,
+    );
     let output = '';
     try {
       execFileSync(path.join(BIN, 'promtool'), ['check', 'metrics'], {
@@ -225,7 +194,7 @@ describe('worker metrics in a real Prometheus', () => {
     assert.ok(errors.data.result.length > 0, 'RED error counters per service');
     await waitFor(
       async () => {
-        const rules = (await (await fetch(`${promUrl}/api/v1/rules`)).json()) as {
+        const rules = (await (await fetch(`${prometheus!.url}/api/v1/rules`)).json()) as {
           data: { groups: Array<{ rules: Array<{ health: string; name: string; lastError?: string }> }> };
         };
         const all = rules.data.groups.flatMap((g) => g.rules);

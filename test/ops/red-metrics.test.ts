@@ -5,18 +5,18 @@
  * whose trace_id is one of the spans' trace ids.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Ack } from '../../src/core/ack.js';
-import { freePort } from '../../src/local/emulators.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { type OpsServer, startOpsServer } from '../../src/metrics/server.js';
 import { RedMetricsProcessor, redMetricsConfigSchema } from '../../src/processors/red-metrics.js';
 import { TailSampler, tailSamplingConfigSchema } from '../../src/processors/tail-sampling.js';
 import { generateSpans } from '../../src/producer/synthetic-spans.js';
+import { type PrometheusServer, startPrometheus } from '../helpers/prometheus.js';
 import { waitFor } from '../helpers/stack.js';
 import { spanEvent } from '../helpers/traces.js';
 
@@ -33,8 +33,7 @@ describe('RED metrics in a real Prometheus (OpenMetrics, exemplars)', () => {
   const traceIds = new Set(spans.map((s) => s.traceId));
   const dir = mkdtempSync(path.join(tmpdir(), 'ksw-red-ops-'));
   let server: OpsServer;
-  let prometheus: ChildProcess | undefined;
-  let promUrl = '';
+  let prometheus: PrometheusServer | undefined;
 
   before(async () => {
     const metrics = createRegistry(true);
@@ -55,44 +54,17 @@ describe('RED metrics in a real Prometheus (OpenMetrics, exemplars)', () => {
     const out = tail.process(red.process(spans.map((s) => spanEvent(s, new Ack(() => undefined)))));
     for (const e of out) e.ack.done();
     server = await startOpsServer({ host: '127.0.0.1', port: 0, registry: metrics, ready: () => true });
-    const promPort = await freePort();
-    mkdirSync(path.join(dir, 'data'), { recursive: true });
-    writeFileSync(
-      path.join(dir, 'prometheus.yml'),
-      [
-        'global: { scrape_interval: 1s }',
-        'scrape_configs:',
-        '  - job_name: red',
-        `    static_configs: [{ targets: ["127.0.0.1:${server.address.port}"] }]`,
-      ].join('\n'),
-    );
-    prometheus = spawn(
-      path.join(BIN, 'prometheus'),
-      [
-        `--config.file=${path.join(dir, 'prometheus.yml')}`,
-        `--storage.tsdb.path=${path.join(dir, 'data')}`,
-        `--web.listen-address=127.0.0.1:${promPort}`,
-        '--enable-feature=exemplar-storage',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    let log = '';
-    prometheus.stderr?.on('data', (d) => {
-      log = (log + String(d)).slice(-4000);
+    prometheus = await startPrometheus({
+      bin: BIN,
+      dir,
+      job: 'red',
+      target: `127.0.0.1:${server.address.port}`,
+      exemplars: true,
     });
-    promUrl = `http://127.0.0.1:${promPort}`;
-    await waitFor(
-      async () => (await fetch(`${promUrl}/-/ready`).catch(() => undefined))?.ok === true,
-      30_000,
-      `Prometheus ready (log: ${log})`,
-    );
   });
 
   after(async () => {
-    if (prometheus?.pid) {
-      prometheus.kill('SIGTERM');
-      await new Promise((r) => prometheus!.once('exit', r));
-    }
+    await prometheus?.stop();
     await server?.close();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -120,10 +92,7 @@ describe('RED metrics in a real Prometheus (OpenMetrics, exemplars)', () => {
   });
 
   it('Prometheus scrapes OpenMetrics: exact RED counts and trace_id exemplars', async () => {
-    const q = async (expr: string) =>
-      (await (await fetch(`${promUrl}/api/v1/query?query=${encodeURIComponent(expr)}`)).json()) as {
-        data: { result: Array<{ value: [number, string] }> };
-      };
+    const q = (expr: string) => prometheus!.query(expr);
     await waitFor(
       async () => (await q('sum(ksw_red_requests_total)')).data.result[0]?.value[1] === String(spans.length),
       30_000,
@@ -148,7 +117,7 @@ describe('RED metrics in a real Prometheus (OpenMetrics, exemplars)', () => {
         const now = Date.now() / 1000;
         const res = (await (
           await fetch(
-            `${promUrl}/api/v1/query_exemplars?query=${encodeURIComponent('ksw_red_duration_seconds_bucket')}&start=${now - 600}&end=${now + 60}`,
+            `${prometheus!.url}/api/v1/query_exemplars?query=${encodeURIComponent('ksw_red_duration_seconds_bucket')}&start=${now - 600}&end=${now + 60}`,
           )
         ).json()) as { data: typeof exemplars };
         exemplars = res.data ?? [];
