@@ -261,6 +261,11 @@ export class ShardCoordinator {
         labelNames: shardLabels,
       }),
       checkpointErrors: counter(r, { name: 'ksw_checkpoint_errors_total', help: 'Failed checkpoint writes' }),
+      leaseWriteErrors: counter(r, {
+        name: 'ksw_lease_write_errors_total',
+        help: 'Failed lease table writes (take, renew, checkpoint, handoff, SHARD_END, release) after the SDK retries, by error: LeaseLost (a conditional check failed) or the AWS error name (throttling, 5xx, network). A lost race to take a lease is not counted.',
+        labelNames: ['error'],
+      }),
       inFlightBytes: gauge(r, {
         name: 'ksw_shard_in_flight_bytes',
         help: 'Record bytes fetched but not yet covered by the watermark',
@@ -586,6 +591,7 @@ export class ShardCoordinator {
       taken = await this.deps.leases.take(lease, this.deps.workerId);
     } catch (err) {
       if (err instanceof LeaseLostError) return; // someone else was faster
+      this.m.leaseWriteErrors.inc({ error: awsErrorName(err) });
       throw err;
     }
     if (this.stopping) {
@@ -825,7 +831,14 @@ export class ShardCoordinator {
   private writeLease(held: HeldShard, write: (lease: Lease) => Promise<Lease>): Promise<void> {
     const next = held.chain.then(async () => {
       if (held.state === 'lost') throw new LeaseLostError(held.lease.leaseKey, 'write');
-      held.lease = await write(held.lease);
+      try {
+        held.lease = await write(held.lease);
+      } catch (err) {
+        this.m.leaseWriteErrors.inc({
+          error: err instanceof LeaseLostError ? 'LeaseLost' : awsErrorName(err),
+        });
+        throw err;
+      }
       held.lastRenewedAt = Date.now();
     });
     held.chain = next.catch(() => undefined);

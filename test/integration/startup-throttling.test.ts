@@ -97,6 +97,21 @@ describe('worker start-up while the lease table is throttled', () => {
       );
       assert.equal(worker.status().ready, true);
       assert.equal(worker.status().shards.length, 3);
+      const errors = await worker.metrics.getSingleMetric('ksw_lease_write_errors_total')!.get();
+      const throttledTakes = errors.values
+        .filter((v) => v.labels.error === 'ProvisionedThroughputExceededException')
+        .reduce((a, v) => a + v.value, 0);
+      assert.ok(throttledTakes >= 1, `throttled takes are counted (${throttledTakes})`);
+      // Every throttled answer was either retried by the SDK or ended a call as an error.
+      const retried = (await worker.metrics.getSingleMetric('ksw_aws_retries_total')!.get()).values
+        .filter((v) => v.labels.service === 'dynamodb' && v.labels.operation === 'UpdateItemCommand')
+        .reduce((a, v) => a + v.value, 0);
+      assert.equal(
+        retried + 3 * throttledTakes >= 12,
+        true,
+        `${retried} SDK retries, ${throttledTakes} failed takes`,
+      );
+      assert.ok(retried >= 8, `the SDK's retries of throttled lease writes are counted (${retried})`);
     } finally {
       await worker.stop();
     }
