@@ -252,7 +252,9 @@ describe('bad-input corpus through the worker', () => {
       const reasons = letters.get(seq) ?? [];
       assert.equal(written.get(seq) ?? 0, f.spans, `${f.file} (${f.what}): span events written`);
       assert.equal(reasons.length, f.dlqReasons.length, `${f.file}: dead letters ${JSON.stringify(reasons)}`);
-      f.dlqReasons.forEach((want, k) => assert.match(reasons[k]!, new RegExp(want), f.file));
+      f.dlqReasons.forEach((want, k) => {
+        assert.match(reasons[k]!, new RegExp(want), f.file);
+      });
       validSpans += f.spans;
       rejected += f.dlqReasons.length;
       floodRoutes += f.uniqueRoutes ?? 0;
