@@ -423,6 +423,14 @@ export async function runCrashScenario(opts: CrashOptions): Promise<CrashResult>
       `every shard checkpointed at its last record or SHARD_END (stderr: ${stderr.slice(-2000)})`,
     );
     clearInterval(scraper);
+    // A worker restarted in the last round may still be loading its modules (its SIGTERM handler is not
+    // installed yet, so a SIGTERM would kill it outright): wait until each answers on its ops port.
+    const answers = async (inc: Incarnation) =>
+      fetch(`http://127.0.0.1:${inc.port}/metrics`, { signal: AbortSignal.timeout(3_000) })
+        .then((r) => r.ok)
+        .catch(() => false);
+    for (const inc of live.values())
+      await waitFor(() => answers(inc), 60_000, `worker ${inc.slot} serving /metrics`);
     await Promise.all([...live.values()].map(scrape));
     const stopping = [...live.values()];
     for (const inc of stopping) {
