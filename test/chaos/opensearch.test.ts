@@ -72,6 +72,34 @@ function bulkFaults(rates: { r429: number; r503: number; reset: number; partial:
   ];
 }
 
+/**
+ * The same faults in turn, so each kind occurs however few bulk requests there are: of every 5 bulk
+ * requests one passes, then 429, 503, a reset, and a partial failure.
+ */
+function bulkFaultsInTurn(): FaultRule[] {
+  let n = 0;
+  const turn =
+    (k: number): FaultRule['matches'] =>
+    (req) =>
+      openSearchBulk()(req) && n % 5 === k;
+  const [r429, r503, reset, partial] = bulkFaults({ r429: 1, r503: 1, reset: 1, partial: 1 });
+  return [
+    {
+      name: 'tick',
+      rate: 0,
+      matches: (req) => {
+        if (openSearchBulk()(req)) n += 1;
+        return false;
+      },
+      fault: { kind: 'delay', ms: 0 },
+    },
+    { ...r429!, matches: turn(1) },
+    { ...r503!, matches: turn(2) },
+    { ...reset!, matches: turn(3) },
+    { ...partial!, matches: turn(4) },
+  ];
+}
+
 const injected = (p: FaultProxy) => ['429', '503', 'reset', 'partial'].map((n) => p.count(n)).join(' / ');
 
 /** Every `id` in the index, exactly (composite aggregation, paged), and the document count. */
@@ -160,7 +188,7 @@ describe('OpenSearch under faults and crashes (real node)', { skip, timeout: 1_2
     );
     const proxy = await FaultProxy.start(node.endpoint);
     proxies.push(proxy);
-    proxy.setRules(bulkFaults({ r429: 0.2, r503: 0.1, reset: 0.05, partial: 0.2 }));
+    proxy.setRules(bulkFaultsInTurn());
     const worker = await Worker.start(
       validateConfig({
         app: { name: 'chaos-os', workerId: 'chaos-os-1' },
@@ -225,7 +253,7 @@ describe('OpenSearch under faults and crashes (real node)', { skip, timeout: 1_2
     const ids = compareIds(docs.ids, RECORDS);
     reportChaos([
       {
-        scenario: `fault: OpenSearch bulk 429 / 503 / reset / partial (20/10/5/20 %), ${FAULT_SECONDS} s`,
+        scenario: `fault: OpenSearch bulk 429 / 503 / reset / partial (4 of every 5 requests), ${FAULT_SECONDS} s`,
         injected: injected(proxy),
         observed:
           `ksw_opensearch_retries_total 429 ${seen.r429}, 5xx ${seen.r5xx}, network ${seen.network}; ` +
