@@ -24,6 +24,7 @@ import { type KinesisClient, ListShardsCommand, type Shard } from '@aws-sdk/clie
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
+import { awsErrorName, isRetryableAwsError } from '../core/aws-errors.js';
 import type { DeadLetterQueue, Sink } from '../core/component.js';
 import type { SourceRecord } from '../core/records.js';
 import { type ShardPosition, ShardWatermark } from '../core/watermark.js';
@@ -260,6 +261,11 @@ export class ShardCoordinator {
         labelNames: shardLabels,
       }),
       checkpointErrors: counter(r, { name: 'ksw_checkpoint_errors_total', help: 'Failed checkpoint writes' }),
+      leaseWriteErrors: counter(r, {
+        name: 'ksw_lease_write_errors_total',
+        help: 'Failed lease table writes (take, renew, checkpoint, handoff, SHARD_END, release) after the SDK retries, by error: LeaseLost (a conditional check failed) or the AWS error name (throttling, 5xx, network). A lost race to take a lease is not counted.',
+        labelNames: ['error'],
+      }),
       inFlightBytes: gauge(r, {
         name: 'ksw_shard_in_flight_bytes',
         help: 'Record bytes fetched but not yet covered by the watermark',
@@ -303,8 +309,11 @@ export class ShardCoordinator {
     };
     for (const consumer of this.consumers)
       this.opened.set(consumer.stream, await openConsumer(consumer, ctx));
-    await this.sync();
-    await this.takeLeases();
+    // A throttled or unavailable lease table or ListShards at start-up is not fatal: the periodic shard
+    // sync and lease scan below try again within their intervals, as the KCL's do. Anything else (access
+    // denied, a missing stream) still fails the start with its error.
+    await this.sync().catch((err) => this.retryLater(err, 'shard sync'));
+    await this.takeLeases().catch((err) => this.retryLater(err, 'lease scan'));
     const every = (ms: number, fn: () => Promise<void>) => {
       const t = setInterval(
         () => void fn().catch((err) => this.log.error({ err }, 'periodic task failed')),
@@ -443,6 +452,12 @@ export class ShardCoordinator {
     });
   }
 
+  /** Logs a retryable AWS error of a periodic task (it runs again on its own); rethrows anything else. */
+  private retryLater(err: unknown, what: string): void {
+    if (!isRetryableAwsError(err)) throw err;
+    this.log.warn({ err, error: awsErrorName(err) }, `${what} failed; the next interval tries again`);
+  }
+
   private async doTakeLeases(): Promise<void> {
     const now = Date.now();
     const me = this.deps.workerId;
@@ -520,12 +535,14 @@ export class ShardCoordinator {
     const free = available.slice(0, Math.max(0, target - mine));
     for (const a of free) toTake.push({ ...a, reason: a.lease.leaseOwner ? 'expired' : 'unowned' });
 
-    await Promise.all(
+    // One lease that cannot be taken now (throttled) must not keep the others, or balancing, from going on.
+    const taken = await Promise.allSettled(
       toTake.map(async (t) => {
         if (this.stopping) return;
         await this.takeAndStart(t.consumer, t.shardId, t.lease, t.reason);
       }),
     );
+    for (const r of taken) if (r.status === 'rejected') this.retryLater(r.reason, 'lease take');
 
     // Balancing: below the fair share with nothing free, move leases from the most loaded worker.
     const needed = target - mine - free.length;
@@ -574,6 +591,7 @@ export class ShardCoordinator {
       taken = await this.deps.leases.take(lease, this.deps.workerId);
     } catch (err) {
       if (err instanceof LeaseLostError) return; // someone else was faster
+      this.m.leaseWriteErrors.inc({ error: awsErrorName(err) });
       throw err;
     }
     if (this.stopping) {
@@ -813,7 +831,14 @@ export class ShardCoordinator {
   private writeLease(held: HeldShard, write: (lease: Lease) => Promise<Lease>): Promise<void> {
     const next = held.chain.then(async () => {
       if (held.state === 'lost') throw new LeaseLostError(held.lease.leaseKey, 'write');
-      held.lease = await write(held.lease);
+      try {
+        held.lease = await write(held.lease);
+      } catch (err) {
+        this.m.leaseWriteErrors.inc({
+          error: err instanceof LeaseLostError ? 'LeaseLost' : awsErrorName(err),
+        });
+        throw err;
+      }
       held.lastRenewedAt = Date.now();
     });
     held.chain = next.catch(() => undefined);

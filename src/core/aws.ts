@@ -2,7 +2,9 @@ import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { KinesisClient, type KinesisClientConfig } from '@aws-sdk/client-kinesis';
 import { S3Client } from '@aws-sdk/client-s3';
 import { NodeHttp2Handler, NodeHttpHandler } from '@smithy/node-http-handler';
+import type { Registry } from 'prom-client';
 import { z } from 'zod';
+import { counter } from '../metrics/registry.js';
 
 export const awsConfigSchema = z
   .object({
@@ -125,4 +127,53 @@ export function createAwsClients(config: AwsConfig, overrides: AwsClientOverride
       dynamodb.destroy();
     },
   };
+}
+
+/** What countSdkRetries needs of a client: its middleware stack. */
+interface WithMiddleware {
+  middlewareStack: {
+    add(
+      middleware: (
+        next: (args: unknown) => Promise<{ output: { $metadata?: { attempts?: number } } }>,
+        context: { commandName?: string },
+      ) => (args: unknown) => Promise<unknown>,
+      options: { step: 'initialize'; name: string },
+    ): void;
+  };
+}
+
+/**
+ * Counts the attempts the SDK retried by itself (S3 and DynamoDB; Kinesis reads retry in the consumer,
+ * which has its own metrics) in `ksw_aws_retries_total{service, operation}`: throttling, 5xx and network
+ * errors that a retry absorbed are otherwise invisible until they outlast `aws.maxAttempts`.
+ */
+export function countSdkRetries(clients: AwsClients, metrics: Registry): void {
+  const retries = counter(metrics, {
+    name: 'ksw_aws_retries_total',
+    help: 'Attempts the AWS SDK retried (throttling, 5xx, network errors), by service and operation; a call that still fails after aws.maxAttempts shows in the component metrics too',
+    labelNames: ['service', 'operation'],
+  });
+  const services: Array<[string, WithMiddleware]> = [
+    ['s3', clients.s3 as unknown as WithMiddleware],
+    ['dynamodb', clients.dynamodb as unknown as WithMiddleware],
+  ];
+  for (const [service, client] of services) {
+    client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const note = (attempts: number | undefined) => {
+          if (attempts !== undefined && attempts > 1)
+            retries.inc({ service, operation: context.commandName ?? 'unknown' }, attempts - 1);
+        };
+        try {
+          const out = await next(args);
+          note(out.output?.$metadata?.attempts);
+          return out;
+        } catch (err) {
+          note((err as { $metadata?: { attempts?: number } })?.$metadata?.attempts);
+          throw err;
+        }
+      },
+      { step: 'initialize', name: 'kswCountRetries' },
+    );
+  }
 }

@@ -11,7 +11,7 @@ import type { Registry } from 'prom-client';
 import type { WorkerConfig } from '../config/schema.js';
 import { ShardCoordinator, type ShardStatus } from '../consumers/coordinator.js';
 import { LeaseTable } from '../consumers/lease-table.js';
-import { type AwsClients, createAwsClients } from '../core/aws.js';
+import { type AwsClients, countSdkRetries, createAwsClients } from '../core/aws.js';
 import type { ComponentContext, DeadLetterQueue, Sink } from '../core/component.js';
 import { createRegistry, gauge } from '../metrics/registry.js';
 import { type OpsServer, startOpsServer } from '../metrics/server.js';
@@ -63,6 +63,7 @@ export class Worker {
     const metrics = opts.registry ?? createRegistry();
     metrics.setDefaultLabels({ app: config.app.name });
     const aws = createAwsClients(config.aws);
+    countSdkRetries(aws, metrics);
     const base = { logger, metrics, aws };
     const dlq = createDeadLetterQueue(config.dlq, base);
     const ctx: ComponentContext = { ...base, dlq };

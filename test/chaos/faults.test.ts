@@ -13,6 +13,7 @@ import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import { validateConfig } from '../../src/config/load.js';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { Worker } from '../../src/runtime/worker.js';
+import { type ChaosRow, reportChaos } from '../helpers/chaos-report.js';
 import { amzTarget, awsJsonError, FaultProxy, s3XmlError } from '../helpers/fault-proxy.js';
 import { download, duck } from '../helpers/parquet.js';
 import {
@@ -32,6 +33,15 @@ async function metric(worker: Worker, name: string, labels: Record<string, strin
   return (m?.values ?? [])
     .filter((v) => Object.entries(labels).every(([k, want]) => v.labels[k] === want))
     .reduce((sum, v) => sum + v.value, 0);
+}
+
+async function byLabel(worker: Worker, name: string, label: string): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const v of (await worker.metrics.getSingleMetric(name)?.get())?.values ?? []) {
+    const key = String(v.labels[label]);
+    out[key] = (out[key] ?? 0) + v.value;
+  }
+  return out;
 }
 
 describe('fault injection: nothing lost, recovery without restart', () => {
@@ -102,7 +112,19 @@ describe('fault injection: nothing lost, recovery without restart', () => {
       { name: 's3 slow (1.5 s)', matches: isUpload, rate: 0.2, fault: { kind: 'delay', ms: 1_500 } },
       { name: 's3 connection reset', matches: isUpload, rate: 0.1, fault: { kind: 'reset' } },
     ]);
+    // Every 8th lease write fails its condition (deterministic, so some always hit held leases, not only
+    // the takes at start-up); half of the others are throttled.
+    let leaseWrites = 0;
     dynamodb.setRules([
+      {
+        name: 'dynamodb conditional check failed',
+        matches: (req) => amzTarget('UpdateItem')(req) && ++leaseWrites % 8 === 0,
+        rate: 1,
+        fault: awsJsonError(
+          'com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException',
+          'The conditional request failed',
+        ),
+      },
       {
         name: 'dynamodb throttled',
         matches: amzTarget('UpdateItem'),
@@ -110,15 +132,6 @@ describe('fault injection: nothing lost, recovery without restart', () => {
         fault: awsJsonError(
           'com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException',
           'Throughput exceeded',
-        ),
-      },
-      {
-        name: 'dynamodb conditional check failed',
-        matches: amzTarget('UpdateItem'),
-        rate: 0.05,
-        fault: awsJsonError(
-          'com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException',
-          'The conditional request failed',
         ),
       },
     ]);
@@ -147,6 +160,7 @@ describe('fault injection: nothing lost, recovery without restart', () => {
       shutdown: { deadlineMs: 20_000 },
     });
     const worker = await Worker.start(config, { logger: silentLogger });
+    const faultRows: Array<Pick<ChaosRow, 'scenario' | 'injected' | 'observed'>> = [];
     const leases = new LeaseTable(t.aws.dynamodb, 'chaos-leases');
     const lastPerShard = new Map<string, string>();
     for (const p of put) lastPerShard.set(p.shardId, p.sequenceNumber);
@@ -169,30 +183,47 @@ describe('fault injection: nothing lost, recovery without restart', () => {
         }),
         expired: await metric(worker, 'ksw_kinesis_expired_iterators_total'),
         uploadErrors: await metric(worker, 'ksw_parquet_upload_errors_total'),
-        checkpointErrors:
-          (await metric(worker, 'ksw_checkpoint_errors_total')) +
-          (await metric(worker, 'ksw_lease_losses_total')),
+        leaseWriteErrors: await byLabel(worker, 'ksw_lease_write_errors_total', 'error'),
+        sdkRetries: await byLabel(worker, 'ksw_aws_retries_total', 'service'),
       };
-      const rows = [
-        ['fault', 'injected', 'seen in metrics'],
-        ['Kinesis ProvisionedThroughputExceeded', kinesis.count('kinesis throttled'), seen.throttled],
-        ['Kinesis ExpiredIterator', kinesis.count('kinesis iterator expired'), seen.expired],
-        ['Kinesis connection reset', kinesis.count('kinesis connection reset'), '(read errors)'],
-        [
-          'S3 500 / 503 / slow / reset',
-          ['s3 500', 's3 503 SlowDown', 's3 slow (1.5 s)', 's3 connection reset']
+      const readErrors = await byLabel(worker, 'ksw_kinesis_read_errors_total', 'error');
+      const otherErrors = Object.entries(readErrors).filter(
+        ([e]) => !['ProvisionedThroughputExceededException', 'ExpiredIteratorException'].includes(e),
+      );
+      const resetsSeen = otherErrors.reduce((a, [, n]) => a + n, 0);
+      faultRows.push(
+        {
+          scenario: 'fault: Kinesis ProvisionedThroughputExceeded (GetRecords, 30 %)',
+          injected: String(kinesis.count('kinesis throttled')),
+          observed: `${seen.throttled} ksw_kinesis_read_errors_total{error="ProvisionedThroughputExceededException"}`,
+        },
+        {
+          scenario: 'fault: Kinesis ExpiredIterator (GetRecords, 10 %)',
+          injected: String(kinesis.count('kinesis iterator expired')),
+          observed: `${seen.expired} ksw_kinesis_expired_iterators_total`,
+        },
+        {
+          scenario: 'fault: Kinesis connection reset (GetRecords, 5 %)',
+          injected: String(kinesis.count('kinesis connection reset')),
+          observed: `${resetsSeen} ksw_kinesis_read_errors_total{error=~"${otherErrors.map(([e]) => e).join('|')}"}`,
+        },
+        {
+          scenario: 'fault: S3 500 / 503 SlowDown / 1.5 s delay / reset (Parquet uploads)',
+          injected: ['s3 500', 's3 503 SlowDown', 's3 slow (1.5 s)', 's3 connection reset']
             .map((n) => s3.count(n))
             .join(' / '),
-          seen.uploadErrors,
-        ],
-        [
-          'DynamoDB throttled / conditional',
-          `${dynamodb.count('dynamodb throttled')} / ${dynamodb.count('dynamodb conditional check failed')}`,
-          seen.checkpointErrors,
-        ],
-      ];
-      process.stdout.write(
-        `${rows.map((r) => r.map((c, i) => String(c).padEnd(i === 0 ? 40 : 18)).join('')).join('\n')}\n`,
+          observed: `${seen.sdkRetries.s3 ?? 0} ksw_aws_retries_total{service="s3"}, ${seen.uploadErrors} ksw_parquet_upload_errors_total (failed after the SDK's attempts)`,
+        },
+        {
+          scenario: 'fault: DynamoDB throttling (lease writes, 50 %)',
+          injected: String(dynamodb.count('dynamodb throttled')),
+          observed: `${seen.sdkRetries.dynamodb ?? 0} ksw_aws_retries_total{service="dynamodb"}, ${seen.leaseWriteErrors.ProvisionedThroughputExceededException ?? 0} ksw_lease_write_errors_total{error="ProvisionedThroughputExceededException"} (failed after the SDK's attempts)`,
+        },
+        {
+          scenario: 'fault: DynamoDB conditional-check failure (every 8th lease write)',
+          injected: String(dynamodb.count('dynamodb conditional check failed')),
+          observed: `${seen.leaseWriteErrors.LeaseLost ?? 0} ksw_lease_write_errors_total{error="LeaseLost"} (takes that lose a race are not counted)`,
+        },
       );
       assert.ok(
         kinesis.count('kinesis throttled') > 0 && seen.throttled > 0,
@@ -207,6 +238,12 @@ describe('fault injection: nothing lost, recovery without restart', () => {
         'S3 errors injected and counted',
       );
       assert.ok(dynamodb.count('dynamodb throttled') > 0, 'DynamoDB throttling injected');
+      assert.ok((seen.sdkRetries.dynamodb ?? 0) > 0, 'DynamoDB throttling retried by the SDK is counted');
+      assert.ok((seen.sdkRetries.s3 ?? 0) > 0, 'S3 errors retried by the SDK are counted');
+      assert.ok(
+        dynamodb.count('dynamodb conditional check failed') > 0 && (seen.leaseWriteErrors.LeaseLost ?? 0) > 0,
+        'DynamoDB conditional failures injected and counted',
+      );
     } finally {
       await worker.stop();
     }
@@ -214,6 +251,15 @@ describe('fault injection: nothing lost, recovery without restart', () => {
     await download(t.aws.s3, bucket, 'lake/', dir);
     const [stats] = await duck(
       `SELECT count(*)::INT AS total, count(DISTINCT id)::INT AS ids, count(DISTINCT (_shard_id, _sequence_number))::INT AS positions FROM read_parquet('${dir}/**/*.parquet')`,
+    );
+    reportChaos(
+      faultRows.map((r) => ({
+        ...r,
+        scenario: `${r.scenario}, ${FAULT_SECONDS} s`,
+        observed: `${r.observed}; same worker recovered`,
+        lost: RECORDS - (stats!.ids as number),
+        duplicates: `${(stats!.total as number) - (stats!.ids as number)} rows`,
+      })),
     );
     assert.equal(stats!.ids, RECORDS, 'records lost');
     assert.equal(stats!.positions, RECORDS);

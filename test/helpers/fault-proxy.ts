@@ -6,6 +6,7 @@
  */
 import { createServer, type IncomingMessage, request, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { gunzipSync } from 'node:zlib';
 
 export type Fault =
   | { readonly kind: 'status'; readonly status: number; readonly body: string; readonly contentType?: string }
@@ -95,8 +96,19 @@ export function rejectBulkItems(
   };
 }
 
+/**
+ * Watches forwarded traffic without changing it: `request` is called when a matching request arrives,
+ * `response` when the peer's whole answer has been received (body decompressed if it was gzipped).
+ */
+export interface Observer {
+  matches(req: { method: string; url: string; headers: IncomingMessage['headers']; body: Buffer }): boolean;
+  request?(req: { method: string; url: string; body: Buffer }): void;
+  response?(req: { method: string; url: string; body: Buffer }, status: number, body: Buffer): void;
+}
+
 export class FaultProxy {
   private rules: FaultRule[] = [];
+  private observers: Observer[] = [];
   readonly injected = new Map<string, number>();
   forwarded = 0;
   private readonly sockets = new Set<Socket>();
@@ -129,6 +141,11 @@ export class FaultProxy {
 
   clear(): void {
     this.rules = [];
+  }
+
+  /** Adds an observer of forwarded requests (faults answered by the proxy itself are not forwarded). */
+  observe(observer: Observer): void {
+    this.observers.push(observer);
   }
 
   count(name: string): number {
@@ -172,6 +189,16 @@ export class FaultProxy {
       if (f.kind === 'delay') await new Promise((r) => setTimeout(r, f.ms));
     }
     this.forwarded += 1;
+    const seen = { method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headers, body };
+    const watching = this.observers.filter((o) => o.matches(seen));
+    for (const o of watching) o.request?.(seen);
+    const observed =
+      watching.length === 0
+        ? undefined
+        : (status: number, answer: Buffer, encoding: unknown) => {
+            const plain = encoding === 'gzip' ? gunzipSync(answer) : answer;
+            for (const o of watching) o.response?.(seen, status, plain);
+          };
     const rewrite = rule?.fault.kind === 'rewrite' ? rule.fault.rewrite : undefined;
     const out = request(
       {
@@ -183,9 +210,23 @@ export class FaultProxy {
         headers: req.headers,
       },
       (up) => {
-        if (!rewrite) {
+        if (!rewrite && !observed) {
           res.writeHead(up.statusCode ?? 502, up.headers);
           up.pipe(res);
+          return;
+        }
+        if (!rewrite) {
+          // Observed: passed through unchanged, and handed to the observers once complete.
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          const chunks: Buffer[] = [];
+          up.on('data', (c: Buffer) => {
+            chunks.push(c);
+            res.write(c);
+          });
+          up.on('end', () => {
+            res.end();
+            observed!(up.statusCode ?? 502, Buffer.concat(chunks), up.headers['content-encoding']);
+          });
           return;
         }
         const chunks: Buffer[] = [];
@@ -197,6 +238,7 @@ export class FaultProxy {
           delete headers['content-encoding'];
           res.writeHead(out.status, headers);
           res.end(out.body);
+          observed?.(out.status, out.body, undefined);
         });
       },
     );

@@ -2,7 +2,10 @@
  * The committed bad-input corpus (test/fixtures/bad-input, see generate.ts there) through a running
  * worker: every bad record lands in the DLQ with its reason and its exact original bytes, every good
  * one in Parquet; the worker never stops, its memory stays bounded, and its info-level log carries
- * neither record payloads nor credentials.
+ * neither record payloads nor credentials. The span corpus (spans-manifest.json) goes through otel_spans and
+ * red_metrics: spans with absurd times are dead-lettered one by one with their reasons (inside an OTLP
+ * request, only the bad span), and a flood of 10,000 unique http.route values stops at the RED cardinality
+ * cap: the series count and the exported series stay at maxSeries, the rest is counted as overflow.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -15,9 +18,16 @@ import { validateConfig } from '../../src/config/load.js';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { Worker } from '../../src/runtime/worker.js';
 import { parseDeadLetterLine } from '../../src/sinks/s3-dead-letter.js';
-import type { Fixture } from '../fixtures/bad-input/generate.js';
+import type { Fixture, SpanFixture } from '../fixtures/bad-input/generate.js';
 import { download, duck, listKeys } from '../helpers/parquet.js';
-import { createStream, putRecords, startTestStack, type TestStack, waitFor } from '../helpers/stack.js';
+import {
+  createStream,
+  putRecords,
+  silentLogger,
+  startTestStack,
+  type TestStack,
+  waitFor,
+} from '../helpers/stack.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, '../fixtures/bad-input');
 
@@ -152,5 +162,133 @@ describe('bad-input corpus through the worker', () => {
     ]) {
       assert.ok(!log.includes(secret), `the log must not contain ${secret}`);
     }
+  });
+  it('span corpus through otel_spans and red_metrics: absurd times dead-lettered, the cardinality flood capped', async () => {
+    const manifest = JSON.parse(
+      readFileSync(path.join(FIXTURES, 'spans-manifest.json'), 'utf8'),
+    ) as SpanFixture[];
+    const stream = 'bad-spans';
+    const lake = 'fixtures-spans-lake';
+    const maxSeries = 100;
+    await t.aws.s3.send(new CreateBucketCommand({ Bucket: lake }));
+    await createStream(t.aws.kinesis, stream, 1);
+    const bytes = manifest.map((f) => readFileSync(path.join(FIXTURES, f.file)));
+    const sequences: string[] = [];
+    for (let i = 0; i < manifest.length; i++) {
+      const [r] = await putRecords(t.aws.kinesis, stream, [
+        { partitionKey: manifest[i]!.partitionKey, data: bytes[i]! },
+      ]);
+      sequences.push(r!.sequenceNumber);
+    }
+    const config = validateConfig({
+      app: { name: 'bad-spans', workerId: 'bad-spans-1' },
+      aws: t.stack.awsConfig,
+      consumers: [{ type: 'polling', stream, idleIntervalMs: 100, busyIntervalMs: 0 }],
+      checkpoints: { table: 'bad-spans-leases', intervalMs: 300, shardSyncIntervalMs: 1_000 },
+      processors: [
+        { type: 'otel_spans' },
+        { type: 'red_metrics', dimensions: ['http.route'], maxSeries, exemplars: true },
+      ],
+      sinks: {
+        lake: {
+          type: 's3_parquet',
+          bucket: lake,
+          prefix: 'lake/',
+          roll: { maxFileAgeMs: 500 },
+          columns: [
+            { name: 'spanId', type: 'string' },
+            { name: 'startTimeUnixNano', type: 'int64' },
+          ],
+        },
+      },
+      dlq: { type: 's3', bucket: lake, prefix: 'dlq/', maxBatchAgeMs: 200 },
+      server: { port: 0 },
+      shutdown: { deadlineMs: 15_000 },
+    });
+    const worker = await Worker.start(config, { logger: silentLogger });
+    const leases = new LeaseTable(t.aws.dynamodb, 'bad-spans-leases');
+    const shardId = (await leases.list())[0]?.leaseKey ?? 'shardId-000000000000';
+    let exposition = '';
+    const heapBefore = process.memoryUsage().heapUsed;
+    try {
+      await waitFor(
+        async () => (await leases.get(shardId))?.checkpoint === sequences.at(-1),
+        90_000,
+        'the checkpoint to reach the last span fixture',
+      );
+      assert.equal(worker.status().ready, true, 'the worker is still running');
+      const res = await fetch(`http://127.0.0.1:${worker.address.port}/metrics`);
+      exposition = await res.text();
+    } finally {
+      await worker.stop();
+    }
+    const heapGrowthMiB = (process.memoryUsage().heapUsed - heapBefore) / 1048576;
+    const sample = (name: string, labels = '') =>
+      exposition
+        .split('\n')
+        .filter((l) => l.startsWith(`${name}{`) && l.includes(labels))
+        .reduce((a, l) => a + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+
+    const letters = new Map<string, string[]>();
+    for (const key of await listKeys(t.aws.s3, lake, 'dlq/')) {
+      const out = await t.aws.s3.send(new GetObjectCommand({ Bucket: lake, Key: key }));
+      for (const line of (await out.Body!.transformToString()).split('\n').filter(Boolean)) {
+        const l = parseDeadLetterLine(line);
+        letters.set(l.sequenceNumber, [...(letters.get(l.sequenceNumber) ?? []), l.reason]);
+      }
+    }
+    const dir = path.join(t.dir, 'bad-spans-parquet');
+    await download(t.aws.s3, lake, 'lake/', dir);
+    const rows = await duck(
+      `SELECT _sequence_number AS s, count(*)::INT AS n FROM read_parquet('${dir}/**/*.parquet') GROUP BY 1`,
+    );
+    const written = new Map(rows.map((r) => [r.s as string, r.n as number]));
+    const table: string[] = [];
+    let validSpans = 0;
+    let rejected = 0;
+    let floodRoutes = 0;
+    manifest.forEach((f, i) => {
+      const seq = sequences[i]!;
+      const reasons = letters.get(seq) ?? [];
+      assert.equal(written.get(seq) ?? 0, f.spans, `${f.file} (${f.what}): span events written`);
+      assert.equal(reasons.length, f.dlqReasons.length, `${f.file}: dead letters ${JSON.stringify(reasons)}`);
+      f.dlqReasons.forEach((want, k) => {
+        assert.match(reasons[k]!, new RegExp(want), f.file);
+      });
+      validSpans += f.spans;
+      rejected += f.dlqReasons.length;
+      floodRoutes += f.uniqueRoutes ?? 0;
+      table.push(`${f.dlqReasons.length ? 'DLQ ' : 'ok  '} ${f.what}: ${reasons.join('; ').slice(0, 100)}`);
+    });
+    process.stdout.write(`${table.join('\n')}\n`);
+    // Every rejection counted; all but the unparseable end time (malformed) as implausible times.
+    assert.equal(sample('ksw_spans_rejected_total'), rejected);
+    assert.equal(sample('ksw_spans_rejected_total', 'reason="implausible_time"'), rejected - 1);
+    // Series: one for the plausible spans (no route, or "/ok"), then flood routes until the cap.
+    const series = sample('ksw_red_series');
+    const overflow = sample('ksw_red_overflow_spans_total');
+    const requestSeries = exposition
+      .split('\n')
+      .filter((l) => l.startsWith('ksw_red_requests_total{')).length;
+    const plausibleNonFlood = validSpans - floodRoutes;
+    process.stdout.write(
+      `RED: ${validSpans} spans, ${floodRoutes} unique routes; ${series} series (cap ${maxSeries}), ` +
+        `${overflow} spans in the overflow series, ${requestSeries} ksw_red_requests_total series exported; ` +
+        `test-process heap growth ${heapGrowthMiB.toFixed(0)} MiB\n`,
+    );
+    assert.equal(series, maxSeries, 'the cap holds the series count');
+    assert.ok(requestSeries <= maxSeries + 1, `exported series bounded: ${requestSeries}`);
+    assert.ok(exposition.includes('otel_metric_overflow="true"'), 'the overflow series is exported');
+    // The non-flood spans use 2 series (flat span: route ""; OTLP: "/ok"); the flood fills the rest.
+    assert.equal(
+      overflow,
+      floodRoutes - (maxSeries - 2),
+      'every flood span past the cap counted as overflow',
+    );
+    assert.equal(
+      sample('ksw_red_requests_total'),
+      validSpans,
+      `every plausible span counted once (${plausibleNonFlood} + flood)`,
+    );
   });
 });
