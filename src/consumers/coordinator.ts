@@ -260,7 +260,11 @@ export class ShardCoordinator {
         help: 'Checkpoints written',
         labelNames: shardLabels,
       }),
-      checkpointErrors: counter(r, { name: 'ksw_checkpoint_errors_total', help: 'Failed checkpoint writes' }),
+      checkpointErrors: counter(r, {
+        name: 'ksw_checkpoint_errors_total',
+        help: 'Failed checkpoint writes',
+        labelNames: shardLabels,
+      }),
       leaseWriteErrors: counter(r, {
         name: 'ksw_lease_write_errors_total',
         help: 'Failed lease table writes (take, renew, checkpoint, handoff, SHARD_END, release) after the SDK retries, by error: LeaseLost (a conditional check failed) or the AWS error name (throttling, 5xx, network). A lost race to take a lease is not counted.',
@@ -910,7 +914,7 @@ export class ShardCoordinator {
       held.lastCheckpointed = wm;
       this.m.checkpoints.inc({ stream: held.stream, shard: held.shardId });
     } catch (err) {
-      this.m.checkpointErrors.inc();
+      this.m.checkpointErrors.inc({ stream: held.stream, shard: held.shardId });
       if (err instanceof LeaseLostError) await this.inspectLoss(held);
       else this.log.warn({ err, shard: held.shardId }, 'checkpoint failed; the next one will cover it');
     }
