@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pin=()
 if command -v taskset >/dev/null; then pin=(taskset -c 0); fi
-"${pin[@]}" node --import tsx bench/chain.ts "$@"
+"${pin[@]}" node --expose-gc --import tsx bench/chain.ts "$@"
 "${pin[@]}" node --import tsx bench/parquet.ts "$@"
