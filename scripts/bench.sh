@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# npm run bench: the benchmarks, pinned to one CPU when taskset exists (the figures are one-core figures).
+# npm run bench: the benchmarks, pinned to one CPU when taskset exists (the throughput figures are one-core
+# figures: DuckDB's and V8's helper threads share that core with the event loop). Arguments are passed to
+# every part (--spans, --rounds, --cpu-prof, --traces, --partitions, --skip-latency).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pin=()
 if command -v taskset >/dev/null; then pin=(taskset -c 0); fi
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || uptime)"
 "${pin[@]}" node --expose-gc --import tsx bench/chain.ts "$@"
-"${pin[@]}" node --import tsx bench/parquet.ts "$@"
+"${pin[@]}" node --expose-gc --import tsx bench/parquet.ts "$@"
+node --import tsx bench/memory.ts "$@"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || uptime)"

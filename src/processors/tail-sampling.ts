@@ -351,7 +351,9 @@ export class TailSampler implements Processor {
       }
       last = t;
       t.spanCount += 1;
-      t.spans.push(event);
+      // A one-element array for the first span: `[]` then push would reserve room for 17.
+      if (t.spans.length === 0) t.spans = [event];
+      else t.spans.push(event);
       const bytes = spanBytes(event);
       t.bytes += bytes;
       this.bufferedBytes += bytes;
