@@ -10,4 +10,6 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || uptime
 "${pin[@]}" node --expose-gc --import tsx bench/chain.ts "$@"
 "${pin[@]}" node --expose-gc --import tsx bench/parquet.ts "$@"
 node --import tsx bench/memory.ts "$@"
+# Latency needs a real OpenSearch node (fetched and started by the script); --skip-latency leaves it out.
+if [[ " $* " != *" --skip-latency "* ]]; then bash scripts/bench-latency.sh "$@"; fi
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || uptime)"
