@@ -2,9 +2,9 @@
  * The columns of a sink's files and how an event becomes a row. Every value is converted and checked in JS
  * (so a bad value is dead-lettered per event, never fails a file) and staged as the JSON text of its cell:
  * a row is one line of NDJSON that DuckDB's `read_json` reads with an explicit column spec (encoder.ts).
- * Measured on the span data set (bench/parquet.ts), that is 2-4x faster than the appender it replaced: one
- * JS string per row instead of one native call per cell, and nested values parsed straight into their
- * types instead of cast from staged JSON text. int64 digits are copied, never rounded through a double.
+ * Against the appender (one native call per cell, nested values cast from staged JSON text) it replaced, on
+ * the span data set (bench/parquet.ts, same run, one core): 9 flat columns 102k -> 116k rows/s, the spans
+ * schema 42k -> 49k, partitioned 35k -> 43k. int64 digits are copied, never rounded through a double.
  */
 import type { PipelineEvent } from '../../core/records.js';
 import {
