@@ -86,7 +86,7 @@ export function objectKey(
 type RollReason = 'rows' | 'bytes' | 'age' | 'memory' | 'flush' | 'replay';
 
 /** A character V8 cannot store in a one-byte string: the whole string then takes two bytes per character. */
-const NON_LATIN1 = /[^\u0000-\u00ff]/;
+const NON_LATIN1 = /[\u0100-\uffff]/;
 
 /**
  * Heap bytes of a buffered row, estimated from its staged text: the text (one or two bytes per character, as
