@@ -9,26 +9,33 @@
  *   sink spans schema, ZSTD      the built-in spans schema (nested maps and structs), unpartitioned
  *   sink spans schema, SNAPPY
  *   sink spans, partitioned      dt/hour/service partitions (7 services), ZSTD
+ * Rates come from process CPU time (all threads), so DuckDB's share is counted; wall time is in the note.
  * Results: a table on stdout and bench/results/parquet-<timestamp>.json. `--spans N` (default 200000),
  * `--rounds N` (default 3, best round reported).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { S3Client } from '@aws-sdk/client-s3';
 import pino from 'pino';
 import { Ack } from '../src/core/ack.js';
 import type { AwsClients } from '../src/core/aws.js';
-import type { DeadLetterQueue } from '../src/core/component.js';
 import type { PipelineEvent } from '../src/core/records.js';
 import { createRegistry } from '../src/metrics/registry.js';
 import { generateSpans, spanRecord } from '../src/producer/synthetic-spans.js';
 import { parquetSinkConfigSchema } from '../src/sinks/s3-parquet/config.js';
 import { S3ParquetSink } from '../src/sinks/s3-parquet/index.js';
+import {
+  CountingDeadLetters,
+  cpuSeconds,
+  fmt,
+  machine,
+  median,
+  NullS3,
+  printTable,
+  SEQUENCE_BASE,
+  type TableRow,
+  writeResults,
+} from './lib.js';
 
-const ROOT = path.resolve(import.meta.dirname, '..');
-const RESULTS = path.join(ROOT, 'bench/results');
 const { values } = parseArgs({
   options: { spans: { type: 'string', default: '200000' }, rounds: { type: 'string', default: '3' } },
   allowPositionals: false,
@@ -36,30 +43,6 @@ const { values } = parseArgs({
 });
 const SPANS = Number(values.spans);
 const ROUNDS = Number(values.rounds);
-
-/** Consumes bodies, answers listings empty: the bench measures the sink, not S3. */
-class NullS3 {
-  objects = 0;
-  send = (async (command: { constructor: { name: string }; input: { Body?: unknown } }) => {
-    if (command.constructor.name === 'ListObjectsV2Command') return { Contents: [], IsTruncated: false };
-    const body = command.input.Body;
-    if (body && typeof (body as AsyncIterable<Uint8Array>)[Symbol.asyncIterator] === 'function') {
-      for await (const _chunk of body as AsyncIterable<Uint8Array>);
-    }
-    this.objects += 1;
-    return { ETag: '"x"', UploadId: 'u' };
-  }) as unknown as S3Client['send'];
-}
-
-class CountingDeadLetters implements DeadLetterQueue {
-  letters = 0;
-  put(_letter: unknown, ack: { done(): void }): void {
-    this.letters += 1;
-    ack.done();
-  }
-  async flush(): Promise<void> {}
-  async close(): Promise<void> {}
-}
 
 const FLAT_COLUMNS = [
   { name: 'traceId', type: 'string' },
@@ -86,23 +69,28 @@ const CASES: Array<{ figure: string; config: Record<string, unknown> }> = [
   },
 ];
 
-function seconds(started: bigint): number {
-  return Number(process.hrtime.bigint() - started) / 1e9;
+interface Timing {
+  wall: number;
+  cpu: number;
 }
 
 async function main(): Promise<void> {
   const raw = [...generateSpans(SPANS, { seed: 7 })].map(spanRecord);
   const bytes = raw.reduce((n, r) => n + r.data.byteLength, 0);
   const utf8 = new TextDecoder();
-  const best = new Map<string, number>();
-  const record = (figure: string, s: number) => best.set(figure, Math.min(best.get(figure) ?? Infinity, s));
-  const base = 49_600_000_000_000_000_000_000_000_000_000_000_000_000_000n;
+  const timings = new Map<string, Timing[]>();
+  const record = (figure: string, t: Timing) => timings.set(figure, [...(timings.get(figure) ?? []), t]);
   let objects = 0;
 
   for (let round = 0; round < ROUNDS; round++) {
+    globalThis.gc?.();
+    let cpu0 = cpuSeconds();
     let started = process.hrtime.bigint();
     const parsed = raw.map((r) => JSON.parse(utf8.decode(r.data)) as Record<string, unknown>);
-    record('json_parse_floor', seconds(started));
+    record('json_parse_floor', {
+      wall: Number(process.hrtime.bigint() - started) / 1e9,
+      cpu: cpuSeconds() - cpu0,
+    });
 
     for (const { figure, config } of CASES) {
       let acked = 0;
@@ -110,7 +98,7 @@ async function main(): Promise<void> {
         origin: {
           stream: 'bench',
           shardId: 'shardId-000000000000',
-          sequenceNumber: (base + BigInt(i)).toString(),
+          sequenceNumber: (SEQUENCE_BASE + BigInt(i)).toString(),
           subSequenceNumber: 0,
           partitionKey: raw[i]!.partitionKey,
           arrivalTime: new Date(1_763_769_600_000 + i),
@@ -140,40 +128,46 @@ async function main(): Promise<void> {
         },
       );
       await sink.openShard({ stream: 'bench', shardId: 'shardId-000000000000' }, undefined);
+      globalThis.gc?.();
+      cpu0 = cpuSeconds();
       started = process.hrtime.bigint();
       for (let i = 0; i < events.length; i += 500) await sink.write(events.slice(i, i + 500));
       await sink.flush();
-      record(figure, seconds(started));
+      record(figure, { wall: Number(process.hrtime.bigint() - started) / 1e9, cpu: cpuSeconds() - cpu0 });
       if (acked !== SPANS) throw new Error(`${figure}: ${acked} of ${SPANS} acked`);
       objects = Math.max(objects, s3.objects);
       await sink.close();
     }
   }
 
-  const floor = SPANS / best.get('json_parse_floor')!;
-  const rows = [...best].map(([figure, s]) => ({
-    figure,
-    rowsPerSecond: SPANS / s,
-    ratioToFloor: SPANS / s / floor,
-  }));
-  const machine = { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version };
-  process.stdout.write(
-    `\nParquet sink: ${SPANS.toLocaleString('en-US')} spans, ${(bytes / SPANS).toFixed(0)} bytes each on average, best of ${ROUNDS} rounds; ${machine.model} (${machine.cpus} cores visible), node ${machine.node}\n\n`,
+  // Rates from process CPU time (all threads: DuckDB's parsing and encoding too), as in bench/chain.ts.
+  const bestOf = (ts: Timing[]) => ts.reduce((a, b) => (b.cpu < a.cpu ? b : a));
+  const floor = SPANS / bestOf(timings.get('json_parse_floor')!).cpu;
+  const rows: TableRow[] = [...timings].map(([figure, ts]) => {
+    const best = bestOf(ts);
+    return {
+      figure,
+      value: `${fmt(SPANS / best.cpu)} rows/s`,
+      ratio: SPANS / best.cpu / floor,
+      note: `${fmt((best.cpu / SPANS) * 1e6, 2)} us/row; wall ${fmt(SPANS / best.wall)}/s; CPU median ${fmt(SPANS / median(ts.map((t) => t.cpu)))}/s over ${ts.length} rounds`,
+    };
+  });
+  const m = machine();
+  printTable(
+    `Parquet sink alone: ${fmt(SPANS)} spans, ${(bytes / SPANS).toFixed(0)} bytes each on average, best of ${ROUNDS} rounds by CPU time; ` +
+      `${m.model} (${m.cpus} cores visible), node ${m.node}, load average ${m.loadAverage}`,
+    rows,
   );
-  process.stdout.write(`${'figure'.padEnd(44)}${'rows/s'.padStart(12)}${'ratio to floor'.padStart(16)}\n`);
-  for (const r of rows) {
-    process.stdout.write(
-      `${r.figure.padEnd(44)}${Math.round(r.rowsPerSecond).toLocaleString('en-US').padStart(12)}${r.ratioToFloor.toFixed(2).padStart(16)}\n`,
-    );
-  }
   process.stdout.write(`\nobjects per run (data + manifests): up to ${objects}\n`);
-  mkdirSync(RESULTS, { recursive: true });
-  const file = path.join(RESULTS, `parquet-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  writeFileSync(
-    file,
-    `${JSON.stringify({ spans: SPANS, bytesPerSpan: bytes / SPANS, rounds: ROUNDS, machine, rows }, null, 2)}\n`,
-  );
-  process.stdout.write(`results: ${path.relative(ROOT, file)}\n`);
+  const file = writeResults('parquet', {
+    spans: SPANS,
+    bytesPerSpan: bytes / SPANS,
+    rounds: ROUNDS,
+    machine: m,
+    rows,
+    timings: Object.fromEntries(timings),
+  });
+  process.stdout.write(`results: ${file}\n`);
 }
 
 await main();

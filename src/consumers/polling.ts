@@ -40,7 +40,7 @@ export const pollingConsumerConfigSchema = z
       .min(0)
       .default(1_000)
       .describe(
-        'Wait between GetRecords calls when the shard is caught up (MillisBehindLatest = 0 or no records).',
+        'Wait between GetRecords calls when the shard is caught up (no records, or MillisBehindLatest = 0 and fewer than maxRecordsPerCall records).',
       ),
     busyIntervalMs: z
       .number()
@@ -134,7 +134,10 @@ export class PollingShardReader implements ShardReader {
           return 'shard-end';
         }
         iterator = out.NextShardIterator;
-        const caughtUp = records.length === 0 || out.MillisBehindLatest === 0;
+        // A full batch means more is waiting, whatever MillisBehindLatest says (kinesalite always says 0;
+        // Kinesis may say 0 for records that arrived within the last milliseconds).
+        const full = (out.Records?.length ?? 0) >= this.config.maxRecordsPerCall;
+        const caughtUp = records.length === 0 || (out.MillisBehindLatest === 0 && !full);
         await sleep(caughtUp ? this.config.idleIntervalMs : this.config.busyIntervalMs, signal);
       } catch (err) {
         if (signal.aborted) break;

@@ -251,6 +251,26 @@ export class RecordDecoder {
       this.deadLetter(record, 'record is not valid UTF-8', 'invalid_utf8');
       return;
     }
+    const single = this.singleDocument(text);
+    if (single !== undefined) {
+      // The usual record: one JSON document, no arrays of lines and parts to build.
+      let value: Record<string, unknown>;
+      try {
+        value = parseJsonDocument(single);
+      } catch (err) {
+        this.deadLetter(record, `invalid JSON: ${(err as Error).message}`, 'invalid_json');
+        return;
+      }
+      out.push({
+        origin: record.origin,
+        sinks: undefined,
+        index: 0,
+        value,
+        raw: record.data,
+        ack: record.ack,
+      });
+      return;
+    }
     const lines = this.splitDocuments(text);
     if (lines.length === 0) {
       this.deadLetter(record, 'record is empty (no JSON document)', 'empty');
@@ -291,12 +311,24 @@ export class RecordDecoder {
       }
       out.push({
         origin: record.origin,
+        sinks: undefined,
         index: v.index,
         value: v.value!,
         raw: values.length === 1 ? record.data : Buffer.from(v.line, 'utf8'),
         ack,
       });
     }
+  }
+
+  /** The record's one document, when it is plainly one (json format, or auto without a newline). */
+  private singleDocument(text: string): string | undefined {
+    const format = this.config.format;
+    if (format === 'json') return text.trim() === '' ? undefined : text;
+    if (format === 'auto') {
+      const trimmed = text.trim();
+      if (trimmed !== '' && !trimmed.includes('\n')) return trimmed;
+    }
+    return undefined;
   }
 
   private splitDocuments(text: string): string[] {

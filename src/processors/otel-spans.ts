@@ -84,6 +84,8 @@ export class OtelSpansProcessor implements Processor {
   private readonly traceShards = new Map<string, string>();
   private readonly shardKeys = new Map<string, Map<string, string>>();
   private lastOrigin: RecordOrigin | undefined;
+  private lastTrace: string | undefined;
+  private lastTraceShard: string | undefined;
   private nextIndex = 0;
 
   constructor(
@@ -143,6 +145,8 @@ export class OtelSpansProcessor implements Processor {
         this.noteShard(span.traceId, event.origin);
         out.push({
           origin: event.origin,
+          // Declared up front so routing's later assignment does not change the object's shape.
+          sinks: undefined,
           index: this.nextIndex++,
           value: span as unknown as Record<string, unknown>,
           raw: event.raw,
@@ -224,6 +228,9 @@ export class OtelSpansProcessor implements Processor {
     const max = this.config.crossShardTraces;
     if (max === 0) return;
     const shard = this.shardKey(origin);
+    // The spans of a trace usually arrive one after another (traceId = partition key): when the previous
+    // span was of this trace, first seen on this very shard, the map has nothing new to say.
+    if (traceId === this.lastTrace && shard === this.lastTraceShard) return;
     const seen = this.traceShards.get(traceId);
     if (seen === undefined) {
       if (this.traceShards.size >= max) {
@@ -233,7 +240,11 @@ export class OtelSpansProcessor implements Processor {
       this.traceShards.set(traceId, shard);
     } else if (seen !== shard) {
       this.crossShard.inc(this.labels);
+      this.lastTrace = undefined;
+      return;
     }
+    this.lastTrace = traceId;
+    this.lastTraceShard = shard;
   }
 }
 

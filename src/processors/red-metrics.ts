@@ -537,19 +537,16 @@ export class RedMetricsProcessor implements Processor {
     const statusCode = STATUS_NAMES[code as 0 | 1 | 2] ?? 'UNSET';
     const dims = this.config.dimensions;
     let leafKey: string = statusCode;
-    let dimValues: string[] | undefined;
-    if (dims.length > 0) {
-      dimValues = [];
-      const attrs = v.attributes as Record<string, unknown> | undefined;
-      const resource = v.resource as Record<string, unknown> | undefined;
-      for (const d of dims) {
-        const text = labelText(attrs?.[d] ?? resource?.[d]);
-        dimValues.push(text);
-        leafKey += `\u001f${text}`;
-      }
+    const attrs = v.attributes as Record<string, unknown> | undefined;
+    const resource = v.resource as Record<string, unknown> | undefined;
+    for (let i = 0; i < dims.length; i++) {
+      const d = dims[i]!;
+      leafKey += `\u001f${labelText(attrs?.[d] ?? resource?.[d])}`;
     }
     const found = this.index.get(service)?.get(operation)?.get(kind)?.get(leafKey);
     if (found !== undefined) return found;
+    // A new series (or the overflow): only now are the dimension values kept apart.
+    const dimValues = dims.length > 0 ? dims.map((d) => labelText(attrs?.[d] ?? resource?.[d])) : undefined;
     if (this.series.size >= this.config.maxSeries) {
       this.overflowSeries ??= this.newSeries('', '', '', '', undefined, true, now);
       return this.overflowSeries;

@@ -152,9 +152,14 @@ function compileRoute(route: RoutingConfig['routes'][number], index: number): Co
   }
   return {
     name: route.name,
-    sinks: [...new Set(route.sinks)],
+    sinks: Object.freeze([...new Set(route.sinks)]),
     where,
-    matchKey: (key, hash) => tests.every((t) => t(key, hash)),
+    matchKey:
+      tests.length === 0
+        ? () => true
+        : tests.length === 1
+          ? tests[0]!
+          : (key, hash) => tests.every((t) => t(key, hash)),
   };
 }
 
@@ -163,11 +168,46 @@ export function checkRouting(config: RoutingConfig): void {
   config.routes.forEach(compileRoute);
 }
 
+const NO_SINKS: readonly string[] = Object.freeze([]);
+const DEFAULT_LABELS = { route: 'default' };
+
+/**
+ * The hash key of the event being routed, computed only if a route asks for it (hashRange) and once per
+ * run of events with the same partition key: MD5 of the key, or the producer's explicit hash key.
+ */
+class HashKeyOfEvent {
+  private key = '';
+  private explicit: string | undefined;
+  private cachedKey: string | undefined;
+  private cachedHash = 0n;
+  reset(key: string, explicit: string | undefined): void {
+    this.key = key;
+    this.explicit = explicit;
+  }
+  readonly get = (): bigint => {
+    const explicit = this.explicit;
+    // A producer's explicit hash key (plain or KPL user record) decides the shard instead of MD5(key).
+    if (explicit !== undefined && /^\d{1,39}$/.test(explicit)) return BigInt(explicit);
+    if (this.cachedKey !== this.key) {
+      this.cachedKey = this.key;
+      this.cachedHash = kinesisHashKey(this.key);
+    }
+    return this.cachedHash;
+  };
+}
+
 export class PartitionKeyRouter implements EventRouter {
   private readonly routes: CompiledRoute[];
   private readonly routed: Counter<'route'>;
   private readonly unmatched: Counter;
   private lastUnmatchedLog = 0;
+  /** Matches per route in the current batch: counters are incremented once per batch, not per event. */
+  private readonly counts: number[];
+  private readonly routeLabels: Array<{ route: string }>;
+  private readonly defaultSinks: readonly string[] | undefined;
+  /** `all` mode: the union of the sinks of each combination of matched routes, made once. */
+  private readonly combined = new Map<string, readonly string[]>();
+  private readonly hash = new HashKeyOfEvent();
 
   constructor(
     private readonly config: RoutingConfig,
@@ -175,6 +215,9 @@ export class PartitionKeyRouter implements EventRouter {
     private readonly logger?: Logger,
   ) {
     this.routes = config.routes.map(compileRoute);
+    this.counts = this.routes.map(() => 0);
+    this.routeLabels = this.routes.map((r) => ({ route: r.name }));
+    this.defaultSinks = config.default ? Object.freeze([...new Set(config.default.sinks)]) : undefined;
     this.routed = counter(metrics, {
       name: 'ksw_route_events_total',
       help: 'Events by the route that matched them ("default" for the default route)',
@@ -188,48 +231,53 @@ export class PartitionKeyRouter implements EventRouter {
 
   /** Sets `event.sinks` on every event that does not name its sinks yet. */
   route(events: PipelineEvent[]): void {
-    let lastKey: string | undefined;
-    let lastHash: bigint | undefined;
+    const routes = this.routes;
+    const counts = this.counts;
+    const firstMatch = this.config.mode === 'first_match';
+    const defaultSinks = this.defaultSinks;
+    const hash = this.hash;
     let unmatched = 0;
+    let defaulted = 0;
     for (const event of events) {
       if (event.sinks !== undefined) continue;
       const key = event.origin.partitionKey;
-      // A producer's explicit hash key (plain or KPL user record) decides the shard instead of MD5(key).
-      const explicit = event.origin.explicitHashKey;
-      const hash =
-        explicit !== undefined && /^\d{1,39}$/.test(explicit)
-          ? () => BigInt(explicit)
-          : () => {
-              if (lastKey !== key || lastHash === undefined) {
-                lastKey = key;
-                lastHash = kinesisHashKey(key);
-              }
-              return lastHash;
-            };
-      let sinks: string[] | undefined;
-      for (const route of this.routes) {
-        if (!route.matchKey(key, hash)) continue;
+      hash.reset(key, event.origin.explicitHashKey);
+      // The first route that matched, and in `all` mode the others as a key ("0,2") when there are any.
+      let first = -1;
+      let others: string | undefined;
+      for (let r = 0; r < routes.length; r++) {
+        const route = routes[r]!;
+        if (!route.matchKey(key, hash.get)) continue;
         if (!route.where.every((c) => c.test(event.value))) continue;
-        this.routed.inc({ route: route.name });
-        if (this.config.mode === 'first_match') {
-          sinks = [...route.sinks];
-          break;
+        counts[r]! += 1;
+        if (first < 0) {
+          first = r;
+          if (firstMatch) break;
+        } else {
+          others = `${others ?? first},${r}`;
         }
-        sinks ??= [];
-        for (const s of route.sinks) if (!sinks.includes(s)) sinks.push(s);
       }
-      if (sinks === undefined) {
-        if (this.config.default) {
-          this.routed.inc({ route: 'default' });
-          sinks = [...this.config.default.sinks];
-          if (sinks.length === 0) unmatched += 1;
+      if (first < 0) {
+        if (defaultSinks !== undefined) {
+          defaulted += 1;
+          if (defaultSinks.length === 0) unmatched += 1;
+          event.sinks = defaultSinks;
         } else {
           unmatched += 1;
-          sinks = [];
+          event.sinks = NO_SINKS;
         }
+      } else {
+        // Shared, frozen lists: one per route (or per combination of routes), not one per event.
+        event.sinks = others === undefined ? routes[first]!.sinks : this.sinksOf(others);
       }
-      event.sinks = sinks;
     }
+    for (let r = 0; r < routes.length; r++) {
+      if (counts[r]! > 0) {
+        this.routed.inc(this.routeLabels[r]!, counts[r]!);
+        counts[r] = 0;
+      }
+    }
+    if (defaulted > 0) this.routed.inc(DEFAULT_LABELS, defaulted);
     if (unmatched > 0) {
       this.unmatched.inc(unmatched);
       const now = Date.now();
@@ -241,5 +289,19 @@ export class PartitionKeyRouter implements EventRouter {
         );
       }
     }
+  }
+
+  private sinksOf(matched: string): readonly string[] {
+    let sinks = this.combined.get(matched);
+    if (sinks === undefined) {
+      const union: string[] = [];
+      for (const r of matched.split(',')) {
+        for (const s of this.routes[Number(r)]!.sinks) if (!union.includes(s)) union.push(s);
+      }
+      sinks = Object.freeze(union);
+      // Bounded by the number of route combinations that actually occur.
+      this.combined.set(matched, sinks);
+    }
+    return sinks;
   }
 }

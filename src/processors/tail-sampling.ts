@@ -142,6 +142,7 @@ interface PendingTrace extends TraceFacts {
   rootSeen: boolean;
   /** When the quiet-period scan should look at this trace next (its position in `rooted`). */
   checkAt: number;
+  decided: boolean;
 }
 
 /** Estimated heap + buffer bytes of a span: its raw bytes (kept alive) and the decoded object. */
@@ -293,6 +294,7 @@ export class TailSampler implements Processor {
     let lateDropped = 0;
     const conds = this.attributeConditions;
     const first = this.policies[0]!.early ? this.policies[0] : undefined;
+    let last: PendingTrace | undefined;
     for (const event of events) {
       const v = event.value;
       const traceId = v.traceId;
@@ -300,7 +302,10 @@ export class TailSampler implements Processor {
         out.push(event);
         continue;
       }
-      const cached = this.decisions.get(traceId);
+      // Spans of a trace usually come one after another: the trace of the previous span, still pending,
+      // needs no map lookups (a pending trace is never in the decision cache).
+      let t = last !== undefined && last.traceId === traceId && !last.decided ? last : undefined;
+      const cached = t === undefined ? this.decisions.get(traceId) : undefined;
       if (cached !== undefined) {
         if (cached.keep) {
           markSampled(v, cached.mark);
@@ -312,7 +317,7 @@ export class TailSampler implements Processor {
         }
         continue;
       }
-      let t = this.pending.get(traceId);
+      t ??= this.pending.get(traceId);
       if (t === undefined) {
         t = {
           traceId,
@@ -328,6 +333,7 @@ export class TailSampler implements Processor {
           lastAt: now,
           rootSeen: false,
           checkAt: now,
+          decided: false,
         };
         this.pending.set(traceId, t);
         this.bufferedBytes += TRACE_OVERHEAD_BYTES;
@@ -343,8 +349,11 @@ export class TailSampler implements Processor {
         const bit = 1 << i;
         if ((t.attributeMask & bit) === 0 && conds[i]!.every((c) => c.test(v))) t.attributeMask |= bit;
       }
+      last = t;
       t.spanCount += 1;
-      t.spans.push(event);
+      // A one-element array for the first span: `[]` then push would reserve room for 17.
+      if (t.spans.length === 0) t.spans = [event];
+      else t.spans.push(event);
       const bytes = spanBytes(event);
       t.bytes += bytes;
       this.bufferedBytes += bytes;
@@ -432,6 +441,7 @@ export class TailSampler implements Processor {
 
   private decide(t: PendingTrace, trigger: Trigger, now: number, out: PipelineEvent[]): void {
     const decision = this.evaluate(t, now);
+    t.decided = true;
     this.pending.delete(t.traceId);
     this.rooted.delete(t.traceId);
     this.bufferedBytes -= t.bytes;

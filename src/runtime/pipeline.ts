@@ -68,17 +68,26 @@ export class Pipeline {
         for (let i = 0; i < parts.length; i++) perSink[i]!.push({ ...event, ack: parts[i]! });
         continue;
       }
+      if (targets.length === 1) {
+        // One target keeps the event and its ack as they are: no copy per event on the usual path.
+        perSink[this.sinkOf(targets[0]!)]!.push(event);
+        continue;
+      }
       const parts = event.ack.split(targets.length);
       for (let t = 0; t < targets.length; t++) {
-        const i = this.sinkIndex.get(targets[t]!);
-        // Config validation makes every route name a configured sink; reaching this is a bug.
-        if (i === undefined) throw new Error(`event routed to unknown sink "${targets[t]}"`);
-        perSink[i]!.push({ ...event, ack: parts[t]! });
+        perSink[this.sinkOf(targets[t]!)]!.push({ ...event, ack: parts[t]! });
       }
     }
     await Promise.all(
       this.sinks.map((sink, i) => (perSink[i]!.length > 0 ? sink.write(perSink[i]!) : undefined)),
     );
+  }
+
+  private sinkOf(name: string): number {
+    const i = this.sinkIndex.get(name);
+    // Config validation makes every route name a configured sink; reaching this is a bug.
+    if (i === undefined) throw new Error(`event routed to unknown sink "${name}"`);
+    return i;
   }
 
   /**

@@ -108,6 +108,16 @@ describe('PollingShardReader against kinesalite', () => {
     assert.equal(watermark.watermark?.sequenceNumber, sequences[29]);
   });
 
+  it('a full batch is read again at once, even when MillisBehindLatest says 0 (as kinesalite always does)', async () => {
+    // 30 records in batches of 7: four full batches, then 2. An idle wait after a full batch would stall
+    // the read for a minute; only the last, partial batch may wait.
+    const { r, got } = reader({ kind: 'initial', position: 'TRIM_HORIZON' }, { idleIntervalMs: 60_000 });
+    const run = r.run();
+    await waitFor(() => got.length === 30, 10_000, '30 records without an idle wait in between');
+    r.stop();
+    assert.equal(await run, 'stopped');
+  });
+
   it('resumes right after a checkpoint', async () => {
     const { r, got } = reader({
       kind: 'after',

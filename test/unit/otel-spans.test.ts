@@ -350,4 +350,24 @@ describe('otel_spans processor', () => {
     const m = await metrics.getSingleMetric('ksw_spans_cross_shard_total')!.get();
     assert.equal(m.values[0]?.value, 2);
   });
+
+  it('counts every span of a trace that arrives on another shard, consecutive ones too', async () => {
+    const { p, metrics } = processor();
+    const spans = [...generateSpans(10, { seed: 4, spansPerTrace: 5 })];
+    // Trace 1: spans 0-2 on shard 0, then 3 and 4 on shard 1 (both counted); trace 2 alternates 0,1,0,1,0.
+    const shardOf = (i: number) =>
+      (i < 5 ? i >= 3 : (i - 5) % 2 === 1) ? 'shardId-000000000001' : 'shardId-000000000000';
+    const events = spans.map((s, i) => ({
+      origin: origin(String(700 + i), { shardId: shardOf(i) }),
+      index: 0,
+      value: { ...s } as Record<string, unknown>,
+      raw: Buffer.from('{}'),
+      ack: new Ack(() => undefined),
+    }));
+    // In two batches, so the shortcut for consecutive spans of a trace also spans calls.
+    p.process(events.slice(0, 4));
+    p.process(events.slice(4));
+    const m = await metrics.getSingleMetric('ksw_spans_cross_shard_total')!.get();
+    assert.equal(m.values[0]?.value, 4);
+  });
 });

@@ -149,6 +149,37 @@ describe('PartitionKeyRouter', () => {
     );
   });
 
+  it('counts matches per route and default across batches (counters are added up once per batch)', async () => {
+    const { router: r, metrics } = router({
+      routes: [
+        { name: 'errors', where: ['status >= 500'], sinks: ['search'] },
+        { name: 'all', sinks: ['lake'] },
+      ],
+      default: { sinks: ['lake'] },
+    });
+    const batch = () => [
+      event('a', { status: 500 }),
+      event('b', { status: 200 }),
+      event('c', { status: 503 }),
+    ];
+    const first = batch();
+    r.route(first);
+    r.route(batch());
+    assert.deepEqual(
+      first.map((e) => e.sinks),
+      [['search', 'lake'], ['lake'], ['search', 'lake']],
+    );
+    const text = await metrics.metrics();
+    assert.match(text, /ksw_route_events_total\{route="errors"\} 4/);
+    assert.match(text, /ksw_route_events_total\{route="all"\} 6/);
+    const none = router({
+      routes: [{ name: 'x', partitionKey: { exact: 'x' }, sinks: ['s'] }],
+      default: { sinks: ['d'] },
+    });
+    none.router.route([event('y', {}), event('z', {})]);
+    assert.match(await none.metrics.metrics(), /ksw_route_events_total\{route="default"\} 2/);
+  });
+
   it('counts unmatched events and leaves events that name their sinks alone', async () => {
     const { router: r, metrics } = router({
       routes: [{ name: 'only', partitionKey: { exact: 'k' }, sinks: ['s'] }],

@@ -1,21 +1,24 @@
 /**
- * Rows -> Parquet file. Event values are converted to typed cells in JS (so a bad value can be
- * dead-lettered per event; see columns.ts), buffered by the sink, then appended to a table of an in-memory
- * DuckDB with the Appender API and written with `COPY ... (FORMAT parquet)`: DuckDB writes exact INT64s,
+ * Rows -> Parquet file. Event values are converted to the JSON text of their cells in JS (so a bad value can
+ * be dead-lettered per event; see columns.ts) and buffered by the sink as one NDJSON line per row. To encode a
+ * file, the lines are written to a staging file next to it and an in-memory DuckDB runs
+ * `COPY (SELECT ... FROM read_json(<staging>, columns = {...})) TO <file> (FORMAT parquet)`: the column spec
+ * is explicit (no type detection), nested values are parsed straight into their LIST/MAP/STRUCT types, and
+ * the parsing and encoding run on DuckDB's threads, off the event loop. DuckDB writes exact INT64s,
  * full-length min/max statistics and zstd/snappy pages (see FIELD-NOTES: parquetjs-lite corrupts INT64).
  */
-import { stat } from 'node:fs/promises';
-import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import {
-  type DuckDBAppender,
-  type DuckDBConnection,
-  DuckDBInstance,
-  DuckDBTimestampValue,
-} from '@duckdb/node-api';
-import { quoteIdentifier, type StagedType, type TableColumn } from './columns.js';
-import type { Cell } from './convert.js';
+import { open, rm, stat } from 'node:fs/promises';
+import { type DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
+import { quoteIdentifier, type StagedRow, type StagedType, type TableColumn } from './columns.js';
+import { QUARANTINE_PARTITION_COLUMN } from './config.js';
 
-export { RowBuilder, type RowResult, type TableColumn } from './columns.js';
+export {
+  RowBuilder,
+  type RowResult,
+  StagedRow,
+  stagedCell,
+  type TableColumn,
+} from './columns.js';
 export {
   type Cell,
   type Conversion,
@@ -38,42 +41,46 @@ export interface FileConstants {
   readonly shardId: string;
 }
 
-type Append = (appender: DuckDBAppender, cell: Exclude<Cell, null>) => void;
-
-// TIMESTAMP_MS cells are staged as TIMESTAMP (micros) and cast back in the COPY query: the appender's
-// millisecond method goes through its generic, several times slower value path. Nested cells are JSON text.
-const APPEND: Record<StagedType, Append> = {
-  VARCHAR: (a, c) => a.appendVarchar(c as string),
-  NESTED: (a, c) => a.appendVarchar(c as string),
-  BIGINT: (a, c) => a.appendBigInt(c as bigint),
-  INTEGER: (a, c) => a.appendInteger(c as number),
-  DOUBLE: (a, c) => a.appendDouble(c as number),
-  BOOLEAN: (a, c) => a.appendBoolean(c as boolean),
-  TIMESTAMP_MS: (a, c) => a.appendTimestamp(new DuckDBTimestampValue((c as bigint) * 1000n)),
-  TIMESTAMP: (a, c) => a.appendTimestamp(new DuckDBTimestampValue(c as bigint)),
-};
-
-const STAGING_TYPE: Record<StagedType, string> = {
+/**
+ * How each staged type is read (`read_json` column type) and turned into the file's type. Timestamps are
+ * staged as integers (exact; no text parsing) and converted in the query.
+ */
+const READ_TYPE: Record<Exclude<StagedType, 'NESTED'>, string> = {
   VARCHAR: 'VARCHAR',
-  NESTED: 'VARCHAR',
   BIGINT: 'BIGINT',
   INTEGER: 'INTEGER',
   DOUBLE: 'DOUBLE',
   BOOLEAN: 'BOOLEAN',
-  TIMESTAMP_MS: 'TIMESTAMP',
-  TIMESTAMP: 'TIMESTAMP',
+  TIMESTAMP_MS: 'BIGINT', // milliseconds since the epoch
+  TIMESTAMP: 'BIGINT', // microseconds since the epoch
 };
 
 /** How a table of rows is staged and copied; compiled once per column list. */
 interface Layout {
   readonly columns: readonly TableColumn[];
-  readonly append: readonly Append[];
-  readonly ddl: string;
+  /** The `columns` argument of read_json. */
+  readonly spec: string;
+  /** The SELECT list, with `{stream}` and `{shard}` placeholders for the per-file constants. */
+  readonly select: string;
+  /** Index (key `c<i>`) of the quarantine partition cell, when the layout has one. */
+  readonly partitionCell: number | undefined;
 }
 
 const quoteLiteral = (text: string) => `'${text.replaceAll("'", "''")}'`;
-/** Rows appended between yields: appending is synchronous native work and must not starve the event loop. */
-const APPEND_SLICE_ROWS = 8192;
+/** Lines joined and written per write call: a few MiB, so the event loop is never held for long. */
+const WRITE_SLICE_ROWS = 4096;
+/** read_json's default object size limit; raised per file when a line is longer. */
+const DEFAULT_MAX_OBJECT_BYTES = 16 * 1024 * 1024;
+
+/**
+ * JSON.stringify writes a lone surrogate (a broken UTF-16 string) as a `\udXXX` escape, which DuckDB refuses
+ * ("no low surrogate"); the appender this replaced stored U+FFFD for it, and so does this. A `\u` is an escape
+ * when an odd number of backslashes precedes the `u`.
+ */
+const LONE_SURROGATE_ESCAPE = /(?<!\\)((?:\\\\)*)\\ud[89a-f][0-9a-f]{2}/g;
+export function replaceLoneSurrogateEscapes(text: string): string {
+  return text.includes('\\ud') ? text.replace(LONE_SURROGATE_ESCAPE, '$1\\ufffd') : text;
+}
 
 /**
  * Owns one in-memory DuckDB. Files are encoded one at a time (a connection runs one statement at a
@@ -82,18 +89,17 @@ const APPEND_SLICE_ROWS = 8192;
 export class ParquetEncoder {
   private instance: Promise<{ instance: DuckDBInstance; connection: DuckDBConnection }> | undefined;
   private queue: Promise<unknown> = Promise.resolve();
-  private tables = 0;
   private readonly layouts = new WeakMap<readonly TableColumn[], Layout>();
 
   constructor(private readonly options: EncoderOptions) {}
 
   /**
-   * Writes `rows` (cells of the `row` columns of `columns`, as built by RowBuilder) to a Parquet file at
-   * `path` and returns its size in bytes.
+   * Writes `rows` (staged by RowBuilder for the `row` columns of `columns`) to a Parquet file at `path` and
+   * returns its size in bytes. The staging file `<path>.ndjson` is removed before this resolves.
    */
   encode(
     columns: readonly TableColumn[],
-    rows: readonly Cell[][],
+    rows: readonly StagedRow[],
     path: string,
     constants: FileConstants,
   ): Promise<number> {
@@ -105,72 +111,83 @@ export class ParquetEncoder {
   private layout(columns: readonly TableColumn[]): Layout {
     let layout = this.layouts.get(columns);
     if (!layout) {
-      const stored = columns.filter((c) => c.source === 'row');
-      layout = {
-        columns,
-        append: stored.map((c) => APPEND[c.staged]),
-        ddl: stored.map((c) => `${quoteIdentifier(c.name)} ${STAGING_TYPE[c.staged]}`).join(', '),
-      };
+      const spec: string[] = [];
+      const select: string[] = [];
+      let cell = 0;
+      let partitionCell: number | undefined;
+      for (const c of columns) {
+        const name = quoteIdentifier(c.name);
+        if (c.source === 'stream') {
+          select.push(`{stream}::VARCHAR AS ${name}`);
+          continue;
+        }
+        if (c.source === 'shard') {
+          select.push(`{shard}::VARCHAR AS ${name}`);
+          continue;
+        }
+        const key = `c${cell}`;
+        if (c.name === QUARANTINE_PARTITION_COLUMN) partitionCell = cell;
+        cell += 1;
+        spec.push(`${key}: ${quoteLiteral(c.staged === 'NESTED' ? c.sqlType : READ_TYPE[c.staged])}`);
+        if (c.staged === 'TIMESTAMP') select.push(`make_timestamp(${key}) AS ${name}`);
+        else if (c.staged === 'TIMESTAMP_MS') select.push(`epoch_ms(${key})::TIMESTAMP_MS AS ${name}`);
+        else select.push(`${key} AS ${name}`);
+      }
+      layout = { columns, spec: `{${spec.join(', ')}}`, select: select.join(', '), partitionCell };
       this.layouts.set(columns, layout);
     }
     return layout;
   }
 
-  private selectList(layout: Layout, constants: FileConstants): string {
-    return layout.columns
-      .map((c) => {
-        const name = quoteIdentifier(c.name);
-        if (c.source === 'stream') return `${quoteLiteral(constants.stream)}::VARCHAR AS ${name}`;
-        if (c.source === 'shard') return `${quoteLiteral(constants.shardId)}::VARCHAR AS ${name}`;
-        if (c.staged === 'TIMESTAMP_MS') return `${name}::TIMESTAMP_MS AS ${name}`;
-        // Canonical JSON written by columns.ts, cast to the nested type (exact: int64 digits, timestamp text).
-        if (c.staged === 'NESTED') return `${name}::JSON::${c.sqlType} AS ${name}`;
-        return name;
-      })
-      .join(', ');
+  /** Writes the rows as NDJSON; returns the longest line in bytes (an upper bound). */
+  private async stage(layout: Layout, rows: readonly StagedRow[], file: string): Promise<number> {
+    const handle = await open(file, 'w');
+    let longest = 0;
+    try {
+      const partitionKey = layout.partitionCell === undefined ? '' : `,"c${layout.partitionCell}":`;
+      for (let start = 0; start < rows.length; start += WRITE_SLICE_ROWS) {
+        const end = Math.min(rows.length, start + WRITE_SLICE_ROWS);
+        const lines: string[] = new Array(end - start);
+        for (let r = start; r < end; r++) {
+          const row = rows[r]!;
+          const line =
+            layout.partitionCell === undefined
+              ? row.text
+              : `${row.text.slice(0, -1)}${partitionKey}${JSON.stringify(row.partition ?? null)}}`;
+          // UTF-8 takes at most 3 bytes per UTF-16 code unit.
+          if (line.length * 3 > longest) longest = line.length * 3;
+          lines[r - start] = line;
+        }
+        await handle.write(`${replaceLoneSurrogateEscapes(lines.join('\n'))}\n`);
+      }
+    } finally {
+      await handle.close();
+    }
+    return longest;
   }
 
   private async encodeNow(
     layout: Layout,
-    rows: readonly Cell[][],
+    rows: readonly StagedRow[],
     path: string,
     constants: FileConstants,
   ): Promise<number> {
     const { connection } = await this.open();
-    this.tables += 1;
-    const table = `roll_${this.tables}`;
-    await connection.run(`CREATE TABLE ${table} (${layout.ddl})`);
+    const staging = `${path}.ndjson`;
     try {
-      const appender = await connection.createAppender(table);
-      const append = layout.append;
-      try {
-        for (let start = 0; start < rows.length; start += APPEND_SLICE_ROWS) {
-          if (start > 0) await yieldToEventLoop();
-          const end = Math.min(rows.length, start + APPEND_SLICE_ROWS);
-          for (let r = start; r < end; r++) {
-            const row = rows[r]!;
-            for (let c = 0; c < row.length; c++) {
-              const cell = row[c]!;
-              if (cell === null) appender.appendNull();
-              else append[c]!(appender, cell);
-            }
-            appender.endRow();
-          }
-        }
-      } catch (err) {
-        // closeSync flushes and may throw too after a failed append; the first error is the one to report.
-        try {
-          appender.closeSync();
-        } catch {}
-        throw err;
-      }
-      appender.closeSync();
+      const longest = await this.stage(layout, rows, staging);
+      const select = layout.select
+        .replaceAll('{stream}', quoteLiteral(constants.stream))
+        .replaceAll('{shard}', quoteLiteral(constants.shardId));
       await connection.run(
-        `COPY (SELECT ${this.selectList(layout, constants)} FROM ${table}) TO ${quoteLiteral(path)} ` +
+        `COPY (SELECT ${select} FROM read_json(${quoteLiteral(staging)}, format = 'newline_delimited', ` +
+          `records = true, columns = ${layout.spec}, ` +
+          `maximum_object_size = ${Math.max(DEFAULT_MAX_OBJECT_BYTES, longest + 1024)})) ` +
+          `TO ${quoteLiteral(path)} ` +
           `(FORMAT parquet, COMPRESSION ${this.options.compression}, ROW_GROUP_SIZE ${this.options.rowGroupRows})`,
       );
     } finally {
-      await connection.run(`DROP TABLE IF EXISTS ${table}`);
+      await rm(staging, { force: true });
     }
     return (await stat(path)).size;
   }
