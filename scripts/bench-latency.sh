@@ -5,7 +5,7 @@
 # server it starts (the JVM included) is reachable on 127.0.0.1 only. Without Java, Maven or a namespace the
 # bench prints why it has no figure instead of failing the run.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 cache="$PWD/.local/services"
 mkdir -p "$cache"
 export KSW_OPENSEARCH_DIR="$cache/opensearch"
