@@ -2,8 +2,8 @@
  * A real Prometheus server for the ops tier (binary fetched by scripts/ops/run.sh): scrapes one target every
  * second, listens on 127.0.0.1 only and is stopped by PID.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { freePort } from '../../src/local/emulators.js';
 import { waitFor } from './stack.js';
@@ -82,4 +82,32 @@ export async function startPrometheus(opts: {
     },
     stop,
   };
+}
+
+/** prom-client's default metrics name three gauges *_total; promtool's lint flags them. Nothing else may be. */
+const KNOWN_DEFAULT_METRIC_LINT = new Set([
+  'ksw_nodejs_active_handles_total',
+  'ksw_nodejs_active_requests_total',
+  'ksw_nodejs_active_resources_total',
+]);
+
+/** The problems `promtool check metrics` reports for an exposition, minus prom-client's known default ones. */
+export function promtoolProblems(bin: string, exposition: string): string[] {
+  const promtool = path.join(bin, 'promtool');
+  // A missing binary would make execFileSync throw without output, which would read as "no problems".
+  if (!existsSync(promtool)) throw new Error(`promtool not found in ${bin} (scripts/ops/run.sh fetches it)`);
+  let output = '';
+  try {
+    execFileSync(promtool, ['check', 'metrics'], {
+      input: exposition,
+      encoding: 'utf8',
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string };
+    output = `${e.stdout ?? ''}${e.stderr ?? ''}`;
+  }
+  return output
+    .split('\n')
+    .filter((l) => l.trim() !== '' && !KNOWN_DEFAULT_METRIC_LINT.has(l.split(' ')[0]!));
 }
