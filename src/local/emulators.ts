@@ -13,6 +13,8 @@ const require = createRequire(import.meta.url);
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** Forces every server of the emulator onto 127.0.0.1 (kinesalite has no host option). */
 const LOOPBACK_PRELOAD = path.join(here, 'loopback-preload.cjs');
+/** Makes s3rver's PutObject atomic, as S3's is (see the file for what s3rver does without it). */
+const S3RVER_ATOMIC_PRELOAD = path.join(here, 's3rver-atomic-preload.cjs');
 
 export interface Emulator {
   readonly name: string;
@@ -187,6 +189,7 @@ export function startDynalite(opts: { logDir?: string; port?: number } = {}): Pr
 /**
  * s3rver: S3 on disk. Needs --openssl-legacy-provider (its continuation tokens use DES), credentials
  * S3RVER/S3RVER, path-style addressing and WHEN_REQUIRED checksums (see AwsConfig.s3ChecksumMode).
+ * Its PutObject is made atomic by a preload; the staging files sit in `<dir>.staging`.
  */
 export function startS3rver(opts: { dir: string; logDir?: string; port?: number }): Promise<Emulator> {
   mkdirSync(opts.dir, { recursive: true });
@@ -194,7 +197,7 @@ export function startS3rver(opts: { dir: string; logDir?: string; port?: number 
     's3rver',
     require.resolve('s3rver/bin/s3rver.js'),
     (port) => ['-d', opts.dir, '-a', '127.0.0.1', '-p', String(port), '--silent'],
-    { ...opts, nodeFlags: ['--openssl-legacy-provider'] },
+    { ...opts, nodeFlags: ['--openssl-legacy-provider', '--require', S3RVER_ATOMIC_PRELOAD] },
   );
 }
 

@@ -496,6 +496,81 @@ describe('S3 Parquet sink (s3rver)', () => {
     );
   });
 
+  test('replay: a damaged or foreign manifest does not block the shard; its events are written again', async () => {
+    const shard = { stream: STREAM, shardId: SHARD_A };
+    {
+      const { ctx } = context();
+      const first = sink('damaged', { prefix: 'damaged/', roll: { maxFileRows: 3 } }, ctx);
+      await first.openShard(shard, undefined);
+      await first.write(Array.from({ length: 6 }, (_, i) => makeEvent(SHARD_A, 401 + i, { n: 401 + i })));
+      await first.close();
+    }
+    const manifests = await listAll(aws.s3, 'damaged/', true);
+    assert.equal(manifests.length, 2);
+    // The first file's manifest cut in half (what a non-atomic store leaves after a crash mid-upload), the
+    // second's listing positions that do not parse, and an object of another version beside them.
+    const { PutObjectCommand } = await import('@aws-sdk/client-s3');
+    const text = JSON.stringify(await readJson(aws.s3, manifests[0]!));
+    await aws.s3.send(
+      new PutObjectCommand({ Bucket: BUCKET, Key: manifests[0]!, Body: text.slice(0, text.length / 2) }),
+    );
+    const second = await readJson(aws.s3, manifests[1]!);
+    await aws.s3.send(
+      new PutObjectCommand({
+        Bucket: BUCKET,
+        Key: manifests[1]!,
+        Body: JSON.stringify({ ...second, positions: `${second.positions};x` }),
+      }),
+    );
+    await aws.s3.send(
+      new PutObjectCommand({
+        Bucket: BUCKET,
+        Key: manifests[1]!.replace(/\.json$/, '-other.json'),
+        Body: JSON.stringify({ version: 2 }),
+      }),
+    );
+
+    const logs: Array<Record<string, unknown>> = [];
+    const { ctx: base, registry } = context();
+    const ctx = {
+      ...base,
+      logger: pino({ level: 'warn' }, { write: (l: string) => logs.push(JSON.parse(l)) }),
+    };
+    const again = sink('damaged', { prefix: 'damaged/', roll: { maxFileRows: 3 } }, ctx);
+    await again.openShard(shard, undefined); // before the fix: SyntaxError, and the shard never opened
+    const events = Array.from({ length: 6 }, (_, i) => makeEvent(SHARD_A, 401 + i, { n: 401 + i }));
+    await again.write(events);
+    assert.ok(
+      events.every((e) => !e.ack.completed),
+      'nothing is skipped on the word of a manifest that cannot be read',
+    );
+    await again.close();
+    assert.ok(events.every((e) => e.ack.completed));
+    assert.equal(await metricSum(registry, 'ksw_parquet_manifests_unreadable_total'), 3);
+    assert.equal(await metricSum(registry, 'ksw_parquet_replay_skipped_events_total'), 0);
+    const warned = logs.filter(
+      (l) => l.msg === 'unreadable manifest ignored; the events it lists are written again on replay',
+    );
+    assert.equal(warned.length, 3);
+    assert.ok(warned.some((l) => /^not JSON/.test(String(l.problem))));
+    assert.ok(warned.some((l) => /^unknown version 2/.test(String(l.problem))));
+    assert.ok(warned.some((l) => /^positions: malformed position entry "x"/.test(String(l.problem))));
+    // Same rows, same cuts: the rewrite lands on the same keys, so every record is still there once.
+    const keys = await listAll(aws.s3, 'damaged/');
+    assert.equal(keys.length, 2);
+    const files = await Promise.all(keys.map((k) => downloadTo(aws.s3, k, path.join(dir, 'dl-damaged'))));
+    const rows = await query(
+      `SELECT _sequence_number AS s, count(*) AS c FROM read_parquet([${files.map((f) => `'${f}'`).join(', ')}])
+       GROUP BY ALL ORDER BY s`,
+    );
+    assert.deepEqual(
+      rows,
+      Array.from({ length: 6 }, (_, i) => ({ s: seq(401 + i), c: 1n })),
+    );
+    // The rewrite also replaced the damaged manifests with good ones.
+    for (const key of manifests) assert.equal((await readJson(aws.s3, key)).version, 1);
+  });
+
   test('an S3 failure is retried and acks come only after success', async () => {
     const logs: Array<Record<string, unknown>> = [];
     const { ctx: base, registry } = context();

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand, GetObjectCommand } from '@aws-sdk/client-s3';
@@ -73,13 +73,30 @@ async function metricValue(worker: Worker, name: string): Promise<number> {
   return (metric?.values ?? []).reduce((sum, v) => sum + v.value, 0);
 }
 
+/** Files uploaded before the first worker is killed (override to move the kill point when hunting races). */
+const KILL_AFTER_FILES = Number(process.env.KSW_TEST_KILL_AFTER_FILES ?? 3);
+
+function logTail(file: string, bytes = 6_000): string {
+  try {
+    const text = readFileSync(file, 'utf8');
+    return text.slice(-bytes);
+  } catch {
+    return '(no log)';
+  }
+}
+
 describe('worker end to end', () => {
   let t: TestStack;
+  // Worker processes started by a test; killed in after() so a failed assertion never leaves one running
+  // (a live child keeps the test file's process, and so the whole run, from ending).
+  const children: ChildProcess[] = [];
 
   before(async () => {
     t = await startTestStack();
   });
   after(async () => {
+    for (const child of children)
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await t.stop();
   });
 
@@ -168,19 +185,25 @@ describe('worker end to end', () => {
     // Small batches so the kill lands between uploads and checkpoints.
     const cfg = workerConfig(t, stream, bucket, 'e2e-crash-leases', {});
     (cfg.consumers[0] as Record<string, unknown>).maxRecordsPerCall = 100;
+    (cfg as Record<string, unknown>).log = { level: 'debug' };
     writeFileSync(cfgFile, stringify(cfg));
     mkdirSync(path.join(t.dir, 'logs'), { recursive: true });
 
-    const startWorker = (): ChildProcess =>
-      spawn(process.execPath, ['--import', 'tsx', CLI, 'run', '-c', cfgFile], {
+    const startWorker = (name: string): ChildProcess => {
+      const log = openSync(path.join(t.dir, 'logs', `${name}.log`), 'w');
+      const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'run', '-c', cfgFile], {
         cwd: ROOT,
-        stdio: ['ignore', 'ignore', 'pipe'],
+        stdio: ['ignore', log, log],
       });
+      closeSync(log); // the child has its own copy
+      children.push(child);
+      return child;
+    };
 
-    const first = startWorker();
+    const first = startWorker('first');
     // Kill once some files are uploaded but the run is far from done.
     await waitFor(
-      async () => (await listKeys(t.aws.s3, bucket, 'lake/')).length >= 3,
+      async () => (await listKeys(t.aws.s3, bucket, 'lake/')).length >= KILL_AFTER_FILES,
       30_000,
       'first uploads',
     );
@@ -195,24 +218,32 @@ describe('worker end to end', () => {
         records.slice(2_000).map((s) => ({ partitionKey: s.traceId, data: JSON.stringify(s) })),
       )),
     );
-    const second = startWorker();
-    let stderr = '';
-    second.stderr!.on('data', (d) => {
-      stderr += d;
-    });
+    const second = startWorker('second');
     const dir = path.join(t.dir, 'crash');
-    await waitFor(
-      async () => {
-        const rows = await countRows(t, bucket, dir);
-        return rows >= total;
-      },
-      60_000,
-      'all records written after restart',
-    );
+    let rows = 0;
+    try {
+      await waitFor(
+        async () => {
+          rows = await countRows(t, bucket, dir);
+          return rows >= total;
+        },
+        60_000,
+        'all records written after restart',
+      );
+    } catch (err) {
+      // The worker logs and the lease table say where it stopped; print them so a CI failure can be read.
+      const leases = await new LeaseTable(t.aws.dynamodb, 'e2e-crash-leases').list();
+      console.error(`rows found: ${rows} of ${total}; leases: ${JSON.stringify(leases)}`);
+      for (const name of ['first', 'second'])
+        console.error(
+          `--- ${name} worker log (tail) ---\n${logTail(path.join(t.dir, 'logs', `${name}.log`))}`,
+        );
+      throw err;
+    }
     const started = Date.now();
     second.kill('SIGTERM');
     const code = await new Promise<number | null>((r) => second.once('exit', (c) => r(c)));
-    assert.equal(code, 0, `graceful exit code (stderr: ${stderr.slice(-2000)})`);
+    assert.equal(code, 0, `graceful exit code (log: ${logTail(path.join(t.dir, 'logs', 'second.log'))})`);
     assert.ok(Date.now() - started < 15_000, 'exits within the shutdown deadline');
 
     const files = await download(t.aws.s3, bucket, 'lake/', dir);

@@ -1,5 +1,7 @@
 /** The lease-table contract against AWS's own DynamoDB Local (Java), started here as a process. */
 import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
@@ -22,10 +24,13 @@ leaseTableSuite('DynamoDB Local', async () => {
       path.join(dir, '*'),
       'software.amazon.dynamodb.services.local.main.ServerRunner',
       '-inMemory',
+      // No usage reports; and a scratch working directory, because DynamoDB Local writes its
+      // installation metadata file to the current directory.
+      '-disableTelemetry',
       '-port',
       String(port),
     ],
-    { stdio: 'ignore' },
+    { stdio: 'ignore', cwd: mkdtempSync(path.join(tmpdir(), 'ksw-ddb-local-')) },
   );
   const dynamodb = new DynamoDBClient({
     region: 'us-east-1',

@@ -129,6 +129,26 @@ export interface Manifest {
   readonly positions: string;
 }
 
+/**
+ * The manifest in a stored object's text, or a reason it is not one we can trust (not JSON, another
+ * version, a missing field). S3 never stores half an object, but anything can be written under the prefix.
+ */
+export function parseManifest(text: string): { manifest: Manifest } | { problem: string } {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return { problem: `not JSON (${(err as Error).message})` };
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    return { problem: 'not an object' };
+  const m = value as Record<string, unknown>;
+  if (m.version !== 1) return { problem: `unknown version ${JSON.stringify(m.version)}` };
+  for (const field of ['fileId', 'dataKey', 'positions'] as const)
+    if (typeof m[field] !== 'string') return { problem: `field ${field} is missing or not a string` };
+  return { manifest: value as Manifest };
+}
+
 const SEQUENCE_WIDTH = 128; // Kinesis sequence numbers have up to 128 digits
 const SUB_WIDTH = 10;
 
@@ -167,14 +187,21 @@ export class ReplayIndex {
     return this.count;
   }
 
+  /** Adds a manifest's positions, all or none: a malformed list throws before anything is added. */
   add(encoded: string): void {
+    const decoded: Array<[string, Array<[number, number]>]> = [];
     decodePositions(encoded, (sequence, sub, ranges) => {
-      const key = `${sequence}.${sub}`;
+      for (const [a, b] of ranges)
+        if (!Number.isSafeInteger(a) || !Number.isSafeInteger(b) || a < 0 || b < a)
+          throw new Error(`malformed index range ${a}-${b} at ${sequence}.${sub}`);
+      decoded.push([`${sequence}.${sub}`, ranges]);
+    });
+    for (const [key, ranges] of decoded) {
       const existing = this.records.get(key);
       if (existing) existing.push(...ranges);
       else this.records.set(key, ranges);
       for (const [a, b] of ranges) this.count += b - a + 1;
-    });
+    }
   }
 
   /** True (and forgets it) when the event at this position is in a committed file. */

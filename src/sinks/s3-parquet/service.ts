@@ -231,7 +231,8 @@ export class ParquetUploadService {
   }
 
   /** Reads a JSON object; undefined when it does not exist (any more) or the sink is closed. */
-  async getJson(key: string): Promise<unknown | undefined> {
+  /** The object's text; null when it does not exist, undefined when the sink is closed. */
+  async getText(key: string): Promise<string | null | undefined> {
     const { s3, bucket, signal } = this.opts;
     const result = await this.retry(
       'parquet manifest read',
@@ -248,8 +249,8 @@ export class ParquetUploadService {
       },
       { key },
     );
-    if (!result?.value.found) return undefined;
-    return JSON.parse(result.value.text);
+    if (!result) return undefined;
+    return result.value.found ? result.value.text : null;
   }
 
   /** The user metadata of an object, null when it does not exist, undefined when the sink is closed. */

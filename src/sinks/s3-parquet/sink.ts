@@ -38,6 +38,7 @@ import {
   manifestDir,
   manifestKey,
   parseEventPosition,
+  parseManifest,
   ReplayIndex,
   startAfterCheckpoint,
 } from './manifest.js';
@@ -204,6 +205,11 @@ function createMetrics(ctx: ComponentContext) {
       help: 'Failed attempts to encode, upload, write or read manifests, or list (each is retried).',
       labelNames,
     }),
+    manifestsUnreadable: counter(ctx.metrics, {
+      name: 'ksw_parquet_manifests_unreadable_total',
+      help: 'Manifests found on replay that could not be read as ours (not JSON, another version, bad positions); their events are written again',
+      labelNames,
+    }),
     replaySkipped: counter(ctx.metrics, {
       name: 'ksw_parquet_replay_skipped_events_total',
       help: 'Replayed events acked without writing because a file committed by a previous run already holds them.',
@@ -346,25 +352,54 @@ export class S3ParquetSink implements Sink {
     const limit = pLimit(8);
     let committed = 0;
     let uncommitted = 0;
+    let unreadable = 0;
     await Promise.all(
       keys.map((key) =>
         limit(async () => {
-          const manifest = (await this.service.getJson(key)) as Manifest | undefined;
-          if (manifest?.version !== 1) return;
-          const metadata = await this.service.headMetadata(manifest.dataKey);
-          if (metadata?.['ksw-file-id'] === manifest.fileId) {
-            state.replay.add(manifest.positions);
-            committed += 1;
-          } else {
-            // Written before a crash that came before (or during) the data upload: not committed.
-            uncommitted += 1;
+          const text = await this.service.getText(key);
+          if (text === undefined) return; // closed
+          if (text === null) return; // deleted since the listing
+          const parsed = parseManifest(text);
+          let problem = 'problem' in parsed ? parsed.problem : undefined;
+          if (!problem && 'manifest' in parsed) {
+            const { manifest } = parsed;
+            const metadata = await this.service.headMetadata(manifest.dataKey);
+            if (metadata === undefined) return; // closed
+            if (metadata?.['ksw-file-id'] !== manifest.fileId) {
+              // Written before a crash that came before (or during) the data upload: not committed.
+              uncommitted += 1;
+              return;
+            }
+            try {
+              state.replay.add(manifest.positions);
+              committed += 1;
+              return;
+            } catch (err) {
+              problem = `positions: ${(err as Error).message}`;
+            }
           }
+          // Not one of ours, or damaged: it cannot block the shard (that would stop it for good), so its
+          // file counts as not committed. Its events are written again; if its data object does exist,
+          // they are then in two objects, which is the at-least-once side of the trade.
+          unreadable += 1;
+          this.metrics.manifestsUnreadable.inc(this.labels);
+          this.logger.warn(
+            { stream: shard.stream, shardId: shard.shardId, key, problem },
+            'unreadable manifest ignored; the events it lists are written again on replay',
+          );
         }),
       ),
     );
-    if (committed + uncommitted > 0) {
+    if (committed + uncommitted + unreadable > 0) {
       this.logger.info(
-        { stream: shard.stream, shardId: shard.shardId, committed, uncommitted, events: state.replay.size },
+        {
+          stream: shard.stream,
+          shardId: shard.shardId,
+          committed,
+          uncommitted,
+          unreadable,
+          events: state.replay.size,
+        },
         'files committed after the checkpoint found; their events will be acked without rewriting',
       );
     }
