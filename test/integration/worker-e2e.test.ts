@@ -203,13 +203,13 @@ describe('worker end to end', () => {
     const first = startWorker('first');
     // Kill once some files are uploaded but the run is far from done.
     await waitFor(
-      async () => (await listKeys(t.aws.s3, bucket, 'lake/')).length >= KILL_AFTER_FILES,
+      async () => (await parquetKeys(t, bucket)).length >= KILL_AFTER_FILES,
       30_000,
       'first uploads',
     );
     first.kill('SIGKILL');
     await new Promise((r) => first.once('exit', r));
-    const beforeRestart = (await listKeys(t.aws.s3, bucket, 'lake/')).length;
+    const beforeRestart = (await parquetKeys(t, bucket)).length;
 
     put.push(
       ...(await putRecords(
@@ -247,7 +247,7 @@ describe('worker end to end', () => {
     assert.ok(Date.now() - started < 15_000, 'exits within the shutdown deadline');
 
     const files = await download(t.aws.s3, bucket, 'lake/', dir);
-    assert.ok(files.length > beforeRestart);
+    assert.ok(files.filter((f) => f.endsWith('.parquet')).length > beforeRestart);
     const stats = await duck(
       `SELECT count(*) AS c, count(DISTINCT (_shard_id, _sequence_number)) AS d FROM read_parquet('${dir}/lake/**/*.parquet')`,
     );
@@ -294,10 +294,16 @@ describe('worker end to end', () => {
   });
 });
 
+/** Data objects only: each file's manifest (under lake/_ksw/) is written before it. */
+async function parquetKeys(t: TestStack, bucket: string): Promise<string[]> {
+  return (await listKeys(t.aws.s3, bucket, 'lake/')).filter((k) => k.endsWith('.parquet'));
+}
+
 async function countRows(t: TestStack, bucket: string, dir: string): Promise<number> {
   const scratch = `${dir}-probe-${Date.now()}`;
   const files = await download(t.aws.s3, bucket, 'lake/', scratch);
-  if (files.length === 0) return 0;
+  // The sink's manifests live under the same prefix (lake/_ksw/) and come before their data objects.
+  if (!files.some((f) => f.endsWith('.parquet'))) return 0;
   const rows = await duck(
     `SELECT count(DISTINCT (_shard_id, _sequence_number)) AS d FROM read_parquet('${scratch}/lake/**/*.parquet')`,
   );
