@@ -250,6 +250,11 @@ export class ShardCoordinator {
         help: 'Shards read to their end and checkpointed SHARD_END (after a split, merge or UpdateShardCount)',
         labelNames: ['stream'],
       }),
+      shardFailures: counter(r, {
+        name: 'ksw_shard_failures_total',
+        help: 'Shards taken but not read on: a sink could not open the shard (stage sink_open) or its reader crashed (stage reader). The lease is released and taken again later; a count that keeps rising means a shard nobody reads.',
+        labelNames: ['stream', 'stage'],
+      }),
       leasesCreated: counter(r, { name: 'ksw_leases_created_total', help: 'Leases created for new shards' }),
       leasesDeleted: counter(r, {
         name: 'ksw_leases_deleted_total',
@@ -642,6 +647,7 @@ export class ShardCoordinator {
         await sink.openShard?.({ stream: consumer.stream, shardId }, position);
     } catch (err) {
       this.log.error({ err, shard: shardId }, 'a sink could not open the shard; releasing the lease');
+      this.m.shardFailures.inc({ stream: consumer.stream, stage: 'sink_open' });
       this.held.delete(key);
       await this.deps.leases.release(taken).catch(() => undefined);
       this.m.leasesHeld.set(this.heldCount);
@@ -666,6 +672,7 @@ export class ShardCoordinator {
       (end) => this.onReaderEnd(held, end),
       (err) => {
         this.log.error({ err, shard: shardId }, 'shard reader crashed; releasing the shard');
+        this.m.shardFailures.inc({ stream: consumer.stream, stage: 'reader' });
         void this.releaseBroken(held);
       },
     );

@@ -14,6 +14,7 @@ import {
 } from '../../src/consumers/coordinator.js';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { type ConsumerConfig, consumerRegistry } from '../../src/consumers/registry.js';
+import type { Sink } from '../../src/core/component.js';
 import { compareSequence, type SourceRecord } from '../../src/core/records.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { seededRandom } from '../../src/producer/synthetic-spans.js';
@@ -58,6 +59,8 @@ export class TestFleet {
       /** Largest random delay before a delivered record is acked (a sink's buffering). */
       maxAckDelayMs?: number;
       logger?: import('pino').Logger;
+      /** Sinks whose openShard the coordinator calls when it takes a lease (deliveries still go to capture). */
+      sinks?: Sink[];
     },
   ) {}
 
@@ -81,7 +84,7 @@ export class TestFleet {
         logger: (this.opts.logger ?? silentLogger).child({ worker: id }),
         metrics,
         workerId: id,
-        sinks: [],
+        sinks: this.opts.sinks ?? [],
         dlq,
         appName: 'fleet-test',
         deliver: async (records) => this.capture(id, records),

@@ -285,4 +285,54 @@ describe('fleet of coordinators', () => {
       await fleet.stopAll();
     }
   });
+
+  it('a sink that cannot open a shard: the lease goes back, counted in ksw_shard_failures_total, and the shard is read once it can', async () => {
+    const stream = 'fleet-open-fails';
+    await createStream(t.aws.kinesis, stream, 2);
+    await putRecords(
+      t.aws.kinesis,
+      stream,
+      Array.from({ length: 60 }, (_, i) => ({ partitionKey: `k${i}`, data: JSON.stringify({ n: i }) })),
+    );
+    // shardId-000000000001 cannot be opened three times (say, its replay manifests cannot be read yet).
+    const opens: string[] = [];
+    let failuresLeft = 3;
+    const sink = {
+      name: 'flaky-open',
+      async openShard(shard: { stream: string; shardId: string }) {
+        opens.push(shard.shardId);
+        if (shard.shardId === 'shardId-000000000001' && failuresLeft-- > 0)
+          throw new Error('manifests not readable yet');
+      },
+      async write() {},
+      async flush() {},
+      async close() {},
+    } as unknown as import('../../src/core/component.js').Sink;
+    const fleet = new TestFleet({
+      kinesis: t.aws.kinesis,
+      dynamodb: t.aws.dynamodb,
+      table: 'fleet-open-fails-leases',
+      consumers: [{ type: 'polling', stream, idleIntervalMs: 50, busyIntervalMs: 0 }],
+      checkpoints: FAST,
+      sinks: [sink],
+    });
+    try {
+      const member = await fleet.start('solo');
+      await waitFor(() => fleet.distinct().size >= 60, 30_000, 'every record, the flaky shard included');
+      const failures = (await member.metrics.getSingleMetric('ksw_shard_failures_total')!.get()).values;
+      assert.deepEqual(
+        failures.map((v) => ({ ...v.labels, value: v.value })),
+        [{ stream, stage: 'sink_open', value: 3 }],
+      );
+      assert.equal(
+        opens.filter((s) => s === 'shardId-000000000001').length,
+        4,
+        'three failed opens, then one',
+      );
+      assert.equal(fleet.duplicates(), 0);
+      assert.equal(fleet.held().solo, 2);
+    } finally {
+      await fleet.stopAll();
+    }
+  });
 });
