@@ -125,6 +125,15 @@ describe('S3 Parquet sink (s3rver)', () => {
     return { ctx: { logger: pino({ level: 'silent' }), metrics: registry, aws, dlq }, dlq, registry };
   }
 
+  /** Downloads the objects and counts rows per sequence number (ordered), to check each record is there once. */
+  async function rowsPerSequence(keys: string[], into: string): Promise<Record<string, unknown>[]> {
+    const files = await Promise.all(keys.map((k) => downloadTo(aws.s3, k, path.join(dir, into))));
+    return query(
+      `SELECT _sequence_number AS s, count(*) AS c FROM read_parquet([${files.map((f) => `'${f}'`).join(', ')}])
+       GROUP BY ALL ORDER BY s`,
+    );
+  }
+
   function sink(name: string, config: Record<string, unknown>, ctx: ComponentContext) {
     const parsed = parquetSinkConfigSchema.parse({
       type: 's3_parquet',
@@ -484,13 +493,8 @@ describe('S3 Parquet sink (s3rver)', () => {
     }
     const keys = await listAll(aws.s3, 'replay/');
     assert.equal(keys.length, 4);
-    const files = await Promise.all(keys.map((k) => downloadTo(aws.s3, k, path.join(dir, 'dl-replay'))));
-    const rows = await query(
-      `SELECT _sequence_number AS s, count(*) AS c FROM read_parquet([${files.map((f) => `'${f}'`).join(', ')}])
-       GROUP BY ALL ORDER BY s`,
-    );
     assert.deepEqual(
-      rows,
+      await rowsPerSequence(keys, 'dl-replay'),
       Array.from({ length: 12 }, (_, i) => ({ s: seq(201 + i), c: 1n })),
       'every record exactly once',
     );
@@ -558,13 +562,8 @@ describe('S3 Parquet sink (s3rver)', () => {
     // Same rows, same cuts: the rewrite lands on the same keys, so every record is still there once.
     const keys = await listAll(aws.s3, 'damaged/');
     assert.equal(keys.length, 2);
-    const files = await Promise.all(keys.map((k) => downloadTo(aws.s3, k, path.join(dir, 'dl-damaged'))));
-    const rows = await query(
-      `SELECT _sequence_number AS s, count(*) AS c FROM read_parquet([${files.map((f) => `'${f}'`).join(', ')}])
-       GROUP BY ALL ORDER BY s`,
-    );
     assert.deepEqual(
-      rows,
+      await rowsPerSequence(keys, 'dl-damaged'),
       Array.from({ length: 6 }, (_, i) => ({ s: seq(401 + i), c: 1n })),
     );
     // The rewrite also replaced the damaged manifests with good ones.
