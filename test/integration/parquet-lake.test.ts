@@ -22,6 +22,11 @@ import { type ShardPosition, ShardWatermark } from '../../src/core/watermark.js'
 import { createRegistry } from '../../src/metrics/registry.js';
 import { parquetSinkConfigSchema } from '../../src/sinks/s3-parquet/config.js';
 import { S3ParquetSink } from '../../src/sinks/s3-parquet/index.js';
+import {
+  compareEventPosition,
+  type EventPosition,
+  parseEventPosition,
+} from '../../src/sinks/s3-parquet/manifest.js';
 import type { PartitionRegistrar } from '../../src/sinks/s3-parquet/registration.js';
 import { MemoryDeadLetterQueue } from '../helpers/fakes.js';
 import { startS3Only } from '../helpers/stack.js';
@@ -621,7 +626,9 @@ describe('S3 Parquet data lake (s3rver)', () => {
   /**
    * Runs events through a sink that "crashes" after `commitsBeforeCrash` data uploads (later data uploads hang
    * forever; manifests are still written, so some manifests have no data object), then replays from the
-   * checkpoint the watermark reached with a fresh sink, as a restarted worker would.
+   * checkpoint the watermark reached with a fresh sink, as a restarted worker would. With `committed`, exactly
+   * the data objects whose key file name it accepts get through (there must be `commitsBeforeCrash` of them),
+   * whatever order concurrent uploads start in; otherwise the first `commitsBeforeCrash` to start do.
    */
   async function crashAndReplay(
     prefix: string,
@@ -629,15 +636,21 @@ describe('S3 Parquet data lake (s3rver)', () => {
     inputs: EventInput[],
     deliveryOrder: (batch: EventInput[]) => EventInput[],
     commitsBeforeCrash: number,
+    committed?: (fileName: string) => boolean,
   ): Promise<{ replaySkipped: number; checkpoint: ShardPosition | undefined }> {
     const crashing = await freshClient();
     let dataPuts = 0;
+    let dataCommitted = 0;
     crashing.middlewareStack.add(
       (next, context) => async (args) => {
         const key = (args.input as { Key?: string }).Key ?? '';
         if (context.commandName === 'PutObjectCommand' && key.endsWith('.parquet')) {
           dataPuts += 1;
-          if (dataPuts > commitsBeforeCrash) await new Promise(() => {}); // the process is gone
+          const through = committed ? committed(path.basename(key)) : dataPuts <= commitsBeforeCrash;
+          if (!through) await new Promise(() => {}); // the process is gone
+          const out = await next(args);
+          dataCommitted += 1;
+          return out;
         }
         return next(args);
       },
@@ -668,11 +681,22 @@ describe('S3 Parquet data lake (s3rver)', () => {
         batch.map((input) => makeEvent(input, acks.get(`${input.sequence}/${input.index ?? 0}`)!)),
       );
     }
-    // Let the uploads that can finish finish; then the process dies.
-    const deadline = Date.now() + 20_000;
-    while (dataPuts <= commitsBeforeCrash && Date.now() < deadline)
+    // Let the uploads that can finish finish (on a loaded machine that takes a while: wait for them, not
+    // for a fixed time), and their acks reach the watermark; then the process dies.
+    const deadline = Date.now() + 30_000;
+    while (
+      ((!committed && dataPuts <= commitsBeforeCrash) || dataCommitted < commitsBeforeCrash) &&
+      Date.now() < deadline
+    )
       await new Promise((r) => setTimeout(r, 20));
-    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(dataCommitted, commitsBeforeCrash, 'the uploads before the crash completed');
+    let settled = watermark.watermark;
+    for (let quiet = 0; quiet < 10 && Date.now() < deadline; ) {
+      await new Promise((r) => setTimeout(r, 20));
+      const now = watermark.watermark;
+      quiet = now?.sequenceNumber === settled?.sequenceNumber ? quiet + 1 : 0;
+      settled = now;
+    }
     const checkpoint = watermark.watermark;
 
     const { ctx, registry } = context();
@@ -744,7 +768,21 @@ describe('S3 Parquet data lake (s3rver)', () => {
     const inputs = lakeInputs(300);
     const inOrder = (batch: EventInput[]) => batch;
     await cleanRun('clean/', LAKE_CONFIG, inputs, inOrder);
-    const { replaySkipped, checkpoint } = await crashAndReplay('crashed/', LAKE_CONFIG, inputs, inOrder, 12);
+    // The crash comes after the first 12 files in roll order (the clean run has the same files: in-order
+    // delivery rolls them at the same events). Which uploads start first is up to timing, so pick by name.
+    const byRoll = (await list('clean/'))
+      .filter((k) => k.endsWith('.parquet'))
+      .map((k) => path.basename(k))
+      .sort((a, b) => compareEventPosition(lastPosition(a), lastPosition(b)));
+    const first12 = new Set(byRoll.slice(0, 12));
+    const { replaySkipped, checkpoint } = await crashAndReplay(
+      'crashed/',
+      LAKE_CONFIG,
+      inputs,
+      inOrder,
+      12,
+      (name) => first12.has(name),
+    );
     assert.ok(checkpoint, 'some records were checkpointed before the crash');
     assert.ok(replaySkipped > 0, 'files committed after the checkpoint were recognised');
     const clean = await objectSet('clean/');
@@ -778,6 +816,18 @@ describe('S3 Parquet data lake (s3rver)', () => {
     );
   });
 });
+
+/** The last event's position in a data object's file name `<stream>_<shard>_<first>_<last>.parquet`. */
+function lastPosition(fileName: string): EventPosition {
+  const position = parseEventPosition(
+    fileName
+      .replace(/\.parquet$/, '')
+      .split('_')
+      .at(-1)!,
+  );
+  assert.ok(position, `a data object name: ${fileName}`);
+  return position;
+}
 
 function floorDiv(a: bigint, b: bigint): bigint {
   const q = a / b;
