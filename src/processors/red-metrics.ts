@@ -548,7 +548,11 @@ export class RedMetricsProcessor implements Processor {
     // A new series (or the overflow): only now are the dimension values kept apart.
     const dimValues = dims.length > 0 ? dims.map((d) => labelText(attrs?.[d] ?? resource?.[d])) : undefined;
     if (this.series.size >= this.config.maxSeries) {
-      this.overflowSeries ??= this.newSeries('', '', '', '', undefined, true, now);
+      if (!this.overflowSeries) {
+        this.overflowSeries = this.newSeries('', '', '', '', undefined, true, now);
+        // The gauge counts the overflow series too; without this it showed maxSeries until the next tick.
+        this.m.seriesCount.set({ processor: this.name }, this.series.size + 1);
+      }
       return this.overflowSeries;
     }
     const s = this.newSeries(service, operation, kind, statusCode, dimValues, false, now);

@@ -249,6 +249,8 @@ describe('red_metrics', () => {
       ),
     );
     assert.equal(p.seriesCount, 50);
+    const gauge = (await metrics.getSingleMetric('ksw_red_series')!.get()).values[0]!.value;
+    assert.equal(gauge, 51, 'ksw_red_series counts the overflow series at once, not at the next tick');
     const overflow = (await metrics.getSingleMetric('ksw_red_overflow_spans_total')!.get()).values[0]!.value;
     assert.equal(overflow, spans.length - 50);
     const requests = await metrics.getSingleMetric('ksw_red_requests_total')!.get();
