@@ -47,8 +47,10 @@ import { generateSpans, spanRecord } from '../src/producer/synthetic-spans.js';
 import { Pipeline } from '../src/runtime/pipeline.js';
 import { createSink } from '../src/sinks/registry.js';
 import {
+  ARTICLE_TAIL_POLICIES,
   CountingDeadLetters,
   cpuSeconds,
+  FLAT_COLUMNS,
   fmt,
   machine,
   mainThreadCpuSeconds,
@@ -77,18 +79,6 @@ const BATCH = 500;
 type Layout = 'flat' | 'spans';
 const LAYOUTS: Layout[] = values.only ? [values.only as Layout] : ['flat', 'spans'];
 
-const FLAT_COLUMNS = [
-  { name: 'traceId', type: 'string' },
-  { name: 'spanId', type: 'string' },
-  { name: 'parentSpanId', type: 'string' },
-  { name: 'name', type: 'string' },
-  { name: 'serviceName', type: 'string' },
-  { name: 'startTimeUnixNano', type: 'int64' },
-  { name: 'endTimeUnixNano', type: 'int64' },
-  { name: 'durationNano', type: 'int64' },
-  { name: 'startTime', type: 'timestamp_us', path: 'startTimeUnixNano', timeUnit: 'ns' },
-];
-
 /** The chain under test, as a worker config: what a user would run. */
 function benchConfig(layout: Layout) {
   const lake =
@@ -104,11 +94,7 @@ function benchConfig(layout: Layout) {
         type: 'tail_sampling',
         decisionWaitMs: 5_000,
         quietPeriodMs: 1_000,
-        policies: [
-          { name: 'errors', type: 'status_code' },
-          { name: 'slow', type: 'latency', thresholdMs: 1000, probability: 0.8 },
-          { name: 'rest', type: 'probabilistic', probability: 0.2 },
-        ],
+        policies: ARTICLE_TAIL_POLICIES,
       },
     ],
     routing: {

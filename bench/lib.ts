@@ -44,6 +44,26 @@ export class CountingDeadLetters implements DeadLetterQueue {
   async close(): Promise<void> {}
 }
 
+/** The 9 flat span columns of the chain and sink benches (the `generic` schema). */
+export const FLAT_COLUMNS = [
+  { name: 'traceId', type: 'string' },
+  { name: 'spanId', type: 'string' },
+  { name: 'parentSpanId', type: 'string' },
+  { name: 'name', type: 'string' },
+  { name: 'serviceName', type: 'string' },
+  { name: 'startTimeUnixNano', type: 'int64' },
+  { name: 'endTimeUnixNano', type: 'int64' },
+  { name: 'durationNano', type: 'int64' },
+  { name: 'startTime', type: 'timestamp_us', path: 'startTimeUnixNano', timeUnit: 'ns' },
+];
+
+/** The article's tail-sampling split: every error trace, 80 % of slow ones (>= 1 s), 20 % of the rest. */
+export const ARTICLE_TAIL_POLICIES = [
+  { name: 'errors', type: 'status_code' },
+  { name: 'slow', type: 'latency', thresholdMs: 1000, probability: 0.8 },
+  { name: 'rest', type: 'probabilistic', probability: 0.2 },
+];
+
 export const SEQUENCE_BASE = 49_600_000_000_000_000_000_000_000_000_000_000_000_000_000n;
 
 /** Source records as a consumer makes them, each with its root ack from `watermark`. */

@@ -39,6 +39,7 @@ import { generateSpans, type SyntheticSpan } from '../src/producer/synthetic-spa
 import { Pipeline } from '../src/runtime/pipeline.js';
 import { createSink } from '../src/sinks/registry.js';
 import {
+  ARTICLE_TAIL_POLICIES,
   CountingDeadLetters,
   fmt,
   machine,
@@ -109,11 +110,7 @@ async function child(tmpDir: string): Promise<void> {
         decisionWaitMs: 3_600_000,
         quietPeriodMs: 3_600_000,
         maxBufferedBytes: TAIL_CAP,
-        policies: [
-          { name: 'errors', type: 'status_code' },
-          { name: 'slow', type: 'latency', thresholdMs: 1000, probability: 0.8 },
-          { name: 'rest', type: 'probabilistic', probability: 0.2 },
-        ],
+        policies: ARTICLE_TAIL_POLICIES,
       },
     ],
     routing: { routes: [], default: { sinks: ['lake'] } },

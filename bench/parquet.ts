@@ -26,6 +26,7 @@ import { S3ParquetSink } from '../src/sinks/s3-parquet/index.js';
 import {
   CountingDeadLetters,
   cpuSeconds,
+  FLAT_COLUMNS,
   fmt,
   machine,
   median,
@@ -43,18 +44,6 @@ const { values } = parseArgs({
 });
 const SPANS = Number(values.spans);
 const ROUNDS = Number(values.rounds);
-
-const FLAT_COLUMNS = [
-  { name: 'traceId', type: 'string' },
-  { name: 'spanId', type: 'string' },
-  { name: 'parentSpanId', type: 'string' },
-  { name: 'name', type: 'string' },
-  { name: 'serviceName', type: 'string' },
-  { name: 'startTimeUnixNano', type: 'int64' },
-  { name: 'endTimeUnixNano', type: 'int64' },
-  { name: 'durationNano', type: 'int64' },
-  { name: 'startTime', type: 'timestamp_us', path: 'startTimeUnixNano', timeUnit: 'ns' },
-];
 
 const CASES: Array<{ figure: string; config: Record<string, unknown> }> = [
   { figure: 'sink generic (9 columns), ZSTD', config: { columns: FLAT_COLUMNS, recordColumn: false } },
