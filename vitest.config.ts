@@ -6,15 +6,16 @@ import { defineConfig } from 'vitest/config';
  * that leaves a child process behind cannot keep the run open), and one file at a time for the tiers
  * that start emulators, real peers or worker processes (they share ports, CPU and timing budgets).
  */
-const tier = (name: string, parallel: boolean) => ({
+const tier = (name: string, parallel: boolean, dir = name, env: Record<string, string> = {}) => ({
   extends: true as const,
   test: {
     name,
-    include: [`test/${name}/**/*.test.ts`],
+    include: [`test/${dir}/**/*.test.ts`],
+    env,
     fileParallelism: parallel,
     ...(parallel ? {} : { maxWorkers: 1 }),
     // Projects in a higher group start after the lower ones finished: integration never overlaps unit.
-    sequence: { groupOrder: ['unit', 'integration', 'services', 'ops', 'chaos'].indexOf(name) },
+    sequence: { groupOrder: ['unit', 'integration', 'services', 'containers', 'ops', 'chaos'].indexOf(name) },
   },
 });
 
@@ -29,6 +30,9 @@ export default defineConfig({
       tier('unit', true),
       tier('integration', false),
       tier('services', false),
+      // The services tier's suites with their peers as Docker containers (test/helpers/peers); started by
+      // scripts/containers/run.ts, which skips the tier where `docker info` does not answer.
+      tier('containers', false, 'services', { KSW_PEERS: 'container' }),
       tier('ops', false),
       tier('chaos', false),
     ],

@@ -11,7 +11,10 @@ import { stopChild } from '../../src/local/emulators.js';
 
 export interface OpenSearchNode {
   readonly endpoint: string;
-  readonly pid: number;
+  /** The JVM's PID when the node is a process (the chaos tier kills it); undefined for a container. */
+  readonly pid: number | undefined;
+  /** Installed plugins (`_cat/plugins` components), e.g. `opensearch-index-management` for ISM. */
+  readonly plugins: ReadonlySet<string>;
   /** Plain HTTP helper for assertions (no client in the way). */
   // biome-ignore lint/suspicious/noExplicitAny: JSON answers of many APIs, checked field by field in tests
   request(method: string, urlPath: string, body?: unknown): Promise<{ status: number; body: any }>;
@@ -70,7 +73,23 @@ export async function startOpenSearch(): Promise<OpenSearchNode> {
   // Keep draining the pipes so the JVM never blocks on a full pipe.
   child.stdout!.resume();
   child.stderr!.resume();
-  const endpoint = `http://127.0.0.1:${actualPort}`;
+  return connectOpenSearch(`http://127.0.0.1:${actualPort}`, {
+    pid: child.pid!,
+    async stop() {
+      await stopChild(child, 10_000);
+      rmSync(base, { recursive: true, force: true });
+    },
+  });
+}
+
+/**
+ * An OpenSearchNode for a node that is already listening at `endpoint` (a process or a container): waits
+ * until the cluster is green and reads its plugins. `stop` ends the node (by PID or by container id).
+ */
+export async function connectOpenSearch(
+  endpoint: string,
+  owner: { pid?: number; stop(): Promise<void> },
+): Promise<OpenSearchNode> {
   const request: OpenSearchNode['request'] = async (method, urlPath, body) => {
     const res = await fetch(`${endpoint}${urlPath}`, {
       method,
@@ -86,20 +105,29 @@ export async function startOpenSearch(): Promise<OpenSearchNode> {
     }
     return { status: res.status, body: parsed };
   };
-  // Green before use: one node, so single-replica templates need number_of_replicas 0.
-  for (let i = 0; i < 600; i++) {
+  // Green before use: one node, so single-replica templates need number_of_replicas 0. A node that stays
+  // yellow (a plugin's system index asking for a replica) is still usable; one that never answers is not.
+  let status: string | undefined;
+  for (let i = 0; i < 600 && status !== 'green'; i++) {
     const health = await request('GET', '/_cluster/health').catch(() => undefined);
-    if (health?.body?.status === 'green') break;
-    await new Promise((r) => setTimeout(r, 100));
+    status = health?.body?.status;
+    if (status !== 'green') await new Promise((r) => setTimeout(r, 100));
+  }
+  if (status !== 'green' && status !== 'yellow') {
+    await owner.stop();
+    throw new Error(`OpenSearch at ${endpoint} was not ready within 60 s (cluster status: ${status})`);
+  }
+  const plugins = await request('GET', '/_cat/plugins?format=json');
+  if (plugins.status !== 200) {
+    await owner.stop();
+    throw new Error(`GET /_cat/plugins at ${endpoint}: ${plugins.status} ${JSON.stringify(plugins.body)}`);
   }
   return {
     endpoint,
-    pid: child.pid!,
+    pid: owner.pid,
+    plugins: new Set((plugins.body as Array<{ component: string }>).map((p) => p.component)),
     request,
-    async stop() {
-      await stopChild(child, 10_000);
-      rmSync(base, { recursive: true, force: true });
-    },
+    stop: () => owner.stop(),
   };
 }
 

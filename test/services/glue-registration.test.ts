@@ -4,8 +4,6 @@
  * again (a new worker) is a success, not an error.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import {
   CreateDatabaseCommand,
@@ -20,49 +18,31 @@ import type { PipelineEvent } from '../../src/core/records.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { parquetSinkConfigSchema, S3ParquetSink } from '../../src/sinks/s3-parquet/index.js';
 import { MemoryDeadLetterQueue } from '../helpers/fakes.js';
-import { silentLogger, startS3Only, waitFor } from '../helpers/stack.js';
+import { type GluePeer, peerKind, peers, type S3Peer } from '../helpers/peers/index.js';
+import { silentLogger, waitFor } from '../helpers/stack.js';
 
-const python = process.env.KSW_PYTHON;
-if (!python) throw new Error('KSW_PYTHON is not set: run this tier with `npm run test:services`');
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
-
-describe('Glue partition registration (moto)', () => {
-  let moto: ChildProcess;
+describe(`Glue partition registration (moto, ${peerKind()})`, () => {
+  let moto: GluePeer;
   let endpoint: string;
-  let s3: Awaited<ReturnType<typeof startS3Only>>;
+  let s3: S3Peer;
   let aws: AwsClients;
 
   beforeAll(async () => {
-    const port = await freePort();
-    moto = spawn(python!, ['-m', 'moto.server', '-H', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
-    endpoint = `http://127.0.0.1:${port}`;
-    await waitFor(
-      async () => {
-        try {
-          return (await fetch(`${endpoint}/moto-api/`)).ok;
-        } catch {
-          return false;
-        }
-      },
-      60_000,
-      'moto server',
-    );
-    s3 = await startS3Only(['glue-lake']);
-    aws = s3.aws;
+    const provider = await peers();
+    // Assigned one by one, so `afterAll` stops whichever started even when the other failed.
+    await Promise.all([
+      provider.glue().then((g) => {
+        moto = g;
+        endpoint = g.endpoint;
+      }),
+      provider.s3(['glue-lake']).then((x) => {
+        s3 = x;
+        aws = x.aws;
+      }),
+    ]);
   });
   afterAll(async () => {
-    moto?.kill('SIGTERM');
-    await s3?.stop();
+    await Promise.all([moto?.stop(), s3?.stop()]);
   });
 
   it('registers each partition once with unescaped values; an existing partition is not an error', async () => {

@@ -1,6 +1,7 @@
 /**
- * Acceptance of the OpenSearch sink, end to end: Kinesis (kinesalite) -> worker -> a real OpenSearch node,
- * checkpoints in dynalite, DLQ on s3rver.
+ * Acceptance of the OpenSearch sink, end to end: Kinesis -> worker -> a real OpenSearch node, checkpoints
+ * in DynamoDB, DLQ on S3 (kinesalite, dynalite and s3rver as processes; kinesis-mock, DynamoDB Local and
+ * MinIO as containers: test/helpers/peers).
  *  - the document count equals the distinct records (producer duplicates included), and replaying the
  *    same shard range (a fresh lease table: TRIM_HORIZON again) leaves it unchanged;
  *  - a mapping conflict lands in the DLQ with the server's reason, and `ksw redrive` re-indexes it once
@@ -17,16 +18,10 @@ import { stringify } from 'yaml';
 import { validateConfig } from '../../src/config/load.js';
 import { Worker } from '../../src/runtime/worker.js';
 import { FaultProxy, openSearchBulk, openSearchError } from '../helpers/fault-proxy.js';
-import { countDocuments, type OpenSearchNode, startOpenSearch } from '../helpers/opensearch.js';
+import { countDocuments, type OpenSearchNode } from '../helpers/opensearch.js';
 import { listKeys } from '../helpers/parquet.js';
-import {
-  createStream,
-  putRecords,
-  silentLogger,
-  startTestStack,
-  type TestStack,
-  waitFor,
-} from '../helpers/stack.js';
+import { type AwsStackPeer, peerKind, peers } from '../helpers/peers/index.js';
+import { createStream, putRecords, silentLogger, waitFor } from '../helpers/stack.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const CLI = path.join(ROOT, 'src/cli/main.ts');
@@ -80,17 +75,18 @@ async function metric(worker: Worker, name: string, labels: Record<string, strin
     .reduce((sum, v) => sum + v.value, 0);
 }
 
-describe('OpenSearch sink end to end from Kinesis', { timeout: 900_000 }, () => {
-  let t: TestStack;
+describe(`OpenSearch sink end to end from Kinesis (${peerKind()})`, { timeout: 900_000 }, () => {
+  let t: AwsStackPeer;
   let node: OpenSearchNode;
 
   beforeAll(async () => {
+    const provider = await peers();
     // Assigned one by one, so `after` stops whichever started even when the other failed.
     await Promise.all([
-      startTestStack().then((x) => {
+      provider.awsStack().then((x) => {
         t = x;
       }),
-      startOpenSearch().then((n) => {
+      provider.openSearch().then((n) => {
         node = n;
       }),
     ]);
@@ -102,7 +98,7 @@ describe('OpenSearch sink end to end from Kinesis', { timeout: 900_000 }, () => 
   function config(stream: string, table: string, bucket: string, sink: Record<string, unknown>) {
     return {
       app: { name: 'os-e2e', workerId: `w-${table}` },
-      aws: t.stack.awsConfig,
+      aws: t.awsConfig,
       consumers: [{ type: 'polling', stream, idleIntervalMs: 100, busyIntervalMs: 0 }],
       checkpoints: { table, intervalMs: 300, shardSyncIntervalMs: 1_000 },
       sinks: { search: { type: 'opensearch', ...sink } },

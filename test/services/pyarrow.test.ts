@@ -3,9 +3,6 @@
  * encoded it, compared value by value (int64 extremes, nulls, non-ASCII, timestamps).
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import path from 'node:path';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
@@ -15,10 +12,8 @@ import { createRegistry } from '../../src/metrics/registry.js';
 import { parquetSinkConfigSchema, S3ParquetSink } from '../../src/sinks/s3-parquet/index.js';
 import { MemoryDeadLetterQueue, origin } from '../helpers/fakes.js';
 import { listKeys } from '../helpers/parquet.js';
-import { silentLogger, startS3Only } from '../helpers/stack.js';
-
-const python = process.env.KSW_PYTHON;
-if (!python) throw new Error('KSW_PYTHON is not set: run this tier with `npm run test:services`');
+import { type PyarrowPeer, peerKind, peers, type S3Peer } from '../helpers/peers/index.js';
+import { silentLogger } from '../helpers/stack.js';
 
 const READER = `
 import json, sys, pyarrow.parquet as pq
@@ -30,18 +25,26 @@ for r in t.to_pylist():
 print(json.dumps({"rows": rows, "codec": md.row_group(0).column(0).compression, "types": {f.name: str(f.type) for f in t.schema}}))
 `;
 
-describe('Parquet read back by pyarrow', () => {
-  let dir: string;
+describe(`Parquet read back by pyarrow (${peerKind()})`, () => {
   let aws: AwsClients;
-  let s3: Awaited<ReturnType<typeof startS3Only>>;
+  let s3: S3Peer;
+  let pyarrow: PyarrowPeer;
 
   beforeAll(async () => {
-    s3 = await startS3Only(['pyarrow-bucket']);
-    aws = s3.aws;
-    dir = s3.dir;
+    const provider = await peers();
+    // Assigned one by one, so `afterAll` stops whichever started even when the other failed.
+    await Promise.all([
+      provider.s3(['pyarrow-bucket']).then((x) => {
+        s3 = x;
+        aws = x.aws;
+      }),
+      provider.pyarrow().then((p) => {
+        pyarrow = p;
+      }),
+    ]);
   });
   afterAll(async () => {
-    await s3.stop();
+    await Promise.all([s3?.stop(), pyarrow?.stop()]);
   });
 
   it('every value matches, including int64 extremes, nulls, non-ASCII text and timestamps', async () => {
@@ -83,10 +86,8 @@ describe('Parquet read back by pyarrow', () => {
     assert.ok(acks.every((a) => a.completed));
     assert.equal(dlq.letters.length, 0);
     const [key] = (await listKeys(aws.s3, 'pyarrow-bucket', '')).filter((k) => k.endsWith('.parquet'));
-    const file = path.join(dir, 'out.parquet');
     const body = await aws.s3.send(new GetObjectCommand({ Bucket: 'pyarrow-bucket', Key: key! }));
-    writeFileSync(file, await body.Body!.transformToByteArray());
-    const out = JSON.parse(execFileSync(python!, ['-c', READER, file], { encoding: 'utf8' })) as {
+    const out = JSON.parse(await pyarrow.run(READER, await body.Body!.transformToByteArray())) as {
       rows: Array<Record<string, string | boolean | null>>;
       codec: string;
       types: Record<string, string>;
@@ -162,9 +163,8 @@ describe('Parquet read back by pyarrow', () => {
     );
     await sink.close();
     const [key] = (await listKeys(aws.s3, 'pyarrow-bucket', 'spans/')).filter((k) => k.endsWith('.parquet'));
-    const file = path.join(dir, 'spans.parquet');
     const body = await aws.s3.send(new GetObjectCommand({ Bucket: 'pyarrow-bucket', Key: key! }));
-    writeFileSync(file, await body.Body!.transformToByteArray());
+    const bytes = await body.Body!.transformToByteArray();
     const reader = `
 import json, sys, datetime, pyarrow.parquet as pq
 def conv(v):
@@ -178,7 +178,7 @@ def conv(v):
 t = pq.read_table(sys.argv[1])
 print(json.dumps({"rows": [conv(r) for r in t.to_pylist()], "types": {f.name: str(f.type) for f in t.schema}}))
 `;
-    const out = JSON.parse(execFileSync(python!, ['-c', reader, file], { encoding: 'utf8' })) as {
+    const out = JSON.parse(await pyarrow.run(reader, bytes)) as {
       rows: Array<Record<string, unknown>>;
       types: Record<string, string>;
     };
