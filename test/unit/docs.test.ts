@@ -1,7 +1,8 @@
 /**
  * The documentation holds together: every relative link of README.md and docs/*.md names a file that
  * exists and, with a #fragment, a heading of that file; the README's test commands are exactly the ones
- * CI runs; every complete config shown in the docs is one the worker accepts.
+ * CI runs; every complete config shown in the docs is one the worker accepts; docs/dependencies.md names
+ * every package of package.json, with its pinned version.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -111,5 +112,22 @@ describe('documentation', () => {
       }
     }
     assert.ok(checked >= 1, `no complete config found in the docs (checked ${checked})`);
+  });
+
+  it('docs/dependencies.md names every dependency of package.json, with its pinned version', () => {
+    const pkg = JSON.parse(read('package.json')) as Record<string, Record<string, string> | undefined>;
+    const page = read('docs/dependencies.md');
+    const missing: string[] = [];
+    for (const field of ['dependencies', 'devDependencies']) {
+      for (const [name, version] of Object.entries(pkg[field] ?? {})) {
+        assert.match(version, /^\d+\.\d+\.\d+(-[\w.]+)?$/, `${name}: ${version} is not an exact version`);
+        // The name as code, and its version on the same line (a table row).
+        const row = page.split('\n').find((l) => l.includes(`\`${name}\``));
+        if (!row) missing.push(`${field}: ${name} is not named`);
+        else if (!row.includes(version))
+          missing.push(`${field}: ${name} ${version} is not the version named`);
+      }
+    }
+    assert.deepEqual(missing, []);
   });
 });
