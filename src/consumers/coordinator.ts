@@ -25,8 +25,8 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import { awsErrorName, isRetryableAwsError } from '../core/aws-errors.js';
-import type { DeadLetterQueue, Sink } from '../core/component.js';
-import type { SourceRecord } from '../core/records.js';
+import type { DeadLetterQueue, ShardChain } from '../core/component.js';
+import { ShardTenure, type TenureEnd, TenureTokens } from '../core/tenure.js';
 import { type ShardPosition, ShardWatermark } from '../core/watermark.js';
 import { counter, gauge } from '../metrics/registry.js';
 import {
@@ -38,7 +38,7 @@ import {
   SHARD_END,
 } from './lease-table.js';
 import { type ConsumerConfig, type ConsumerContext, openConsumer, type StreamConsumer } from './registry.js';
-import type { ReaderEnd, ShardReader, StartingPoint } from './shard-reader.js';
+import { DeliveryError, type ReaderEnd, type ShardReader, type StartingPoint } from './shard-reader.js';
 
 export const checkpointConfigSchema = z
   .object({
@@ -130,6 +130,8 @@ interface HeldShard {
   readonly stream: string;
   readonly shardId: string;
   lease: Lease;
+  /** This take of the lease: every ack of the shard's records belongs to it. */
+  readonly tenure: ShardTenure;
   readonly watermark: ShardWatermark;
   readonly reader: ShardReader;
   lastCheckpointed: ShardPosition | undefined;
@@ -149,9 +151,8 @@ export interface CoordinatorDeps {
   readonly logger: Logger;
   readonly metrics: Registry;
   readonly workerId: string;
-  readonly sinks: readonly Sink[];
-  readonly deliver: (records: SourceRecord[]) => Promise<void>;
-  readonly onBackpressure: () => void;
+  /** The processing chain: records in, and each tenure's lifecycle (open, flush, close). */
+  readonly chain: ShardChain;
   /** Where bad KPL aggregates go. */
   readonly dlq?: DeadLetterQueue;
   /** Default enhanced fan-out consumer name. */
@@ -176,6 +177,10 @@ const PER_SHARD_METRICS = [
   'ksw_shard_oldest_unacked_age_seconds',
 ];
 
+function sleepMs(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 function shuffle<T>(items: T[]): T[] {
   for (let i = items.length - 1; i > 0; i--) {
     const j = Math.floor(Math.random() * (i + 1));
@@ -199,6 +204,9 @@ export class ShardCoordinator {
   private taking: Promise<void> | undefined;
   private takeAgain = false;
   private readonly abort = new AbortController();
+  private readonly tokens = new TenureTokens();
+  /** Ended tenures whose components are still letting go (closeShard): the next take of the key waits. */
+  private readonly closing = new Map<string, Promise<void>>();
   private readonly log: Logger;
   private readonly m;
   readonly renewIntervalMs: number;
@@ -252,7 +260,7 @@ export class ShardCoordinator {
       }),
       shardFailures: counter(r, {
         name: 'ksw_shard_failures_total',
-        help: 'Shards taken but not read on: a sink could not open the shard (stage sink_open) or its reader crashed (stage reader). The lease is released and taken again later; a count that keeps rising means a shard nobody reads.',
+        help: 'Shards taken but not read on: a sink could not open the shard (stage sink_open), the chain failed on its records (stage deliver: a processor threw, a sink write failed; or a sink stage for uploads that cannot succeed) or its reader crashed (stage reader). The lease is released and taken again later; a count that keeps rising means a shard nobody reads.',
         labelNames: ['stream', 'stage'],
       }),
       leasesCreated: counter(r, { name: 'ksw_leases_created_total', help: 'Leases created for new shards' }),
@@ -616,15 +624,17 @@ export class ShardCoordinator {
           position: taken.checkpoint as InitialPosition,
           ...(consumer.startTimestamp ? { timestamp: new Date(consumer.startTimestamp) } : {}),
         };
-    const watermark = new ShardWatermark(consumer.maxInFlightBytes, position);
+    const tenure = new ShardTenure(consumer.stream, shardId, this.tokens.next());
+    const watermark = new ShardWatermark(consumer.maxInFlightBytes, position, Date.now, tenure);
     const range = taken.hashKeyRange ?? this.hashKeyRange(consumer.stream, shardId);
+    const chain = this.deps.chain;
     const reader = stream.createReader(shardId, start, {
       kinesis: this.deps.kinesis,
       logger: this.deps.logger,
       metrics: this.deps.metrics,
       watermark,
-      deliver: this.deps.deliver,
-      onBackpressure: this.deps.onBackpressure,
+      deliver: (records) => chain.deliver(records),
+      onBackpressure: () => chain.relievePressure(),
       ...(this.deps.dlq ? { dlq: this.deps.dlq } : {}),
       ...(range ? { hashKeyRange: { start: BigInt(range.start), end: BigInt(range.end) } } : {}),
     });
@@ -633,6 +643,7 @@ export class ShardCoordinator {
       stream: consumer.stream,
       shardId,
       lease: taken,
+      tenure,
       watermark,
       reader,
       lastCheckpointed: position,
@@ -642,13 +653,23 @@ export class ShardCoordinator {
     };
     this.held.set(key, held);
     this.m.leasesHeld.set(this.heldCount);
+    tenure.whenFailed((stage, err) => {
+      this.log.error(
+        { err, shard: shardId, stage },
+        'the chain failed on the shard; releasing it to be read again from its checkpoint',
+      );
+      this.m.shardFailures.inc({ stream: consumer.stream, stage });
+      void this.releaseBroken(held, 'failed');
+    });
     try {
-      for (const sink of this.deps.sinks)
-        await sink.openShard?.({ stream: consumer.stream, shardId }, position);
+      // A previous tenure of this shard on this worker lets go of its state first.
+      await this.closing.get(key);
+      await chain.openShard(tenure, position);
     } catch (err) {
       this.log.error({ err, shard: shardId }, 'a sink could not open the shard; releasing the lease');
       this.m.shardFailures.inc({ stream: consumer.stream, stage: 'sink_open' });
       this.held.delete(key);
+      this.endTenure(held, 'failed');
       await this.deps.leases.release(taken).catch(() => undefined);
       this.m.leasesHeld.set(this.heldCount);
       return;
@@ -671,9 +692,14 @@ export class ShardCoordinator {
     held.done = reader.run().then(
       (end) => this.onReaderEnd(held, end),
       (err) => {
+        if (err instanceof DeliveryError) {
+          // Already reported by the chain through the tenure, unless the chain failed before routing.
+          held.tenure.fail('deliver', err.cause);
+          return;
+        }
         this.log.error({ err, shard: shardId }, 'shard reader crashed; releasing the shard');
         this.m.shardFailures.inc({ stream: consumer.stream, stage: 'reader' });
-        void this.releaseBroken(held);
+        void this.releaseBroken(held, 'failed');
       },
     );
   }
@@ -730,9 +756,13 @@ export class ShardCoordinator {
       await held.done;
       const deadline =
         Date.now() + Math.max(0, this.handoffTimeoutMs - Math.min(1_000, this.handoffTimeoutMs / 4));
+      // Processors release what they hold of the shard (pending traces, open windows) and sinks write it.
+      const flushed = this.deps.chain.flushShard(held.tenure).catch((err) => {
+        this.log.warn({ err, shard: held.shardId }, 'flushing the shard for a handoff failed');
+      });
       while (held.watermark.inFlightRecords > 0 && Date.now() < deadline) {
-        this.deps.onBackpressure();
-        await Promise.race([held.watermark.drained(), new Promise((r) => setTimeout(r, 200))]);
+        await Promise.race([held.watermark.drained(), flushed.then(() => sleepMs(200))]);
+        if (held.watermark.inFlightRecords > 0) await sleepMs(50);
       }
       const drained = held.watermark.inFlightRecords === 0;
       let outcome = drained ? 'drained' : 'partial';
@@ -764,6 +794,7 @@ export class ShardCoordinator {
         { shard: held.shardId, checkpoint: held.lastCheckpointed?.sequenceNumber, outcome },
         'lease handed over',
       );
+      this.endTenure(held, 'handed-off');
       this.forget(held);
     })();
   }
@@ -771,14 +802,18 @@ export class ShardCoordinator {
   private async onReaderEnd(held: HeldShard, end: ReaderEnd): Promise<void> {
     if (held.state !== 'reading') return;
     if (end === 'stream-gone') {
-      await this.releaseBroken(held);
+      await this.releaseBroken(held, 'failed');
       return;
     }
     if (end !== 'shard-end' || this.stopping) return;
     held.state = 'ending';
+    // What processors hold of the shard is released now rather than on their own clocks.
+    void this.deps.chain.flushShard(held.tenure).catch((err) => {
+      this.log.warn({ err, shard: held.shardId }, 'flushing the closed shard failed');
+    });
     // SHARD_END only once every record of the parent is acked, so children never overtake it.
     while (held.watermark.inFlightRecords > 0 && held.state === 'ending') {
-      await Promise.race([held.watermark.drained(), new Promise((r) => setTimeout(r, 1_000))]);
+      await Promise.race([held.watermark.drained(), sleepMs(1_000)]);
     }
     if (held.state !== 'ending' || this.stopping) return;
     const parsed = this.parseKey(held.key)!;
@@ -798,6 +833,7 @@ export class ShardCoordinator {
       );
       if (err instanceof LeaseLostError) this.m.leaseLosses.inc({ reason: 'taken' });
     }
+    this.endTenure(held, 'shard-end');
     this.forget(held);
     await this.takeLeases();
   }
@@ -857,17 +893,38 @@ export class ShardCoordinator {
   }
 
   /** Stops a shard whose lease is gone; its unacked records will be read again by the new owner. */
-  private drop(held: HeldShard): void {
+  private drop(held: HeldShard, reason: TenureEnd = 'lost'): void {
     held.state = 'lost';
-    held.reader.stop();
+    this.endTenure(held, reason);
     this.forget(held);
   }
 
-  private async releaseBroken(held: HeldShard): Promise<void> {
-    held.reader.stop();
+  private async releaseBroken(held: HeldShard, reason: TenureEnd): Promise<void> {
+    if (held.state === 'lost') return;
+    // The tenure ends before the release: nothing of it may be written once another worker can take it.
+    this.endTenure(held, reason);
     await this.writeLease(held, (l) => this.deps.leases.release(l)).catch(() => undefined);
     held.state = 'lost';
     this.forget(held);
+  }
+
+  /**
+   * Ends the shard's tenure: the reader stops, the watermark freezes, and every component drops what it
+   * still holds of the tenure (the next take of this lease here waits until they have).
+   */
+  private endTenure(held: HeldShard, reason: TenureEnd): void {
+    if (!held.tenure.end(reason)) return;
+    held.reader.stop();
+    held.watermark.close();
+    const closed = this.deps.chain
+      .closeShard(held.tenure)
+      .catch((err) =>
+        this.log.warn({ err, shard: held.shardId }, 'a component failed to let go of the shard'),
+      )
+      .finally(() => {
+        if (this.closing.get(held.key) === closed) this.closing.delete(held.key);
+      });
+    this.closing.set(held.key, closed);
   }
 
   private forget(held: HeldShard): void {
@@ -896,7 +953,7 @@ export class ShardCoordinator {
               { err, shard: held.shardId },
               'could not renew the lease within failoverMs; stopping the shard',
             );
-            this.drop(held);
+            this.drop(held, 'fenced');
           } else {
             this.log.warn({ err, shard: held.shardId }, 'lease renewal failed; will retry');
           }
@@ -973,6 +1030,8 @@ export class ShardCoordinator {
           return;
         }
         if (h.state !== 'reading' && h.state !== 'ending') return;
+        // The tenure ends first: once the lease is free, another worker may read the shard.
+        this.endTenure(h, 'released');
         try {
           await this.writeLease(h, (l) => this.deps.leases.release(l));
         } catch (err) {
@@ -980,6 +1039,7 @@ export class ShardCoordinator {
         }
       }),
     );
+    await Promise.all([...this.closing.values()]);
     await this.releaseUnread();
     this.held.clear();
     this.m.leasesHeld.set(0);
