@@ -14,6 +14,7 @@
  * before every write made on the tenure's behalf.
  */
 import { randomBytes } from 'node:crypto';
+import { type Clock, systemClock } from './clock.js';
 import type { ShardRef } from './component.js';
 
 /** Why a tenure ended. */
@@ -47,25 +48,6 @@ export interface Tenure extends ShardRef {
    */
   fail(stage: string, err: unknown): void;
 }
-
-/** The clock a tenure reads its deadline against; injectable so lease logic can run on a virtual clock. */
-export interface Clock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-export const systemClock: Clock = {
-  now: () => Date.now(),
-  setTimeout(fn, ms) {
-    const timer = setTimeout(fn, Math.max(0, ms));
-    timer.unref();
-    return timer;
-  },
-  clearTimeout(handle) {
-    clearTimeout(handle as NodeJS.Timeout);
-  },
-};
 
 /** The error a tenure's signal aborts with. */
 export class TenureEndedError extends Error {
