@@ -30,7 +30,7 @@ export CHAOS_REPORT_FILE="$report_dir/rows.jsonl"
 : >"$CHAOS_REPORT_FILE"
 # shellcheck disable=SC2206 # a space-separated list of files is intended
 tests=(${CHAOS_TESTS:-test/chaos/*.test.ts})
-run_tests=(node --import tsx --test --test-timeout=600000 --test-force-exit --test-concurrency=1 --test-reporter=spec "${tests[@]}")
+run_tests=(node_modules/.bin/vitest run --project chaos "${tests[@]}")
 
 status=0
 if [ "$with_opensearch" = 0 ]; then

@@ -49,4 +49,4 @@ echo "== compose file"
 "$BIN/compose-validate" docker-compose.yml
 
 echo "== test/ops"
-KSW_OPS_BIN=$BIN node --import tsx --test --test-timeout=600000 --test-force-exit --test-concurrency=1 --test-reporter=spec test/ops/*.test.ts
+KSW_OPS_BIN=$BIN node_modules/.bin/vitest run --project ops test/ops/*.test.ts

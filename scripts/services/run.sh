@@ -43,7 +43,7 @@ export KSW_PYTHON="$cache/venv/bin/python"
 export KSW_OPENSEARCH_DIR="$cache/opensearch"
 # shellcheck disable=SC2206 # a space-separated list of files is intended
 tests=(${KSW_SERVICES_TESTS:-test/services/*.test.ts})
-run_tests=(node --import tsx --test --test-timeout=600000 --test-force-exit --test-concurrency=1 --test-reporter=spec "${tests[@]}")
+run_tests=(node_modules/.bin/vitest run --project services "${tests[@]}")
 
 if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
   exec unshare -n bash -c 'ip link set lo up && exec "$@"' bash "${run_tests[@]}"

@@ -84,7 +84,10 @@ async function validate(args: string[]): Promise<number> {
     return 2;
   }
   const { loadConfig } = await import('../config/load.js');
+  const { semanticWarnings } = await import('../config/warnings.js');
   const config = loadConfig(values.config);
+  for (const w of semanticWarnings(config))
+    process.stderr.write(`${values.config}: warning: ${w.path}: ${w.message}\n`);
   const sinks = Object.entries(config.sinks)
     .map(([name, s]) => `${name} (${s.type})`)
     .join(', ');

@@ -7,7 +7,7 @@
  * duplicate deliveries (records read more than once) are reported. See test/helpers/crash-run.ts.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { reportChaos } from '../helpers/chaos-report.js';
 import { runCrashScenario } from '../helpers/crash-run.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
@@ -17,10 +17,10 @@ const SEED = Number(process.env.CHAOS_SEED ?? 1234);
 
 describe('crash test: random SIGKILLs of 3 workers, a split and a merge', () => {
   let t: TestStack;
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
   });
-  after(async () => {
+  afterAll(async () => {
     await t?.stop();
   });
 

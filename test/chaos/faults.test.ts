@@ -8,8 +8,8 @@
  */
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { validateConfig } from '../../src/config/load.js';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { Worker } from '../../src/runtime/worker.js';
@@ -47,10 +47,10 @@ async function byLabel(worker: Worker, name: string, label: string): Promise<Rec
 describe('fault injection: nothing lost, recovery without restart', () => {
   let t: TestStack;
   const proxies: FaultProxy[] = [];
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
   });
-  after(async () => {
+  afterAll(async () => {
     for (const p of proxies) await p.stop();
     await t.stop();
   });

@@ -10,8 +10,8 @@
  * Document ids are the record's `id` field (deterministic), action `create`: a replay answers 409.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { validateConfig } from '../../src/config/load.js';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { Worker } from '../../src/runtime/worker.js';
@@ -38,9 +38,10 @@ const ROUNDS = Number(process.env.CHAOS_ROUNDS ?? 4);
 const SEED = Number(process.env.CHAOS_SEED ?? 1234);
 const RECORDS = Number(process.env.CHAOS_RECORDS ?? 2_000);
 const FAULT_SECONDS = Number(process.env.CHAOS_FAULT_SECONDS ?? 8);
-const skip = process.env.KSW_OPENSEARCH_DIR
-  ? false
+const skipReason = process.env.KSW_OPENSEARCH_DIR
+  ? undefined
   : 'needs a real OpenSearch node: run `npm run test:chaos` (scripts/chaos/run.sh fetches and starts it)';
+if (skipReason) console.warn(`skipped: ${skipReason}`);
 
 /** Bulk faults at the given rates: whole-request 429, 503 and resets, and partial failures. */
 function bulkFaults(rates: { r429: number; r503: number; reset: number; partial: number }): FaultRule[] {
@@ -151,11 +152,14 @@ async function createIndex(node: OpenSearchNode, index: string): Promise<void> {
   assert.equal(res.status, 200, JSON.stringify(res.body));
 }
 
-describe('OpenSearch under faults and crashes (real node)', { skip, timeout: 1_200_000 }, () => {
+describe('OpenSearch under faults and crashes (real node)', {
+  skip: skipReason !== undefined,
+  timeout: 1_200_000,
+}, () => {
   let t: TestStack;
   let node: OpenSearchNode;
   const proxies: FaultProxy[] = [];
-  before(async () => {
+  beforeAll(async () => {
     // Assigned one by one, so `after` stops whichever started even when the other failed.
     await Promise.all([
       startTestStack().then((x) => {
@@ -166,7 +170,7 @@ describe('OpenSearch under faults and crashes (real node)', { skip, timeout: 1_2
       }),
     ]);
   });
-  after(async () => {
+  afterAll(async () => {
     for (const p of proxies) await p.stop();
     await Promise.all([t?.stop(), node?.stop()]);
   });

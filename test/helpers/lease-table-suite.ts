@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
 import { type DynamoDBClient, GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import {
   checkpointPosition,
   LeaseLostError,
@@ -20,14 +20,14 @@ export function leaseTableSuite(
     let t: { aws: { dynamodb: DynamoDBClient }; stop(): Promise<void> };
     let table: LeaseTable;
 
-    before(async () => {
+    beforeAll(async () => {
       const peer = await setup();
       t = { aws: { dynamodb: peer.dynamodb }, stop: () => peer.stop() };
       table = new LeaseTable(t.aws.dynamodb, 'leases-test');
       await table.ensureTable(true);
       await table.ensureTable(true); // idempotent
     });
-    after(async () => {
+    afterAll(async () => {
       await t.stop();
     });
 

@@ -11,9 +11,9 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import pino from 'pino';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { validateConfig } from '../../src/config/load.js';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { Worker } from '../../src/runtime/worker.js';
@@ -33,10 +33,10 @@ const FIXTURES = path.resolve(import.meta.dirname, '../fixtures/bad-input');
 
 describe('bad-input corpus through the worker', () => {
   let t: TestStack;
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
   });
-  after(async () => {
+  afterAll(async () => {
     await t.stop();
   });
 

@@ -10,9 +10,9 @@ import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { validateConfig } from '../../src/config/load.js';
 import { Ack } from '../../src/core/ack.js';
 import type { AwsClients } from '../../src/core/aws.js';
@@ -71,10 +71,10 @@ describe('S3 pointer resolution against s3rver', () => {
     await s3.aws.s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body }));
   };
 
-  before(async () => {
+  beforeAll(async () => {
     s3 = await startS3Only([PAYLOADS, FOREIGN]);
   });
-  after(async () => {
+  afterAll(async () => {
     await s3.stop();
   });
 
@@ -276,10 +276,10 @@ describe('S3 pointer resolution against s3rver', () => {
 
 describe('claim check end to end: ksw produce -> Kinesis -> worker -> Parquet', () => {
   let t: TestStack;
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
   });
-  after(async () => {
+  afterAll(async () => {
     await t.stop();
   });
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { demoCommand, verifyParquet } from '../../src/cli/demo.js';
 import { duck } from '../helpers/parquet.js';
 
@@ -17,12 +17,12 @@ describe('ksw demo', () => {
   let dir: string;
   let code: number;
 
-  before(async () => {
+  beforeAll(async () => {
     root = mkdtempSync(path.join(tmpdir(), 'ksw-demo-'));
     dir = path.join(root, 'demo');
     code = await demoCommand(['--records', '2000', '--shards', '4', '--dir', dir]);
   });
-  after(() => {
+  afterAll(() => {
     rmSync(root, { recursive: true, force: true });
   });
 

@@ -5,7 +5,6 @@
  * (closed parent detected, children subscribed after it), and a restart resuming from checkpoints.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
 import {
   DescribeStreamSummaryCommand,
   ListShardsCommand,
@@ -13,6 +12,7 @@ import {
   SplitShardCommand,
 } from '@aws-sdk/client-kinesis';
 import { NodeHttp2Handler } from '@smithy/node-http-handler';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { registerStreamConsumer } from '../../src/consumers/efo.js';
 import { aggregate } from '../../src/consumers/kpl.js';
 import { awsConfigSchema, createAwsClients } from '../../src/core/aws.js';
@@ -28,10 +28,10 @@ import {
 
 describe('enhanced fan-out (kinesis-local)', () => {
   let t: TestStack;
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack({ kinesis: 'kinesis-local' });
   });
-  after(async () => {
+  afterAll(async () => {
     await t.stop();
   });
 

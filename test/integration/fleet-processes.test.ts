@@ -9,8 +9,8 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { stringify } from 'yaml';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { download, duck } from '../helpers/parquet.js';
@@ -220,10 +220,10 @@ class Fleet {
 describe('fleet of worker processes', () => {
   let t: TestStack;
   const fleets: Fleet[] = [];
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
   });
-  after(async () => {
+  afterAll(async () => {
     for (const f of fleets) f.kill();
     await t.stop();
   });

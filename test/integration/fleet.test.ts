@@ -4,8 +4,8 @@
  * checkpoint in the middle of a shard and in the middle of a KPL aggregate), and several streams per worker.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
 import { PutItemCommand } from '@aws-sdk/client-dynamodb';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { aggregate } from '../../src/consumers/kpl.js';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { TestFleet } from '../helpers/fleet.js';
@@ -15,10 +15,10 @@ const FAST = { failoverMs: 2_000, intervalMs: 200, shardSyncIntervalMs: 1_000 };
 
 describe('fleet of coordinators', () => {
   let t: TestStack;
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
   });
-  after(async () => {
+  afterAll(async () => {
     await t.stop();
   });
 

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { stringify } from 'yaml';
 import type { LeaseReport } from '../../src/cli/inspect.js';
 import { LeaseTable, SHARD_END } from '../../src/consumers/lease-table.js';
@@ -16,10 +16,10 @@ const CLI = path.join(ROOT, 'src/cli/main.ts');
 
 describe('ksw inspect', () => {
   let t: TestStack;
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
   });
-  after(async () => {
+  afterAll(async () => {
     await t.stop();
   });
 

@@ -10,8 +10,8 @@ import assert from 'node:assert/strict';
 import { createHash, createHmac } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { after, before, describe, it } from 'node:test';
 import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import { awsConfigSchema, createAwsClients } from '../../src/core/aws.js';
 import { openSearchSinkConfigSchema } from '../../src/sinks/opensearch/config.js';
@@ -96,7 +96,7 @@ describe('SigV4 signing of OpenSearch requests', () => {
   const captured: Captured[] = [];
   let answer: (req: Captured) => { status: number; body: unknown } = () => ({ status: 200, body: {} });
 
-  before(async () => {
+  beforeAll(async () => {
     server = createServer(async (req, res) => {
       const parts: Buffer[] = [];
       for await (const p of req) parts.push(p as Buffer);
@@ -114,7 +114,7 @@ describe('SigV4 signing of OpenSearch requests', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   });
-  after(async () => {
+  afterAll(async () => {
     await new Promise((resolve) => server.close(resolve));
   });
 

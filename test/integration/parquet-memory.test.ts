@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, test } from 'vitest';
 import type { AwsClients } from '../../src/core/aws.js';
 import { decodePositions } from '../../src/sinks/s3-parquet/manifest.js';
 import { duck, listKeys } from '../helpers/parquet.js';
@@ -37,12 +37,12 @@ describe('Parquet sink memory cap', () => {
   let dir: string;
   let s3: Awaited<ReturnType<typeof startS3Only>>;
 
-  before(async () => {
+  beforeAll(async () => {
     s3 = await startS3Only([BUCKET]);
     aws = s3.aws;
     dir = s3.dir;
   });
-  after(async () => {
+  afterAll(async () => {
     await s3.stop();
   });
 

@@ -5,7 +5,6 @@
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
 import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { asyncBufferFromFile, parquetReadObjects } from 'hyparquet';
@@ -13,6 +12,7 @@ import { compressors } from 'hyparquet-compressors';
 import { parse as parseJson } from 'lossless-json';
 import pino from 'pino';
 import type { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, test } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import type { AwsClients } from '../../src/core/aws.js';
 import type { ComponentContext } from '../../src/core/component.js';
@@ -110,12 +110,12 @@ describe('S3 Parquet sink (s3rver)', () => {
   let aws: AwsClients;
   let s3: Awaited<ReturnType<typeof startS3Only>>;
 
-  before(async () => {
+  beforeAll(async () => {
     s3 = await startS3Only([BUCKET]);
     aws = s3.aws;
     dir = s3.dir;
   });
-  after(async () => {
+  afterAll(async () => {
     await s3.stop();
   });
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
 import type { KinesisClient } from '@aws-sdk/client-kinesis';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import {
   type PollingConsumerConfig,
   PollingShardReader,
@@ -54,7 +54,7 @@ describe('PollingShardReader against kinesalite', () => {
   let sequences: string[];
   const stream = 'reader-test';
 
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
     [shardId] = (await createStream(t.aws.kinesis, stream, 1)) as [string];
     const put = await putRecords(
@@ -64,7 +64,7 @@ describe('PollingShardReader against kinesalite', () => {
     );
     sequences = put.map((p) => p.sequenceNumber);
   });
-  after(async () => {
+  afterAll(async () => {
     await t.stop();
   });
 

@@ -8,9 +8,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { CreateBucketCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { decodeLetterData, redrive } from '../../src/cli/redrive.js';
 import { validateConfig } from '../../src/config/load.js';
 import { type AwsClients, awsConfigSchema, createAwsClients } from '../../src/core/aws.js';
@@ -29,7 +29,7 @@ describe('ksw redrive (s3rver, Parquet sink)', () => {
   let aws: AwsClients;
   let awsConfig: Record<string, unknown>;
 
-  before(async () => {
+  beforeAll(async () => {
     dir = mkdtempSync(path.join(tmpdir(), 'ksw-redrive-'));
     s3rver = await startS3rver({ dir: path.join(dir, 's3') });
     awsConfig = {
@@ -40,7 +40,7 @@ describe('ksw redrive (s3rver, Parquet sink)', () => {
     aws = createAwsClients(awsConfigSchema.parse(awsConfig));
     await aws.s3.send(new CreateBucketCommand({ Bucket: BUCKET }));
   });
-  after(async () => {
+  afterAll(async () => {
     aws.destroy();
     await s3rver.stop();
     rmSync(dir, { recursive: true, force: true });

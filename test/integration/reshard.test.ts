@@ -6,7 +6,6 @@
  * with smaller volume there because kinesis-local slows down as data grows.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
 import {
   DescribeStreamSummaryCommand,
   type KinesisClient,
@@ -16,6 +15,7 @@ import {
   SplitShardCommand,
   UpdateShardCountCommand,
 } from '@aws-sdk/client-kinesis';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { LeaseTable, SHARD_END } from '../../src/consumers/lease-table.js';
 import { type Delivery, orderViolations, TestFleet } from '../helpers/fleet.js';
 import { createStream, putRecords, startTestStack, type TestStack, waitFor } from '../helpers/stack.js';
@@ -60,10 +60,10 @@ function reshardSuite(
 ) {
   describe(`resharding under load (${emulator})`, () => {
     let t: TestStack;
-    before(async () => {
+    beforeAll(async () => {
       t = await startTestStack({ kinesis: emulator });
     });
-    after(async () => {
+    afterAll(async () => {
       await t.stop();
     });
 

@@ -5,8 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { validateConfig } from '../../src/config/load.js';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { Worker } from '../../src/runtime/worker.js';
@@ -22,10 +22,10 @@ import {
 
 describe('routing end to end', () => {
   let t: TestStack;
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
   });
-  after(async () => {
+  afterAll(async () => {
     await t.stop();
   });
 

@@ -3,10 +3,10 @@
  * parseDeadLetterLine and compared with what was put, byte for byte.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import pino from 'pino';
 import type { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, test } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import type { AwsClients } from '../../src/core/aws.js';
 import type { DeadLetter } from '../../src/core/component.js';
@@ -61,12 +61,12 @@ describe('S3 dead-letter queue (s3rver)', () => {
   let aws: AwsClients;
   let s3: Awaited<ReturnType<typeof startS3Only>>;
 
-  before(async () => {
+  beforeAll(async () => {
     s3 = await startS3Only([BUCKET]);
     aws = s3.aws;
     _dir = s3.dir;
   });
-  after(async () => {
+  afterAll(async () => {
     await s3.stop();
   });
 

@@ -5,8 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
-import { after, before, describe, test } from 'node:test';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, test } from 'vitest';
 import type { AwsClients } from '../../src/core/aws.js';
 import { startS3Only } from '../helpers/stack.js';
 
@@ -37,13 +37,13 @@ describe('local S3 (s3rver) stores a PUT atomically', () => {
   let aws: AwsClients;
   let endpoint: string;
 
-  before(async () => {
+  beforeAll(async () => {
     s3 = await startS3Only([BUCKET]);
     aws = s3.aws;
     const e = await aws.s3.config.endpoint!();
     endpoint = `${e.protocol}//${e.hostname}:${e.port}`;
   });
-  after(async () => {
+  afterAll(async () => {
     await s3.stop();
   });
 

@@ -6,9 +6,9 @@
  */
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
-import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import pino from 'pino';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { validateConfig } from '../../src/config/load.js';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { Worker } from '../../src/runtime/worker.js';
@@ -18,12 +18,12 @@ import { createStream, putRecords, startTestStack, type TestStack, waitFor } fro
 describe('worker start-up while the lease table is throttled', () => {
   let t: TestStack;
   let proxy: FaultProxy;
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
     proxy = await FaultProxy.start(t.stack.awsConfig.endpoints.dynamodb);
     await t.aws.s3.send(new CreateBucketCommand({ Bucket: 'startup-lake' }));
   });
-  after(async () => {
+  afterAll(async () => {
     await proxy?.stop();
     await t?.stop();
   });

@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand, GetObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { stringify } from 'yaml';
 import { validateConfig } from '../../src/config/load.js';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
@@ -87,14 +87,14 @@ function logTail(file: string, bytes = 6_000): string {
 
 describe('worker end to end', () => {
   let t: TestStack;
-  // Worker processes started by a test; killed in after() so a failed assertion never leaves one running
+  // Worker processes started by a test; killed in afterAll() so a failed assertion never leaves one running
   // (a live child keeps the test file's process, and so the whole run, from ending).
   const children: ChildProcess[] = [];
 
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
   });
-  after(async () => {
+  afterAll(async () => {
     for (const child of children)
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await t.stop();

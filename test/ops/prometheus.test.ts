@@ -7,8 +7,8 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { parse } from 'yaml';
 import { validateConfig } from '../../src/config/load.js';
 import { KinesisProducer } from '../../src/producer/kinesis-producer.js';
@@ -42,7 +42,7 @@ describe('worker metrics in a real Prometheus', () => {
   let prometheus: PrometheusServer | undefined;
   let exposition = '';
 
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
     const stream = 'ops-spans';
     const bucket = 'ops-lake';
@@ -120,7 +120,7 @@ describe('worker metrics in a real Prometheus', () => {
     });
   });
 
-  after(async () => {
+  afterAll(async () => {
     await prometheus?.stop();
     await worker?.stop();
     await t?.stop();

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { type OpsServer, startOpsServer } from '../../src/metrics/server.js';
@@ -29,7 +29,7 @@ describe('RED metrics in a real Prometheus (OpenMetrics, exemplars)', () => {
   let server: OpsServer;
   let prometheus: PrometheusServer | undefined;
 
-  before(async () => {
+  beforeAll(async () => {
     const metrics = createRegistry(true);
     metrics.setDefaultLabels({ app: 'red-ops' });
     const red = new RedMetricsProcessor(
@@ -57,7 +57,7 @@ describe('RED metrics in a real Prometheus (OpenMetrics, exemplars)', () => {
     });
   });
 
-  after(async () => {
+  afterAll(async () => {
     await prometheus?.stop();
     await server?.close();
     rmSync(dir, { recursive: true, force: true });

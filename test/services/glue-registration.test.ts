@@ -7,13 +7,13 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
 import {
   CreateDatabaseCommand,
   CreateTableCommand,
   GetPartitionsCommand,
   GlueClient,
 } from '@aws-sdk/client-glue';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import type { AwsClients } from '../../src/core/aws.js';
 import type { PipelineEvent } from '../../src/core/records.js';
@@ -42,7 +42,7 @@ describe('Glue partition registration (moto)', () => {
   let s3: Awaited<ReturnType<typeof startS3Only>>;
   let aws: AwsClients;
 
-  before(async () => {
+  beforeAll(async () => {
     const port = await freePort();
     moto = spawn(python!, ['-m', 'moto.server', '-H', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
     endpoint = `http://127.0.0.1:${port}`;
@@ -60,7 +60,7 @@ describe('Glue partition registration (moto)', () => {
     s3 = await startS3Only(['glue-lake']);
     aws = s3.aws;
   });
-  after(async () => {
+  afterAll(async () => {
     moto?.kill('SIGTERM');
     await s3?.stop();
   });

@@ -11,8 +11,8 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
 import { CreateBucketCommand, GetObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { stringify } from 'yaml';
 import { validateConfig } from '../../src/config/load.js';
 import { Worker } from '../../src/runtime/worker.js';
@@ -84,7 +84,7 @@ describe('OpenSearch sink end to end from Kinesis', { timeout: 900_000 }, () => 
   let t: TestStack;
   let node: OpenSearchNode;
 
-  before(async () => {
+  beforeAll(async () => {
     // Assigned one by one, so `after` stops whichever started even when the other failed.
     await Promise.all([
       startTestStack().then((x) => {
@@ -95,7 +95,7 @@ describe('OpenSearch sink end to end from Kinesis', { timeout: 900_000 }, () => 
       }),
     ]);
   });
-  after(async () => {
+  afterAll(async () => {
     await Promise.all([t?.stop(), node?.stop()]);
   });
 

@@ -5,9 +5,9 @@
  * 429/500/reset/slow answers, the retry budget, data streams, and field offload to S3 (s3rver).
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import type { AwsClients } from '../../src/core/aws.js';
 import type { PipelineEvent } from '../../src/core/records.js';
@@ -103,7 +103,7 @@ describe('OpenSearch sink against a real OpenSearch node', { timeout: 600_000 },
   let s3: Awaited<ReturnType<typeof startS3Only>>;
   const proxies: FaultProxy[] = [];
 
-  before(async () => {
+  beforeAll(async () => {
     // Assigned one by one, so `after` stops whichever started even when the other failed.
     await Promise.all([
       startOpenSearch().then((n) => {
@@ -114,7 +114,7 @@ describe('OpenSearch sink against a real OpenSearch node', { timeout: 600_000 },
       }),
     ]);
   });
-  after(async () => {
+  afterAll(async () => {
     for (const p of proxies) await p.stop();
     await Promise.all([node?.stop(), s3?.stop()]);
   });

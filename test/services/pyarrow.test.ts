@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import type { AwsClients } from '../../src/core/aws.js';
 import type { PipelineEvent } from '../../src/core/records.js';
@@ -35,12 +35,12 @@ describe('Parquet read back by pyarrow', () => {
   let aws: AwsClients;
   let s3: Awaited<ReturnType<typeof startS3Only>>;
 
-  before(async () => {
+  beforeAll(async () => {
     s3 = await startS3Only(['pyarrow-bucket']);
     aws = s3.aws;
     dir = s3.dir;
   });
-  after(async () => {
+  afterAll(async () => {
     await s3.stop();
   });
 

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import { compareSequence } from '../../src/core/records.js';
 import { ShardWatermark } from '../../src/core/watermark.js';

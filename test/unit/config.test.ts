@@ -2,9 +2,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, it } from 'node:test';
+import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/config/errors.js';
 import { interpolate, loadConfig, validateConfig } from '../../src/config/load.js';
+import { semanticWarnings } from '../../src/config/warnings.js';
 
 const minimal = {
   consumers: [{ type: 'polling', stream: 'spans' }],
@@ -162,5 +163,24 @@ describe('config', () => {
       (err: unknown) => err instanceof ConfigError && /YAML syntax error/.test(err.message),
     );
     assert.throws(() => loadConfig(path.join(dir, 'missing.yaml'), {}), /cannot read the file/);
+  });
+});
+
+describe('semantic warnings', () => {
+  const base = {
+    consumers: [{ type: 'polling', stream: 's' }],
+    dlq: { type: 's3', bucket: 'dlq-bucket' },
+    sinks: {
+      lake: { type: 's3_parquet', bucket: 'lake-bucket' },
+      errors: { type: 's3_parquet', bucket: 'lake-bucket', prefix: 'e/' },
+    },
+  };
+  it('warns about a sink that no route reaches, and not without routing', () => {
+    const routed = validateConfig({
+      ...base,
+      routing: { routes: [{ name: 'all', sinks: ['lake'] }] },
+    });
+    expect(semanticWarnings(routed).map((w) => w.path)).toEqual(['sinks.errors']);
+    expect(semanticWarnings(validateConfig(base))).toEqual([]);
   });
 });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
+import { describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import type { SourceRecord } from '../../src/core/records.js';
 import { createRegistry } from '../../src/metrics/registry.js';

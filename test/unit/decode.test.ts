@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it } from 'vitest';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { decodeConfigSchema, parseJsonDocument, RecordDecoder } from '../../src/processors/decode.js';
 import { MemoryDeadLetterQueue, sourceRecord } from '../helpers/fakes.js';

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import type { SourceRecord } from '../../src/core/records.js';
 import { createRegistry } from '../../src/metrics/registry.js';

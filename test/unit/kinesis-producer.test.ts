@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
 import {
   type KinesisClient,
   PutRecordsCommand,
   type PutRecordsCommandOutput,
   type PutRecordsResultEntry,
 } from '@aws-sdk/client-kinesis';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import {
   batchRecords,
   KinesisProducer,
@@ -269,11 +269,11 @@ describe('KinesisProducer with a fake send', () => {
 
 describe('KinesisProducer against kinesalite', () => {
   let t: TestStack;
-  before(async () => {
+  beforeAll(async () => {
     t = await startTestStack();
     await createStream(t.aws.kinesis, 'producer-test', 4);
   });
-  after(async () => {
+  afterAll(async () => {
     await t?.stop();
   });
 

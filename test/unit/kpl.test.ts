@@ -7,8 +7,8 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { describe, it } from 'node:test';
 import type { _Record } from '@aws-sdk/client-kinesis';
+import { describe, it } from 'vitest';
 import {
   aggregate,
   deaggregate,

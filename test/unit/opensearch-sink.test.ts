@@ -1,6 +1,6 @@
 /** Pure logic of the OpenSearch sink: ids, times and index names, bulk sizing, classification, AIMD, templates, config. */
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import type { PipelineEvent } from '../../src/core/records.js';
 import {

@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import os from 'node:os';
-import { describe, it } from 'node:test';
 import { Registry } from 'prom-client';
+import { describe, it } from 'vitest';
 import { startOpsServer } from '../../src/metrics/server.js';
 
 /** Resolves 'open' when a TCP connection succeeds, else the error code (ECONNREFUSED ...). */

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { describe, it } from 'node:test';
+import { describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import type { PipelineEvent } from '../../src/core/records.js';
 import { createRegistry } from '../../src/metrics/registry.js';

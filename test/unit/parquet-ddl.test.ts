@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { test } from 'node:test';
+import { test } from 'vitest';
 import { stringify } from 'yaml';
 import { parquetSinkConfigSchema } from '../../src/sinks/s3-parquet/config.js';
 import { createTableDdl } from '../../src/sinks/s3-parquet/ddl.js';

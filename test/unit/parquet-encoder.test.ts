@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { after, describe, test } from 'node:test';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { parse as parseLossless } from 'lossless-json';
+import { afterAll, describe, test } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import type { PipelineEvent } from '../../src/core/records.js';
 import { parquetSinkConfigSchema } from '../../src/sinks/s3-parquet/config.js';
@@ -286,7 +286,7 @@ function event(value: Record<string, unknown>, sequenceNumber = '100', index = 0
 
 describe('RowBuilder and ParquetEncoder', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'parquet-encoder-'));
-  after(() => rmSync(dir, { recursive: true, force: true }));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const columns = parquetSinkConfigSchema.parse({
     type: 's3_parquet',
     bucket: 'lake',
@@ -397,7 +397,7 @@ const wellFormed = (s: string) =>
 
 describe('staged rows read back exactly (NDJSON staging, fast and general paths)', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'parquet-staging-'));
-  after(() => rmSync(dir, { recursive: true, force: true }));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   const COLUMNS = [
     { name: 's', type: 'string' },

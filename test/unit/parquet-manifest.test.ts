@@ -1,6 +1,6 @@
 /** The Parquet sink's manifest codec and replay index: what decides which replayed events are skipped. */
 import assert from 'node:assert/strict';
-import { describe, test } from 'node:test';
+import { describe, test } from 'vitest';
 import {
   decodePositions,
   type EventPosition,

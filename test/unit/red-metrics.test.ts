@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { after, describe, it } from 'node:test';
+import { afterAll, describe, it } from 'vitest';
 import type { RedWindowDocument } from '../../src/core/documents.js';
 import type { PipelineEvent } from '../../src/core/records.js';
 import {
@@ -328,7 +328,7 @@ describe('red_metrics', () => {
     const { p, metrics } = red();
     p.process(traceWorkload({ traces: 5 }).deliveries.map((d) => spanEvent(d.span, new AckLedger().ack())));
     const server = await startOpsServer({ host: '127.0.0.1', port: 0, registry: metrics, ready: () => true });
-    after(() => server.close());
+    afterAll(() => server.close());
     const url = `http://127.0.0.1:${server.address.port}/metrics`;
     const om = await fetch(url, {
       headers: { accept: 'application/openmetrics-text;version=1.0.0,text/plain;q=0.5' },

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { describe, it } from 'node:test';
+import { describe, it } from 'vitest';
 import { ConfigError } from '../../src/config/errors.js';
 import { validateConfig } from '../../src/config/load.js';
 import { Ack } from '../../src/core/ack.js';

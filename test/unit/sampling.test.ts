@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { describe, it } from 'node:test';
+import { describe, it } from 'vitest';
 import { loadConfig, validateConfig } from '../../src/config/load.js';
 import type { PipelineEvent } from '../../src/core/records.js';
 import { createRegistry } from '../../src/metrics/registry.js';

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it } from 'vitest';
 import { generateSpans, seededRandom, spanRecord } from '../../src/producer/synthetic-spans.js';
 
 describe('generateSpans', () => {

@@ -4,9 +4,9 @@
  * process memory (heap + Buffers, after a forced GC) must stay near it, i.e. the estimate is honest.
  */
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
 import v8 from 'node:v8';
 import vm from 'node:vm';
+import { describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
 import type { PipelineEvent } from '../../src/core/records.js';
 import { createRegistry } from '../../src/metrics/registry.js';
