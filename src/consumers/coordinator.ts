@@ -22,7 +22,7 @@ import type { KinesisClient } from '@aws-sdk/client-kinesis';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { awsErrorName, isRetryableAwsError } from '../core/aws-errors.js';
-import { type Clock, sleepOn, systemClock, timeoutSignal } from '../core/clock.js';
+import { type Clock, sleepOn, systemClock, withTimeout } from '../core/clock.js';
 import type { DeadLetterQueue, ShardChain } from '../core/component.js';
 import { ShardTenure, type TenureEnd, TenureTokens, tokenInstance } from '../core/tenure.js';
 import { ShardWatermark } from '../core/watermark.js';
@@ -287,9 +287,11 @@ export class ShardCoordinator {
     const sentAt = this.clock.now();
     let taken: Lease;
     try {
-      taken = await this.deps.leases.take(lease, this.deps.workerId, token, {
-        signal: timeoutSignal(this.clock, this.timing.callTimeoutMs),
-      });
+      // A take answered later than this would start a tenure already past its fencing deadline.
+      const timeoutMs = this.timing.failoverMs - this.timing.fencingMarginMs;
+      taken = await withTimeout(this.clock, timeoutMs, 'lease take', (signal) =>
+        this.deps.leases.take(lease, this.deps.workerId, token, { signal }),
+      );
     } catch (err) {
       if (err instanceof LeaseLostError) return; // someone else was faster
       this.m.leaseWriteErrors.inc({ error: awsErrorName(err) });
@@ -402,9 +404,9 @@ export class ShardCoordinator {
   private async inspect(held: HeldShard): Promise<void> {
     let row: Lease | undefined;
     try {
-      row = await this.deps.leases.get(held.key, {
-        signal: timeoutSignal(this.clock, this.timing.callTimeoutMs),
-      });
+      row = await withTimeout(this.clock, this.timing.callTimeoutMs, 'lease read', (signal) =>
+        this.deps.leases.get(held.key, { signal }),
+      );
     } catch {
       return; // unknown: the next write or scan tells, and the deadline fences the shard meanwhile
     }

@@ -16,7 +16,7 @@
  */
 import type { Logger } from 'pino';
 import { awsErrorName } from '../core/aws-errors.js';
-import { type Clock, timeoutSignal } from '../core/clock.js';
+import { type Clock, withTimeout } from '../core/clock.js';
 import type { ShardTenure } from '../core/tenure.js';
 import type { ShardPosition, ShardWatermark } from '../core/watermark.js';
 import type { CoordinatorMetrics } from './coordinator-metrics.js';
@@ -106,18 +106,19 @@ export class HeldShard {
     const sentAt = clock.now();
     const left = this.tenure.active ? this.tenure.deadline - sentAt : Number.POSITIVE_INFINITY;
     const timeoutMs = Math.max(1, Math.min(timing.callTimeoutMs, left));
-    const signal = timeoutSignal(clock, timeoutMs);
     try {
-      const lease = await op(this.lease, { signal });
+      const lease = await withTimeout(clock, timeoutMs, `lease ${operation}`, (signal) =>
+        op(this.lease, { signal }),
+      );
       this.lease = lease;
       metrics.leaseWriteSeconds.observe({ operation }, (clock.now() - sentAt) / 1000);
       // Every successful conditional write moved the counter: others start their expiry wait again.
       if (this.tenure.active) this.tenure.setDeadline(sentAt + timing.failoverMs - timing.fencingMarginMs);
       return lease;
     } catch (err) {
-      const error =
-        err instanceof LeaseLostError ? 'LeaseLost' : signal.aborted ? 'TimeoutError' : awsErrorName(err);
-      metrics.leaseWriteErrors.inc({ error });
+      metrics.leaseWriteErrors.inc({
+        error: err instanceof LeaseLostError ? 'LeaseLost' : awsErrorName(err),
+      });
       throw err;
     }
   }

@@ -45,3 +45,33 @@ export function timeoutSignal(clock: Clock, ms: number): AbortSignal {
   );
   return controller.signal;
 }
+
+/** A call that did not answer within its timeout (retryable: the next interval tries again). */
+export class CallTimeoutError extends Error {
+  constructor(
+    readonly what: string,
+    readonly ms: number,
+  ) {
+    super(`${what}: no answer within ${ms} ms`);
+    this.name = 'TimeoutError';
+  }
+}
+
+/**
+ * Runs `call` with a signal that aborts after `ms` on `clock`; when it fails because of that abort, the
+ * error is a CallTimeoutError (named TimeoutError, retryable) rather than the SDK's AbortError.
+ */
+export async function withTimeout<T>(
+  clock: Clock,
+  ms: number,
+  what: string,
+  call: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const signal = timeoutSignal(clock, ms);
+  try {
+    return await call(signal);
+  } catch (err) {
+    if (signal.aborted) throw new CallTimeoutError(what, ms);
+    throw err;
+  }
+}
