@@ -12,6 +12,7 @@ import { Ack } from '../../src/core/ack.js';
 import type { AwsClients } from '../../src/core/aws.js';
 import type { PipelineEvent } from '../../src/core/records.js';
 import { readPointer, sha256Hex } from '../../src/core/s3-pointer.js';
+import { detachedTenure } from '../../src/core/tenure.js';
 import { type OpenSearchSinkConfig, openSearchSinkConfigSchema } from '../../src/sinks/opensearch/config.js';
 import { OpenSearchSink } from '../../src/sinks/opensearch/sink.js';
 import { MemoryDeadLetterQueue, origin } from '../helpers/fakes.js';
@@ -411,7 +412,10 @@ describe('OpenSearch sink against a real OpenSearch node', { timeout: 600_000 },
       },
       s3.aws,
     );
-    await assert.rejects(h.sink.openShard({ stream: 's', shardId: 'x' }), /no Index State Management plugin/);
+    await assert.rejects(
+      h.sink.openShard(detachedTenure({ stream: 's', shardId: 'x' })),
+      /no Index State Management plugin/,
+    );
     await h.sink.close();
   });
 
