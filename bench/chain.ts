@@ -38,6 +38,7 @@ import { validateConfig } from '../src/config/load.js';
 import type { AwsClients } from '../src/core/aws.js';
 import type { ComponentContext, Processor, Sink } from '../src/core/component.js';
 import type { PipelineEvent } from '../src/core/records.js';
+import { detachedTenure } from '../src/core/tenure.js';
 import { ShardWatermark } from '../src/core/watermark.js';
 import { createRegistry } from '../src/metrics/registry.js';
 import { RecordDecoder } from '../src/processors/decode.js';
@@ -235,7 +236,8 @@ async function runChain(
   );
   const watermark = new ShardWatermark(Number.MAX_SAFE_INTEGER);
   const records = makeRecords(raw, watermark);
-  for (const s of sinks) await s.openShard?.({ stream: 'bench', shardId: 'shardId-000000000000' }, undefined);
+  for (const s of sinks)
+    await s.openShard?.(detachedTenure({ stream: 'bench', shardId: 'shardId-000000000000' }), undefined);
   // Start from a clean heap, as every round does.
   globalThis.gc?.();
   if (profile) await profile.post('Profiler.start');

@@ -30,6 +30,7 @@ import pino from 'pino';
 import { validateConfig } from '../src/config/load.js';
 import type { AwsClients } from '../src/core/aws.js';
 import type { ComponentContext } from '../src/core/component.js';
+import { detachedTenure } from '../src/core/tenure.js';
 import { ShardWatermark } from '../src/core/watermark.js';
 import { createRegistry } from '../src/metrics/registry.js';
 import { RecordDecoder } from '../src/processors/decode.js';
@@ -141,7 +142,8 @@ async function child(tmpDir: string): Promise<void> {
   const processors = config.processors.map((c, i) => createProcessor(names[i]!, c, ctx));
   const pipeline = new Pipeline(decoder, processors, sinks, new PartitionKeyRouter(config.routing!, metrics));
   const watermark = new ShardWatermark(Number.MAX_SAFE_INTEGER);
-  for (const s of sinks) await s.openShard?.({ stream: 'bench', shardId: 'shardId-000000000000' }, undefined);
+  for (const s of sinks)
+    await s.openShard?.(detachedTenure({ stream: 'bench', shardId: 'shardId-000000000000' }), undefined);
 
   globalThis.gc?.();
   const baselineRssBytes = statusBytes('VmRSS');

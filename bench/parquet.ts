@@ -19,6 +19,7 @@ import pino from 'pino';
 import { Ack } from '../src/core/ack.js';
 import type { AwsClients } from '../src/core/aws.js';
 import type { PipelineEvent } from '../src/core/records.js';
+import { detachedTenure } from '../src/core/tenure.js';
 import { createRegistry } from '../src/metrics/registry.js';
 import { generateSpans, spanRecord } from '../src/producer/synthetic-spans.js';
 import { parquetSinkConfigSchema } from '../src/sinks/s3-parquet/config.js';
@@ -116,7 +117,7 @@ async function main(): Promise<void> {
           aws: { s3: s3 as unknown as S3Client } as unknown as AwsClients,
         },
       );
-      await sink.openShard({ stream: 'bench', shardId: 'shardId-000000000000' }, undefined);
+      await sink.openShard(detachedTenure({ stream: 'bench', shardId: 'shardId-000000000000' }), undefined);
       globalThis.gc?.();
       cpu0 = cpuSeconds();
       started = process.hrtime.bigint();

@@ -1,145 +1,53 @@
 /**
  * The shard coordinator: keeps a lease per shard in the lease table, takes and balances leases across the
  * workers of a fleet, runs a reader for every lease it holds, renews its leases, and checkpoints each
- * shard's contiguous watermark.
+ * shard's contiguous watermark. It wires the modules that do each part (the Java KCL's split is the
+ * reference for the seams):
  *
- * Lease taking runs every `takeIntervalMs` (failover cadence, not shard-sync cadence), as the KCL's
- * LeaseTaker does, and follows its rules:
- *  - a lease may be taken when it is unowned, owned by this worker id (restart), or expired: its counter did
- *    not move for `failoverMs` by our own clock (no clock is compared across workers);
- *  - live workers are the owners of unexpired leases (plus us); each worker's fair share is
- *    ceil(leases / live workers); a worker below its share takes available leases, and when there are
- *    none it moves at most `maxLeasesToStealAtOnce` leases from the most loaded worker;
- *  - moving a lease is a graceful handoff (KCL 3.x `checkpointOwner`): the holder stops reading, lets its
- *    records drain into the sinks, checkpoints, then lets go; the new owner starts from that checkpoint.
- *    A holder that does not finish within `handoffTimeoutMs` is overruled (its late writes fail).
+ *   lease-renewer.ts   renewal (and with held-shard.ts, self-fencing by a local deadline)
+ *   lease-taker.ts     scans, taking, balancing (rules in lease-plan.ts, pure)
+ *   handoff.ts         the giving side of a graceful handoff
+ *   shard-sync.ts      shard listing, new and child leases, deleting finished leases
+ *   shard-end.ts       a closed shard's SHARD_END
+ *   checkpointer.ts    checkpoints, forward only, SHARD_END final
+ *   held-shard.ts      one held shard: tenure, watermark, reader, and its serialized command queue
  *
- * Resharding: leases are created for new shards at every shard sync and at once from the ChildShards of a
- * closed shard's last read. A child is started only when every parent lease reached SHARD_END, and
- * SHARD_END (with the children in `childShardIds`) is written only once the parent's watermark covers its
- * last record, so per-key order holds across splits and merges. Leases of finished shards that left the
- * stream (retention) are deleted.
+ * Each take of a lease starts a tenure (src/core/tenure.ts) whose token is written into the lease row;
+ * the tenure ends when the lease is lost, fenced, handed off, released, at shard end, or when the chain
+ * fails on its records, and then every component lets go of what it holds of it (`ShardChain.closeShard`)
+ * before this worker takes the same lease again. Time comes from an injectable clock and the lease table
+ * is a dependency, so the lease logic can run under a virtual clock.
  */
-import { type KinesisClient, ListShardsCommand, type Shard } from '@aws-sdk/client-kinesis';
+import type { KinesisClient } from '@aws-sdk/client-kinesis';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import { z } from 'zod';
 import { awsErrorName, isRetryableAwsError } from '../core/aws-errors.js';
-import type { DeadLetterQueue, Sink } from '../core/component.js';
-import type { SourceRecord } from '../core/records.js';
-import { type ShardPosition, ShardWatermark } from '../core/watermark.js';
-import { counter, gauge } from '../metrics/registry.js';
+import { type Clock, sleepOn, systemClock, withTimeout } from '../core/clock.js';
+import type { DeadLetterQueue, ShardChain } from '../core/component.js';
+import { ShardTenure, type TenureEnd, TenureTokens, tokenInstance } from '../core/tenure.js';
+import { ShardWatermark } from '../core/watermark.js';
+import { Checkpointer } from './checkpointer.js';
+import { type CoordinatorMetrics, coordinatorMetrics, PER_SHARD_METRICS } from './coordinator-metrics.js';
+import { handOff } from './handoff.js';
+import { HeldShard } from './held-shard.js';
+import { type CheckpointConfig, type LeaseTimingConfig, leaseTiming } from './lease-config.js';
+import { LeaseKeys } from './lease-keys.js';
+import { judgeRow, type TakeReason } from './lease-plan.js';
+import { LeaseRenewer } from './lease-renewer.js';
 import {
   checkpointPosition,
   type InitialPosition,
   type Lease,
   LeaseLostError,
   type LeaseTable,
-  SHARD_END,
 } from './lease-table.js';
+import { LeaseTaker } from './lease-taker.js';
 import { type ConsumerConfig, type ConsumerContext, openConsumer, type StreamConsumer } from './registry.js';
-import type { ReaderEnd, ShardReader, StartingPoint } from './shard-reader.js';
+import { finishClosedShard } from './shard-end.js';
+import { DeliveryError, type ReaderEnd, type StartingPoint } from './shard-reader.js';
+import { ShardSyncer } from './shard-sync.js';
 
-export const checkpointConfigSchema = z
-  .object({
-    table: z
-      .string()
-      .min(3)
-      .default('ksw-leases')
-      .describe(
-        'DynamoDB lease table (KCL row format). One table per application, like the KCL: point it at a Java KCL application table to take over its place.',
-      ),
-    createTable: z
-      .boolean()
-      .default(true)
-      .describe('Create the table (on-demand billing) when it is missing.'),
-    intervalMs: z
-      .number()
-      .int()
-      .min(100)
-      .default(10_000)
-      .describe(
-        'How often each shard checkpoints its watermark (also done at shutdown, handoff and SHARD_END).',
-      ),
-    failoverMs: z
-      .number()
-      .int()
-      .min(1_000)
-      .default(10_000)
-      .describe(
-        'A lease whose counter has not moved for this long is expired and may be taken by another worker.',
-      ),
-    renewIntervalMs: z
-      .number()
-      .int()
-      .min(100)
-      .optional()
-      .describe('How often held leases are renewed. Default: failoverMs / 3.'),
-    takeIntervalMs: z
-      .number()
-      .int()
-      .min(100)
-      .optional()
-      .describe(
-        "How often the lease table is scanned to take expired or unowned leases and to balance. Default: failoverMs / 8, so a dead worker's shards are taken within failoverMs + one renewal interval. Each scan reads the whole table (consistent reads).",
-      ),
-    maxLeasesForWorker: z
-      .number()
-      .int()
-      .min(1)
-      .optional()
-      .describe('Upper bound of leases this worker holds, whatever its fair share (default: no bound).'),
-    maxLeasesToStealAtOnce: z
-      .number()
-      .int()
-      .min(1)
-      .default(1)
-      .describe('Leases moved at most per scan from the most loaded worker when balancing.'),
-    handoffTimeoutMs: z
-      .number()
-      .int()
-      .min(100)
-      .optional()
-      .describe(
-        'How long a graceful handoff may take (holder drains and checkpoints) before the new owner overrules it. Default: failoverMs / 2.',
-      ),
-    shardSyncIntervalMs: z
-      .number()
-      .int()
-      .min(500)
-      .default(30_000)
-      .describe(
-        'How often to list shards: creates leases for new shards (a closed shard also reports its children at once) and deletes finished leases whose shard left the stream.',
-      ),
-    deleteFinishedLeases: z
-      .boolean()
-      .default(true)
-      .describe(
-        'Delete SHARD_END leases of shards no longer listed by the stream (past retention), as the KCL does.',
-      ),
-  })
-  .strict()
-  .describe('Checkpoints and leases.');
-
-export type CheckpointConfig = z.infer<typeof checkpointConfigSchema>;
-
-type HeldState = 'reading' | 'ending' | 'handing-off' | 'lost';
-
-interface HeldShard {
-  readonly key: string;
-  readonly stream: string;
-  readonly shardId: string;
-  lease: Lease;
-  readonly watermark: ShardWatermark;
-  readonly reader: ShardReader;
-  lastCheckpointed: ShardPosition | undefined;
-  lastRenewedAt: number;
-  /** Serialises lease writes (renew, checkpoint, release): each is conditional on the counter. */
-  chain: Promise<unknown>;
-  done?: Promise<void>;
-  state: HeldState;
-  handoff?: Promise<void>;
-}
+export { type CheckpointConfig, checkpointConfigSchema } from './lease-config.js';
 
 export interface CoordinatorDeps {
   readonly kinesis: KinesisClient;
@@ -149,13 +57,18 @@ export interface CoordinatorDeps {
   readonly logger: Logger;
   readonly metrics: Registry;
   readonly workerId: string;
-  readonly sinks: readonly Sink[];
-  readonly deliver: (records: SourceRecord[]) => Promise<void>;
-  readonly onBackpressure: () => void;
+  /** The processing chain: records in, and each tenure's lifecycle (open, flush, close). */
+  readonly chain: ShardChain;
   /** Where bad KPL aggregates go. */
   readonly dlq?: DeadLetterQueue;
   /** Default enhanced fan-out consumer name. */
   readonly appName?: string;
+  /** Lease timing runs on this clock (default: the system clock). */
+  readonly clock?: Clock;
+  /** This process instance, the prefix of its tenure tokens (default: random). */
+  readonly instance?: string;
+  /** Randomness of balancing choices (tests). */
+  readonly random?: () => number;
 }
 
 export interface ShardStatus {
@@ -168,39 +81,25 @@ export interface ShardStatus {
   readonly oldestUnackedAgeMs: number;
 }
 
-/** Per-shard series this worker exports; removed when the shard leaves it so stale lag does not linger. */
-const PER_SHARD_METRICS = [
-  'ksw_kinesis_millis_behind_latest',
-  'ksw_shard_in_flight_bytes',
-  'ksw_shard_in_flight_records',
-  'ksw_shard_oldest_unacked_age_seconds',
-];
-
-function shuffle<T>(items: T[]): T[] {
-  for (let i = items.length - 1; i > 0; i--) {
-    const j = Math.floor(Math.random() * (i + 1));
-    [items[i], items[j]] = [items[j]!, items[i]!];
-  }
-  return items;
-}
-
 export class ShardCoordinator {
   private readonly held = new Map<string, HeldShard>();
-  /** leaseKey -> (counter, time first seen with it): how expiry is judged, from our own clock. */
-  private readonly observed = new Map<string, { counter: number; since: number }>();
-  /** Leases handed to us whose previous owner is still finishing: leaseKey -> when we first saw it. */
-  private readonly incoming = new Map<string, number>();
-  /** Shard ids each stream listed at the last shard sync. */
-  private readonly listed = new Map<string, Map<string, Shard>>();
+  /** Ended tenures whose components are still letting go (closeShard): the next take of the key waits. */
+  private readonly closing = new Map<string, Promise<void>>();
   private readonly opened = new Map<string, StreamConsumer>();
-  private readonly timers: NodeJS.Timeout[] = [];
+  /** Periodic tasks by name, each with its stop function. */
+  private readonly timers = new Map<string, () => void>();
   private stopping = false;
-  private syncing: Promise<void> | undefined;
-  private taking: Promise<void> | undefined;
-  private takeAgain = false;
   private readonly abort = new AbortController();
+  private readonly tokens: TenureTokens;
+  private readonly keys: LeaseKeys;
+  private readonly clock: Clock;
   private readonly log: Logger;
-  private readonly m;
+  private readonly m: CoordinatorMetrics;
+  private readonly timing: LeaseTimingConfig;
+  private readonly syncer: ShardSyncer;
+  private readonly taker: LeaseTaker;
+  private readonly renewer: LeaseRenewer;
+  private readonly checkpointer: Checkpointer;
   readonly renewIntervalMs: number;
   readonly takeIntervalMs: number;
   readonly handoffTimeoutMs: number;
@@ -211,100 +110,68 @@ export class ShardCoordinator {
     private readonly deps: CoordinatorDeps,
   ) {
     this.log = deps.logger.child({ component: 'coordinator' });
-    this.renewIntervalMs = config.renewIntervalMs ?? Math.max(100, Math.floor(config.failoverMs / 3));
-    this.takeIntervalMs = config.takeIntervalMs ?? Math.max(100, Math.floor(config.failoverMs / 8));
-    this.handoffTimeoutMs = config.handoffTimeoutMs ?? Math.floor(config.failoverMs / 2);
-    const r = deps.metrics;
-    const shardLabels = ['stream', 'shard'] as const;
-    this.m = {
-      leasesHeld: gauge(r, { name: 'ksw_leases_held', help: 'Leases held by this worker' }),
-      fairShare: gauge(r, {
-        name: 'ksw_lease_fair_share',
-        help: 'Leases this worker aims to hold: ceil(active leases / live workers)',
-      }),
-      workers: gauge(r, {
-        name: 'ksw_fleet_workers',
-        help: 'Live workers seen in the lease table (owners of unexpired leases, this one included)',
-      }),
-      leaseTakes: counter(r, {
-        name: 'ksw_lease_takes_total',
-        help: 'Leases taken, by reason: unowned, expired, own (restart), handoff (received), forced (handoff timed out)',
-        labelNames: ['reason'],
-      }),
-      leaseSteals: counter(r, {
-        name: 'ksw_lease_steals_total',
-        help: 'Graceful handoffs this worker started to move a lease from the most loaded worker (balancing)',
-      }),
-      handoffsGiven: counter(r, {
-        name: 'ksw_lease_handoffs_given_total',
-        help: 'Leases this worker handed to another after draining and checkpointing, by outcome',
-        labelNames: ['outcome'],
-      }),
-      leaseLosses: counter(r, {
-        name: 'ksw_lease_losses_total',
-        help: 'Leases lost without a handoff: taken by another worker, or not renewed within failoverMs',
-        labelNames: ['reason'],
-      }),
-      shardEnds: counter(r, {
-        name: 'ksw_shard_ends_total',
-        help: 'Shards read to their end and checkpointed SHARD_END (after a split, merge or UpdateShardCount)',
-        labelNames: ['stream'],
-      }),
-      shardFailures: counter(r, {
-        name: 'ksw_shard_failures_total',
-        help: 'Shards taken but not read on: a sink could not open the shard (stage sink_open) or its reader crashed (stage reader). The lease is released and taken again later; a count that keeps rising means a shard nobody reads.',
-        labelNames: ['stream', 'stage'],
-      }),
-      leasesCreated: counter(r, { name: 'ksw_leases_created_total', help: 'Leases created for new shards' }),
-      leasesDeleted: counter(r, {
-        name: 'ksw_leases_deleted_total',
-        help: 'SHARD_END leases deleted because their shard left the stream',
-      }),
-      checkpoints: counter(r, {
-        name: 'ksw_checkpoints_total',
-        help: 'Checkpoints written',
-        labelNames: shardLabels,
-      }),
-      checkpointErrors: counter(r, {
-        name: 'ksw_checkpoint_errors_total',
-        help: 'Failed checkpoint writes',
-        labelNames: shardLabels,
-      }),
-      leaseWriteErrors: counter(r, {
-        name: 'ksw_lease_write_errors_total',
-        help: 'Failed lease table writes (take, renew, checkpoint, handoff, SHARD_END, release) after the SDK retries, by error: LeaseLost (a conditional check failed) or the AWS error name (throttling, 5xx, network). A lost race to take a lease is not counted.',
-        labelNames: ['error'],
-      }),
-      inFlightBytes: gauge(r, {
-        name: 'ksw_shard_in_flight_bytes',
-        help: 'Record bytes fetched but not yet covered by the watermark',
-        labelNames: shardLabels,
-      }),
-      inFlightRecords: gauge(r, {
-        name: 'ksw_shard_in_flight_records',
-        help: 'Records fetched but not yet covered by the watermark',
-        labelNames: shardLabels,
-      }),
-      oldestUnacked: gauge(r, {
-        name: 'ksw_shard_oldest_unacked_age_seconds',
-        help: 'Age of the oldest record not yet covered by the watermark',
-        labelNames: shardLabels,
-      }),
+    this.clock = deps.clock ?? systemClock;
+    this.tokens = new TenureTokens(deps.instance);
+    this.keys = new LeaseKeys(consumers);
+    this.timing = leaseTiming(config);
+    this.renewIntervalMs = this.timing.renewIntervalMs;
+    this.takeIntervalMs = this.timing.takeIntervalMs;
+    this.handoffTimeoutMs = this.timing.handoffTimeoutMs;
+    this.m = coordinatorMetrics(deps.metrics);
+    this.syncer = new ShardSyncer(
+      consumers,
+      this.keys,
+      deps.kinesis,
+      deps.leases,
+      { deleteFinishedLeases: config.deleteFinishedLeases },
+      this.m,
+      this.log,
+      () => this.takeLeases(),
+    );
+    this.taker = new LeaseTaker(
+      deps.leases,
+      {
+        heldKeys: () => this.readingKeys(),
+        onHeldRow: (key, row) => {
+          const held = this.held.get(key);
+          if (held) this.onRow(held, row);
+        },
+        readable: (lease, all) => {
+          const parsed = this.keys.parse(lease.leaseKey);
+          return !!parsed && this.syncer.parentsDone(lease, parsed.consumer.stream, all);
+        },
+        take: (lease, reason) => this.takeAndStart(lease, reason),
+        retryLater: (err, what) => this.retryLater(err, what),
+      },
+      {
+        me: deps.workerId,
+        instance: this.tokens.instance,
+        failoverMs: config.failoverMs,
+        maxLeasesForWorker: config.maxLeasesForWorker,
+        maxLeasesToStealAtOnce: config.maxLeasesToStealAtOnce,
+        failureCooldownMs: config.failoverMs,
+        ...(deps.random ? { random: deps.random } : {}),
+      },
+      this.clock,
+      this.m,
+      this.log,
+    );
+    const host = {
+      held: () => this.held.values(),
+      onConditionFailed: (held: HeldShard) => this.inspect(held),
     };
+    this.renewer = new LeaseRenewer(deps.leases, host, this.log);
+    this.checkpointer = new Checkpointer(deps.leases, host, this.m, this.log);
   }
 
   /** Lease key of a shard: the shard id (KCL single-stream format) unless several streams share the table. */
   leaseKey(stream: string, shardId: string): string {
-    return this.consumers.length === 1 ? shardId : `${stream}:${shardId}`;
+    return this.keys.of(stream, shardId);
   }
 
-  /** The stream and shard of a lease key of this application, or undefined for foreign rows. */
-  private parseKey(key: string): { consumer: ConsumerConfig; shardId: string } | undefined {
-    if (this.consumers.length === 1) return { consumer: this.consumers[0]!, shardId: key };
-    const at = key.indexOf(':');
-    if (at < 0) return undefined;
-    const consumer = this.consumers.find((c) => c.stream === key.slice(0, at));
-    return consumer ? { consumer, shardId: key.slice(at + 1) } : undefined;
+  /** The prefix of this process's tenure tokens (tells it apart from another process with the same id). */
+  get instance(): string {
+    return this.tokens.instance;
   }
 
   async start(): Promise<void> {
@@ -321,21 +188,40 @@ export class ShardCoordinator {
     // A throttled or unavailable lease table or ListShards at start-up is not fatal: the periodic shard
     // sync and lease scan below try again within their intervals, as the KCL's do. Anything else (access
     // denied, a missing stream) still fails the start with its error.
-    await this.sync().catch((err) => this.retryLater(err, 'shard sync'));
+    await this.syncer.sync().catch((err) => this.retryLater(err, 'shard sync'));
     await this.takeLeases().catch((err) => this.retryLater(err, 'lease scan'));
-    const every = (ms: number, fn: () => Promise<void>) => {
-      const t = setInterval(
-        () => void fn().catch((err) => this.log.error({ err }, 'periodic task failed')),
-        ms,
-      );
-      t.unref();
-      this.timers.push(t);
+    this.every('renew', this.timing.renewIntervalMs, () => this.renewer.renewAll());
+    this.every('scan', this.timing.takeIntervalMs, () => this.takeLeases());
+    this.every('checkpoint', this.config.intervalMs, () => this.checkpointer.checkpointAll());
+    this.every('sync', this.config.shardSyncIntervalMs, () => this.syncer.sync());
+    this.every('gauges', 1_000, async () => this.exportGauges());
+  }
+
+  /** Runs `task` every `ms` on the clock; a run still going when the next is due is not overlapped. */
+  private every(name: string, ms: number, task: () => Promise<void>): void {
+    let stopped = false;
+    let handle: unknown;
+    const tick = () => {
+      if (stopped) return;
+      void task()
+        .catch((err) => this.log.error({ err, task: name }, 'periodic task failed'))
+        .finally(() => {
+          if (!stopped) handle = this.clock.setTimeout(tick, ms);
+        });
     };
-    every(this.renewIntervalMs, () => this.renewAll());
-    every(this.takeIntervalMs, () => this.takeLeases());
-    every(this.config.intervalMs, () => this.checkpointAll());
-    every(this.config.shardSyncIntervalMs, () => this.sync());
-    every(1_000, async () => this.exportGauges());
+    handle = this.clock.setTimeout(tick, ms);
+    this.timers.set(name, () => {
+      stopped = true;
+      this.clock.clearTimeout(handle);
+    });
+  }
+
+  private stopTimers(keep: readonly string[] = []): void {
+    for (const [name, stop] of [...this.timers]) {
+      if (keep.includes(name)) continue;
+      stop();
+      this.timers.delete(name);
+    }
   }
 
   status(): ShardStatus[] {
@@ -351,114 +237,34 @@ export class ShardCoordinator {
   }
 
   get heldCount(): number {
-    return [...this.held.values()].filter((h) => h.state === 'reading' || h.state === 'ending').length;
+    return this.readingKeys().size;
   }
 
   /** Lease keys this worker reads now. */
   heldKeys(): string[] {
-    return [...this.held.values()].filter((h) => h.state === 'reading').map((h) => h.key);
+    return [...this.held.values()].filter((h) => h.phase === 'reading' && h.tenure.active).map((h) => h.key);
   }
-
-  // --- shard sync: leases for new shards, cleanup of finished ones ---------------------------------------
 
   /** Lists every stream's shards, creates missing leases and deletes finished leases of vanished shards. */
   sync(): Promise<void> {
-    if (this.stopping) return Promise.resolve();
-    this.syncing ??= this.doSync().finally(() => {
-      this.syncing = undefined;
-    });
-    return this.syncing;
+    return this.stopping ? Promise.resolve() : this.syncer.sync();
   }
-
-  private async doSync(): Promise<void> {
-    const leases = new Map((await this.deps.leases.list()).map((l) => [l.leaseKey, l]));
-    let created = false;
-    for (const consumer of this.consumers) {
-      const shards = await this.listShards(consumer.stream);
-      const byId = new Map(shards.map((s) => [s.ShardId!, s]));
-      this.listed.set(consumer.stream, byId);
-      for (const shard of shards) {
-        if (this.stopping) return;
-        const key = this.leaseKey(consumer.stream, shard.ShardId!);
-        if (leases.has(key)) continue;
-        const parents = [shard.ParentShardId, shard.AdjacentParentShardId].filter((p): p is string => !!p);
-        // A child of a reshard starts at its beginning: TRIM_HORIZON, whatever the configured start.
-        const initial: InitialPosition = parents.some(
-          (p) => byId.has(p) || leases.has(this.leaseKey(consumer.stream, p)),
-        )
-          ? 'TRIM_HORIZON'
-          : consumer.startPosition;
-        const range = shard.HashKeyRange;
-        leases.set(
-          key,
-          await this.deps.leases.createIfMissing(
-            key,
-            initial,
-            parents,
-            range ? { start: range.StartingHashKey!, end: range.EndingHashKey! } : undefined,
-          ),
-        );
-        this.m.leasesCreated.inc();
-        created = true;
-      }
-      if (this.config.deleteFinishedLeases) {
-        for (const lease of leases.values()) {
-          const parsed = this.parseKey(lease.leaseKey);
-          if (!parsed || parsed.consumer.stream !== consumer.stream) continue;
-          if (lease.checkpoint !== SHARD_END || byId.has(parsed.shardId)) continue;
-          if (await this.deps.leases.remove(lease)) {
-            this.m.leasesDeleted.inc();
-            this.log.info(
-              { lease: lease.leaseKey },
-              'deleted the lease of a finished shard that left the stream',
-            );
-          }
-        }
-      }
-    }
-    if (created) await this.takeLeases();
-  }
-
-  private async listShards(stream: string): Promise<Shard[]> {
-    const shards: Shard[] = [];
-    let token: string | undefined;
-    do {
-      const out = await this.deps.kinesis.send(
-        new ListShardsCommand(token ? { NextToken: token } : { StreamName: stream }),
-      );
-      shards.push(...(out.Shards ?? []));
-      token = out.NextToken;
-    } while (token);
-    return shards;
-  }
-
-  // --- lease taking and balancing -------------------------------------------------------------------------
 
   /** Scans the lease table; takes, balances and notices handoffs. One scan at a time. */
   takeLeases(): Promise<void> {
-    if (this.stopping) return Promise.resolve();
-    if (this.taking) {
-      this.takeAgain = true;
-      return this.taking;
-    }
-    this.taking = (async () => {
-      do {
-        this.takeAgain = false;
-        await this.doTakeLeases();
-      } while (this.takeAgain && !this.stopping);
-    })().finally(() => {
-      this.taking = undefined;
-    });
-    return this.taking;
+    return this.stopping ? Promise.resolve() : this.taker.scan();
   }
 
-  private parentsDone(lease: Lease, stream: string, leases: Map<string, Lease>): boolean {
-    const listed = this.listed.get(stream);
-    return lease.parentShardIds.every((p) => {
-      const parent = leases.get(this.leaseKey(stream, p));
-      // A parent without a lease is done when the stream no longer lists it (past retention).
-      return parent ? parent.checkpoint === SHARD_END : !listed?.has(p);
-    });
+  /** Writes each shard's watermark if it moved since the last checkpoint. */
+  checkpointAll(): Promise<void> {
+    return this.checkpointer.checkpointAll();
+  }
+
+  /** Keys of shards held and owned here (opening, reading, ending), for the taker. */
+  private readingKeys(): Set<string> {
+    const keys = new Set<string>();
+    for (const h of this.held.values()) if (h.owned) keys.add(h.key);
+    return keys;
   }
 
   /** Logs a retryable AWS error of a periodic task (it runs again on its own); rethrows anything else. */
@@ -467,190 +273,57 @@ export class ShardCoordinator {
     this.log.warn({ err, error: awsErrorName(err) }, `${what} failed; the next interval tries again`);
   }
 
-  private async doTakeLeases(): Promise<void> {
-    const now = Date.now();
-    const me = this.deps.workerId;
-    const leases = new Map((await this.deps.leases.list()).map((l) => [l.leaseKey, l]));
-    const expired = (lease: Lease): boolean => {
-      const seen = this.observed.get(lease.leaseKey);
-      if (!seen || seen.counter !== lease.leaseCounter) {
-        this.observed.set(lease.leaseKey, { counter: lease.leaseCounter, since: now });
-        return false;
-      }
-      return now - seen.since >= this.config.failoverMs;
-    };
-    for (const key of this.observed.keys()) if (!leases.has(key)) this.observed.delete(key);
+  // --- taking a lease: a new tenure --------------------------------------------------------------------
 
-    // Leases we hold: has someone started a handoff from us, or taken them?
-    for (const held of this.held.values()) {
-      const row = leases.get(held.key);
-      if ((held.state !== 'reading' && held.state !== 'ending') || !row) continue;
-      if (row.leaseOwner !== me) await this.onLeaseChanged(held, row);
-    }
-
-    const active: Array<{ lease: Lease; consumer: ConsumerConfig; shardId: string }> = [];
-    for (const lease of leases.values()) {
-      const parsed = this.parseKey(lease.leaseKey);
-      if (!parsed || lease.checkpoint === SHARD_END) continue;
-      if (!this.parentsDone(lease, parsed.consumer.stream, leases)) continue;
-      active.push({ lease, ...parsed });
-    }
-    // Expiry bookkeeping for every active lease, then liveness from it.
-    const isExpired = new Map(active.map((a) => [a.lease.leaseKey, expired(a.lease)]));
-    const load = new Map<string, string[]>([[me, []]]);
-    for (const { lease } of active) {
-      if (!lease.leaseOwner || isExpired.get(lease.leaseKey)) continue;
-      const list = load.get(lease.leaseOwner) ?? [];
-      list.push(lease.leaseKey);
-      load.set(lease.leaseOwner, list);
-    }
-    const workers = load.size;
-    let target = active.length === 0 ? 0 : Math.ceil(active.length / workers);
-    if (this.config.maxLeasesForWorker !== undefined)
-      target = Math.min(target, this.config.maxLeasesForWorker);
-    this.m.workers.set(workers);
-    this.m.fairShare.set(target);
-
-    const toTake: Array<{ lease: Lease; consumer: ConsumerConfig; shardId: string; reason: string }> = [];
-    // Ours but not read by us: a restart with the same id, or a handoff to us (finished or overdue).
-    for (const a of active) {
-      const { lease } = a;
-      if (lease.leaseOwner !== me || this.held.has(lease.leaseKey)) {
-        if (lease.leaseOwner !== me) this.incoming.delete(lease.leaseKey);
-        continue;
-      }
-      if (lease.checkpointOwner && lease.checkpointOwner !== me) {
-        const since = this.incoming.get(lease.leaseKey) ?? now;
-        this.incoming.set(lease.leaseKey, since);
-        if (now - since < this.handoffTimeoutMs) continue;
-        this.log.warn(
-          { lease: lease.leaseKey, previousOwner: lease.checkpointOwner },
-          'handoff not finished within handoffTimeoutMs; taking the lease from its checkpoint',
-        );
-        toTake.push({ ...a, reason: 'forced' });
-      } else {
-        toTake.push({ ...a, reason: this.incoming.has(lease.leaseKey) ? 'handoff' : 'own' });
-      }
-      this.incoming.delete(lease.leaseKey);
-    }
-    for (const key of this.incoming.keys()) if (!leases.has(key)) this.incoming.delete(key);
-    // Ours: held, being handed to us, or ours from before a restart (taken just above).
-    const mine = active.filter((a) => a.lease.leaseOwner === me).length;
-    const available = shuffle(
-      active.filter(
-        (a) => a.lease.leaseOwner !== me && (!a.lease.leaseOwner || isExpired.get(a.lease.leaseKey)),
-      ),
-    );
-    const free = available.slice(0, Math.max(0, target - mine));
-    for (const a of free) toTake.push({ ...a, reason: a.lease.leaseOwner ? 'expired' : 'unowned' });
-
-    // One lease that cannot be taken now (throttled) must not keep the others, or balancing, from going on.
-    const taken = await Promise.allSettled(
-      toTake.map(async (t) => {
-        if (this.stopping) return;
-        await this.takeAndStart(t.consumer, t.shardId, t.lease, t.reason);
-      }),
-    );
-    for (const r of taken) if (r.status === 'rejected') this.retryLater(r.reason, 'lease take');
-
-    // Balancing: below the fair share with nothing free, move leases from the most loaded worker.
-    const needed = target - mine - free.length;
-    if (needed <= 0 || this.stopping) return;
-    let victim: string | undefined;
-    let victimLoad = 0;
-    for (const [owner, keys] of load) {
-      if (owner !== me && keys.length > victimLoad) {
-        victim = owner;
-        victimLoad = keys.length;
-      }
-    }
-    if (!victim || victimLoad < target) return;
-    let steal = Math.min(needed, victimLoad - target);
-    if (needed > 1 && steal === 0) steal = 1;
-    steal = Math.min(steal, this.config.maxLeasesToStealAtOnce);
-    const candidates = shuffle(
-      (load.get(victim) ?? []).map((k) => leases.get(k)!).filter((l) => !l.checkpointOwner),
-    );
-    for (const lease of candidates.slice(0, steal)) {
-      try {
-        await this.deps.leases.startHandoff(lease, me);
-        this.incoming.set(lease.leaseKey, now);
-        this.m.leaseSteals.inc();
-        this.log.info(
-          { lease: lease.leaseKey, from: victim, fairShare: target, workers },
-          'balancing: asked the most loaded worker to hand a lease over',
-        );
-      } catch (err) {
-        if (!(err instanceof LeaseLostError)) throw err;
-      }
-    }
-  }
-
-  private async takeAndStart(
-    consumer: ConsumerConfig,
-    shardId: string,
-    lease: Lease,
-    reason: string,
-  ): Promise<void> {
+  private async takeAndStart(lease: Lease, reason: TakeReason): Promise<void> {
     const key = lease.leaseKey;
-    const stream = this.opened.get(consumer.stream);
-    if (!stream || this.held.has(key)) return;
+    const parsed = this.keys.parse(key);
+    const stream = parsed && this.opened.get(parsed.consumer.stream);
+    if (!parsed || !stream || this.held.has(key) || this.stopping) return;
+    const { consumer, shardId } = parsed;
+    // A previous tenure of this lease here lets go of its state before the next one may start.
+    await this.closing.get(key);
+    const token = this.tokens.next();
+    const sentAt = this.clock.now();
     let taken: Lease;
     try {
-      taken = await this.deps.leases.take(lease, this.deps.workerId);
+      // A take answered later than this would start a tenure already past its fencing deadline.
+      const timeoutMs = this.timing.failoverMs - this.timing.fencingMarginMs;
+      taken = await withTimeout(this.clock, timeoutMs, 'lease take', (signal) =>
+        this.deps.leases.take(lease, this.deps.workerId, token, { signal }),
+      );
     } catch (err) {
       if (err instanceof LeaseLostError) return; // someone else was faster
       this.m.leaseWriteErrors.inc({ error: awsErrorName(err) });
       throw err;
     }
+    this.m.leaseWriteSeconds.observe({ operation: 'take' }, (this.clock.now() - sentAt) / 1000);
+    const tenure = new ShardTenure(consumer.stream, shardId, token, this.clock);
+    tenure.setDeadline(sentAt + this.timing.failoverMs - this.timing.fencingMarginMs);
+    const position = checkpointPosition(taken);
+    const watermark = new ShardWatermark(consumer.maxInFlightBytes, position, Date.now, tenure);
+    const held = new HeldShard(key, consumer, shardId, taken, tenure, watermark, {
+      clock: this.clock,
+      timing: this.timing,
+      metrics: this.m,
+      logger: this.log,
+    });
+    held.lastCheckpointed = position;
+    this.held.set(key, held);
+    this.m.leasesHeld.set(this.heldCount);
+    tenure.whenFenced(() => this.fence(held));
+    tenure.whenFailed((stage, err) => this.onFailure(held, stage, err));
     if (this.stopping) {
-      await this.deps.leases.release(taken).catch(() => undefined);
+      await this.release(held, 'released');
       return;
     }
     this.m.leaseTakes.inc({ reason });
-    const position = checkpointPosition(taken);
-    const start: StartingPoint = position
-      ? { kind: 'after', position }
-      : {
-          kind: 'initial',
-          position: taken.checkpoint as InitialPosition,
-          ...(consumer.startTimestamp ? { timestamp: new Date(consumer.startTimestamp) } : {}),
-        };
-    const watermark = new ShardWatermark(consumer.maxInFlightBytes, position);
-    const range = taken.hashKeyRange ?? this.hashKeyRange(consumer.stream, shardId);
-    const reader = stream.createReader(shardId, start, {
-      kinesis: this.deps.kinesis,
-      logger: this.deps.logger,
-      metrics: this.deps.metrics,
-      watermark,
-      deliver: this.deps.deliver,
-      onBackpressure: this.deps.onBackpressure,
-      ...(this.deps.dlq ? { dlq: this.deps.dlq } : {}),
-      ...(range ? { hashKeyRange: { start: BigInt(range.start), end: BigInt(range.end) } } : {}),
-    });
-    const held: HeldShard = {
-      key,
-      stream: consumer.stream,
-      shardId,
-      lease: taken,
-      watermark,
-      reader,
-      lastCheckpointed: position,
-      lastRenewedAt: Date.now(),
-      chain: Promise.resolve(),
-      state: 'reading',
-    };
-    this.held.set(key, held);
-    this.m.leasesHeld.set(this.heldCount);
     try {
-      for (const sink of this.deps.sinks)
-        await sink.openShard?.({ stream: consumer.stream, shardId }, position);
+      await this.deps.chain.openShard(tenure, position);
     } catch (err) {
       this.log.error({ err, shard: shardId }, 'a sink could not open the shard; releasing the lease');
       this.m.shardFailures.inc({ stream: consumer.stream, stage: 'sink_open' });
-      this.held.delete(key);
-      await this.deps.leases.release(taken).catch(() => undefined);
-      this.m.leasesHeld.set(this.heldCount);
+      await this.release(held, 'failed');
       return;
     }
     if (taken.pendingCheckpoint) {
@@ -663,214 +336,190 @@ export class ShardCoordinator {
         'the lease has a prepared (pending) checkpoint from a KCL application; resuming from the committed checkpoint, as the KCL does',
       );
     }
+    const started = await held.run(async () => {
+      if (held.phase !== 'opening' || !tenure.active || this.stopping) return false;
+      held.phase = 'reading';
+      return true;
+    });
+    if (!started) return;
     this.log.info(
-      { stream: consumer.stream, shard: shardId, checkpoint: taken.checkpoint, reason },
+      { stream: consumer.stream, shard: shardId, checkpoint: taken.checkpoint, reason, tenure: token },
       'lease taken; reading shard',
     );
-    if (this.stopping || held.state !== 'reading') return;
+    const start: StartingPoint = position
+      ? { kind: 'after', position }
+      : {
+          kind: 'initial',
+          position: taken.checkpoint as InitialPosition,
+          ...(consumer.startTimestamp ? { timestamp: new Date(consumer.startTimestamp) } : {}),
+        };
+    const range = taken.hashKeyRange ?? this.syncer.hashKeyRange(consumer.stream, shardId);
+    const chain = this.deps.chain;
+    const reader = stream.createReader(shardId, start, {
+      kinesis: this.deps.kinesis,
+      logger: this.deps.logger,
+      metrics: this.deps.metrics,
+      watermark,
+      deliver: (records) => chain.deliver(records),
+      onBackpressure: () => chain.relievePressure(),
+      ...(this.deps.dlq ? { dlq: this.deps.dlq } : {}),
+      ...(range ? { hashKeyRange: { start: BigInt(range.start), end: BigInt(range.end) } } : {}),
+    });
+    held.reader = reader;
+    // The reader stops when the tenure ends, whoever ends it.
+    tenure.signal.addEventListener('abort', () => reader.stop(), { once: true });
     held.done = reader.run().then(
       (end) => this.onReaderEnd(held, end),
       (err) => {
+        if (err instanceof DeliveryError) {
+          // Usually reported by the chain already (through the tenure); this covers a failure before it.
+          held.tenure.fail('deliver', err.cause);
+          return;
+        }
         this.log.error({ err, shard: shardId }, 'shard reader crashed; releasing the shard');
-        this.m.shardFailures.inc({ stream: consumer.stream, stage: 'reader' });
-        void this.releaseBroken(held);
+        held.tenure.fail('reader', err);
       },
     );
   }
 
-  private hashKeyRange(stream: string, shardId: string): { start: string; end: string } | undefined {
-    const r = this.listed.get(stream)?.get(shardId)?.HashKeyRange;
-    return r?.StartingHashKey && r.EndingHashKey
-      ? { start: r.StartingHashKey, end: r.EndingHashKey }
-      : undefined;
-  }
+  // --- what a row or a failed write tells about a held shard --------------------------------------------
 
-  /** Our lease row names another owner: a handoff to finish, or a loss. */
-  private async onLeaseChanged(held: HeldShard, row: Lease): Promise<void> {
-    if (held.state !== 'reading' && held.state !== 'ending') return;
-    if (row.checkpoint === SHARD_END && !row.leaseOwner) return; // our own SHARD_END and release, just done
-    if (row.checkpointOwner === this.deps.workerId) {
-      held.lease = row;
-      this.handOff(held);
+  /** A scan's row of a shard we hold: a handoff asked of us, a loss, or nothing new. */
+  private onRow(held: HeldShard, row: Lease | undefined): void {
+    if (!held.owned) return;
+    const verdict = judgeRow(row, this.deps.workerId, held.tenure.token);
+    if (verdict.kind === 'ours') return;
+    if (verdict.kind === 'handoff-requested') {
+      this.startHandoff(held, row!);
       return;
     }
-    this.m.leaseLosses.inc({ reason: 'taken' });
-    this.log.warn(
-      { shard: held.shardId, owner: row.leaseOwner },
-      'lease lost to another worker; stopping the shard',
-    );
-    this.drop(held);
-  }
-
-  /** A write failed its condition: read the row to tell a handoff request from a loss. */
-  private async inspectLoss(held: HeldShard): Promise<void> {
-    const row = await this.deps.leases.get(held.key).catch(() => undefined);
-    if (row && row.leaseOwner === this.deps.workerId && !row.checkpointOwner) {
-      held.lease = row; // only the counter moved (e.g. a handoff was started and taken back); carry on
-      return;
-    }
-    if (row) await this.onLeaseChanged(held, row);
-    else {
-      this.m.leaseLosses.inc({ reason: 'deleted' });
-      this.drop(held);
-    }
+    this.lose(held, verdict.reason, verdict.sameId, row);
   }
 
   /**
-   * Graceful handoff of a held lease to the worker that asked for it: stop reading, let in-flight records
-   * drain into the sinks (nudging them to flush), checkpoint the watermark as checkpointOwner, then remove
-   * checkpointOwner so the new owner starts right after it.
+   * A lease write failed its condition (inside the shard's command): read the row. Still ours with our
+   * token (our own earlier write went through but its answer was lost): adopt it and carry on. Anything
+   * else is a handoff request or a loss, acted on outside the command.
    */
-  private handOff(held: HeldShard): void {
-    // A shard waiting to write SHARD_END is handed over too: the new owner finds its end again.
-    if (held.state !== 'reading' && held.state !== 'ending') return;
-    held.state = 'handing-off';
-    held.handoff = (async () => {
-      held.reader.stop();
-      await held.done;
-      const deadline =
-        Date.now() + Math.max(0, this.handoffTimeoutMs - Math.min(1_000, this.handoffTimeoutMs / 4));
-      while (held.watermark.inFlightRecords > 0 && Date.now() < deadline) {
-        this.deps.onBackpressure();
-        await Promise.race([held.watermark.drained(), new Promise((r) => setTimeout(r, 200))]);
-      }
-      const drained = held.watermark.inFlightRecords === 0;
-      let outcome = drained ? 'drained' : 'partial';
-      try {
-        await this.writeLease(held, async (l) => {
-          let lease = l;
-          const wm = held.watermark.watermark;
-          const last = held.lastCheckpointed;
-          if (
-            wm &&
-            !(
-              last &&
-              last.sequenceNumber === wm.sequenceNumber &&
-              last.subSequenceNumber === wm.subSequenceNumber
-            )
-          ) {
-            lease = await this.deps.leases.checkpoint(lease, wm, { as: 'checkpointOwner' });
-            held.lastCheckpointed = wm;
-            this.m.checkpoints.inc({ stream: held.stream, shard: held.shardId });
-          }
-          return this.deps.leases.finishHandoff(lease);
-        });
-      } catch (err) {
-        outcome = 'overruled';
-        this.log.warn({ err, shard: held.shardId }, 'handoff overruled by the new owner before it finished');
-      }
-      this.m.handoffsGiven.inc({ outcome });
-      this.log.info(
-        { shard: held.shardId, checkpoint: held.lastCheckpointed?.sequenceNumber, outcome },
-        'lease handed over',
+  private async inspect(held: HeldShard): Promise<void> {
+    let row: Lease | undefined;
+    try {
+      row = await withTimeout(this.clock, this.timing.callTimeoutMs, 'lease read', (signal) =>
+        this.deps.leases.get(held.key, { signal }),
       );
-      this.forget(held);
-    })();
+    } catch {
+      return; // unknown: the next write or scan tells, and the deadline fences the shard meanwhile
+    }
+    const verdict = judgeRow(row, this.deps.workerId, held.tenure.token);
+    if (verdict.kind === 'ours') {
+      held.lease = row!;
+      return;
+    }
+    if (verdict.kind === 'handoff-requested') {
+      this.startHandoff(held, row!);
+      return;
+    }
+    this.lose(held, verdict.reason, verdict.sameId, row);
+  }
+
+  private startHandoff(held: HeldShard, row: Lease): void {
+    if (held.handoff) return;
+    held.handoff = handOff(held, row, {
+      leases: this.deps.leases,
+      chain: this.deps.chain,
+      checkpointer: this.checkpointer,
+      clock: this.clock,
+      metrics: this.m,
+      log: this.log,
+      handoffTimeoutMs: this.timing.handoffTimeoutMs,
+      end: (h, reason) => this.endTenure(h, reason),
+    }).catch((err) => {
+      this.log.error({ err, shard: held.shardId }, 'handoff failed');
+      this.endTenure(held, 'handed-off');
+    });
+  }
+
+  private lose(held: HeldShard, reason: 'taken' | 'deleted', sameId: boolean, row: Lease | undefined): void {
+    if (!held.tenure.active) return;
+    this.m.leaseLosses.inc({ reason });
+    if (sameId) {
+      this.m.idConflicts.inc();
+      this.log.error(
+        {
+          shard: held.shardId,
+          workerId: this.deps.workerId,
+          otherTenure: row?.tenure,
+          ourTenure: held.tenure.token,
+        },
+        `another process uses this workerId (${this.deps.workerId}) and took this lease; stopping the shard. Give every replica its own app.workerId`,
+      );
+    } else {
+      this.log.warn(
+        { shard: held.shardId, owner: row?.leaseOwner, reason },
+        'lease lost to another worker; stopping the shard',
+      );
+    }
+    this.endTenure(held, 'lost');
+  }
+
+  /** The fencing deadline passed without a successful lease write: stop before anyone may take over. */
+  private fence(held: HeldShard): void {
+    if (held.tenure.ended) return;
+    this.m.leaseLosses.inc({ reason: 'fenced' });
+    this.log.error(
+      {
+        shard: held.shardId,
+        tenure: held.tenure.token,
+        deadline: new Date(held.tenure.deadline).toISOString(),
+      },
+      'no lease write succeeded within failoverMs - fencingMarginMs; stopped the shard (fenced) before another worker may take it',
+    );
+    this.endTenure(held, 'fenced');
+  }
+
+  /** The chain failed on the shard's records: release it to be read again from its checkpoint. */
+  private onFailure(held: HeldShard, stage: string, err: unknown): void {
+    this.log.error(
+      { err, shard: held.shardId, stage },
+      'the chain failed on the shard; releasing it to be read again from its checkpoint',
+    );
+    this.m.shardFailures.inc({ stream: held.stream, stage });
+    this.taker.coolDown(held.key);
+    void this.release(held, 'failed');
   }
 
   private async onReaderEnd(held: HeldShard, end: ReaderEnd): Promise<void> {
-    if (held.state !== 'reading') return;
+    if (!held.tenure.active) return;
     if (end === 'stream-gone') {
-      await this.releaseBroken(held);
+      await this.release(held, 'failed');
       return;
     }
     if (end !== 'shard-end' || this.stopping) return;
-    held.state = 'ending';
-    // SHARD_END only once every record of the parent is acked, so children never overtake it.
-    while (held.watermark.inFlightRecords > 0 && held.state === 'ending') {
-      await Promise.race([held.watermark.drained(), new Promise((r) => setTimeout(r, 1_000))]);
-    }
-    if (held.state !== 'ending' || this.stopping) return;
-    const parsed = this.parseKey(held.key)!;
-    try {
-      const children = await this.createChildLeases(parsed.consumer, held.shardId, held.reader.childShards);
-      await this.writeLease(held, (l) =>
-        this.deps.leases.checkpoint(l, SHARD_END, { childShardIds: children }),
-      );
-      this.m.checkpoints.inc({ stream: held.stream, shard: held.shardId });
-      this.m.shardEnds.inc({ stream: held.stream });
-      this.log.info({ shard: held.shardId, children }, 'checkpointed SHARD_END; children may start');
-      await this.writeLease(held, (l) => this.deps.leases.release(l));
-    } catch (err) {
-      this.log.warn(
-        { err, shard: held.shardId },
-        'could not record SHARD_END; will retry after the lease is re-taken',
-      );
-      if (err instanceof LeaseLostError) this.m.leaseLosses.inc({ reason: 'taken' });
-    }
-    this.forget(held);
+    await finishClosedShard(held, {
+      leases: this.deps.leases,
+      chain: this.deps.chain,
+      checkpointer: this.checkpointer,
+      syncer: this.syncer,
+      clock: this.clock,
+      metrics: this.m,
+      log: this.log,
+      stopping: () => this.stopping,
+      end: (h, reason) => this.endTenure(h, reason),
+    });
     await this.takeLeases();
   }
 
+  // --- the end of a tenure ------------------------------------------------------------------------------
+
   /**
-   * Creates the leases of a closed shard's children (from the ChildShards of its last read, else from
-   * ListShards) before SHARD_END is written, so no child is ever without a lease. Returns their ids.
+   * Ends the shard's tenure: the reader stops, the watermark freezes, the shard is forgotten, and every
+   * component drops what it still holds of the tenure (the next take of this lease here waits until then).
    */
-  private async createChildLeases(
-    consumer: ConsumerConfig,
-    shardId: string,
-    reported: readonly { shardId: string; parentShardIds: readonly string[] }[] | undefined,
-  ): Promise<string[]> {
-    let children = reported ? [...reported] : [];
-    let shards = this.listed.get(consumer.stream);
-    const fromListing = () =>
-      [...(shards?.values() ?? [])]
-        .filter((s) => s.ParentShardId === shardId || s.AdjacentParentShardId === shardId)
-        .map((s) => ({
-          shardId: s.ShardId!,
-          parentShardIds: [s.ParentShardId, s.AdjacentParentShardId].filter((p): p is string => !!p),
-        }));
-    if (children.length === 0) children = fromListing();
-    if (children.length === 0) {
-      const listed = await this.listShards(consumer.stream);
-      shards = new Map(listed.map((s) => [s.ShardId!, s]));
-      this.listed.set(consumer.stream, shards);
-      children = fromListing();
-    }
-    for (const child of children) {
-      const range = this.hashKeyRange(consumer.stream, child.shardId);
-      await this.deps.leases.createIfMissing(
-        this.leaseKey(consumer.stream, child.shardId),
-        'TRIM_HORIZON',
-        child.parentShardIds,
-        range,
-      );
-    }
-    return children.map((c) => c.shardId);
-  }
-
-  private writeLease(held: HeldShard, write: (lease: Lease) => Promise<Lease>): Promise<void> {
-    const next = held.chain.then(async () => {
-      if (held.state === 'lost') throw new LeaseLostError(held.lease.leaseKey, 'write');
-      try {
-        held.lease = await write(held.lease);
-      } catch (err) {
-        this.m.leaseWriteErrors.inc({
-          error: err instanceof LeaseLostError ? 'LeaseLost' : awsErrorName(err),
-        });
-        throw err;
-      }
-      held.lastRenewedAt = Date.now();
-    });
-    held.chain = next.catch(() => undefined);
-    return next;
-  }
-
-  /** Stops a shard whose lease is gone; its unacked records will be read again by the new owner. */
-  private drop(held: HeldShard): void {
-    held.state = 'lost';
-    held.reader.stop();
-    this.forget(held);
-  }
-
-  private async releaseBroken(held: HeldShard): Promise<void> {
-    held.reader.stop();
-    await this.writeLease(held, (l) => this.deps.leases.release(l)).catch(() => undefined);
-    held.state = 'lost';
-    this.forget(held);
-  }
-
-  private forget(held: HeldShard): void {
+  private endTenure(held: HeldShard, reason: TenureEnd): void {
+    if (!held.tenure.end(reason)) return;
+    held.phase = 'ended';
+    held.reader?.stop();
+    held.watermark.close();
     if (this.held.get(held.key) === held) this.held.delete(held.key);
     this.m.leasesHeld.set(this.heldCount);
     const labels = { stream: held.stream, shard: held.shardId };
@@ -878,85 +527,71 @@ export class ShardCoordinator {
       const metric = this.deps.metrics.getSingleMetric(name) as { remove?: (l: object) => void } | undefined;
       metric?.remove?.(labels);
     }
+    const closed = this.deps.chain
+      .closeShard(held.tenure)
+      .catch((err) =>
+        this.log.warn({ err, shard: held.shardId }, 'a component failed to let go of the shard'),
+      )
+      .finally(() => {
+        if (this.closing.get(held.key) === closed) this.closing.delete(held.key);
+      });
+    this.closing.set(held.key, closed);
   }
 
-  private async renewAll(): Promise<void> {
-    await Promise.all(
-      [...this.held.values()].map(async (held) => {
-        if (held.state !== 'reading' && held.state !== 'ending') return;
-        try {
-          await this.writeLease(held, (l) => this.deps.leases.renew(l));
-        } catch (err) {
-          if (err instanceof LeaseLostError) {
-            await this.inspectLoss(held);
-          } else if (Date.now() - held.lastRenewedAt > this.config.failoverMs) {
-            // Others may consider the lease expired by now: stop before two workers process the shard.
-            this.m.leaseLosses.inc({ reason: 'renewal-timeout' });
-            this.log.error(
-              { err, shard: held.shardId },
-              'could not renew the lease within failoverMs; stopping the shard',
-            );
-            this.drop(held);
-          } else {
-            this.log.warn({ err, shard: held.shardId }, 'lease renewal failed; will retry');
-          }
-        }
-      }),
-    );
-  }
-
-  /** Writes each shard's watermark if it moved since the last checkpoint. */
-  async checkpointAll(): Promise<void> {
-    await Promise.all([...this.held.values()].map((h) => this.checkpointShard(h)));
-  }
-
-  private async checkpointShard(held: HeldShard): Promise<void> {
-    const wm = held.watermark.watermark;
-    if (!wm || (held.state !== 'reading' && held.state !== 'ending')) return;
-    const last = held.lastCheckpointed;
-    if (last && last.sequenceNumber === wm.sequenceNumber && last.subSequenceNumber === wm.subSequenceNumber)
-      return;
-    try {
-      await this.writeLease(held, (l) => this.deps.leases.checkpoint(l, wm));
-      held.lastCheckpointed = wm;
-      this.m.checkpoints.inc({ stream: held.stream, shard: held.shardId });
-    } catch (err) {
-      this.m.checkpointErrors.inc({ stream: held.stream, shard: held.shardId });
-      if (err instanceof LeaseLostError) await this.inspectLoss(held);
-      else this.log.warn({ err, shard: held.shardId }, 'checkpoint failed; the next one will cover it');
-    }
+  /**
+   * Ends the tenure, then gives the lease back so another worker (or this one later) takes it at once.
+   * Harmless when the lease is someone else's by now: the release is conditional on our last write.
+   */
+  private async release(held: HeldShard, reason: TenureEnd): Promise<void> {
+    await held.run(async () => {
+      // The tenure ends first: nothing of it may be written once another worker can take the lease.
+      this.endTenure(held, reason);
+      try {
+        await held.write('release', (lease, opts) => this.deps.leases.release(lease, opts), true);
+      } catch (err) {
+        this.log.warn({ err, shard: held.shardId }, 'could not release the lease; it will expire');
+      }
+    });
   }
 
   private exportGauges(): void {
     for (const h of this.held.values()) {
-      if (h.state === 'lost') continue;
+      if (!h.tenure.active) continue;
       const labels = { stream: h.stream, shard: h.shardId };
       this.m.inFlightBytes.set(labels, h.watermark.inFlightBytes);
       this.m.inFlightRecords.set(labels, h.watermark.inFlightRecords);
       this.m.oldestUnacked.set(labels, h.watermark.oldestUnackedAgeMs / 1000);
+      this.m.fencingSlack.set(labels, h.slackSeconds());
     }
   }
 
-  /** Stops fetching on every shard (first step of a graceful shutdown). */
+  // --- shutdown -----------------------------------------------------------------------------------------
+
+  /**
+   * Stops fetching on every shard (first step of a graceful shutdown). Renewals and checkpoints go on
+   * until `checkpointAndRelease`, so a long drain does not let the leases expire under the sinks.
+   */
   async stopReading(): Promise<void> {
     this.stopping = true;
     this.abort.abort();
-    for (const t of this.timers) clearInterval(t);
-    await this.syncing?.catch(() => undefined);
-    await this.taking?.catch(() => undefined);
-    for (const h of this.held.values()) h.reader.stop();
+    this.taker.stop();
+    this.syncer.stop();
+    this.stopTimers(['renew', 'checkpoint']);
+    await this.syncer.settle();
+    await this.taker.settle();
+    for (const h of this.held.values()) h.reader?.stop();
     await Promise.all([...this.held.values()].map((h) => h.done));
   }
 
   /** Resolves when every held shard's records are all acked, or after `timeoutMs`. */
   async waitDrained(timeoutMs: number): Promise<boolean> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), Math.max(0, timeoutMs));
-    });
+    const stop = new AbortController();
     const drained = Promise.all([...this.held.values()].map((h) => h.watermark.drained())).then(() => true);
-    const result = await Promise.race([drained, timeout]);
-    clearTimeout(timer);
+    const result = await Promise.race([
+      drained,
+      sleepOn(this.clock, Math.max(0, timeoutMs), stop.signal).then(() => false),
+    ]);
+    stop.abort();
     return result;
   }
 
@@ -965,41 +600,49 @@ export class ShardCoordinator {
    * (handoffs in progress finish their own way).
    */
   async checkpointAndRelease(): Promise<void> {
-    await this.checkpointAll();
     await Promise.all(
       [...this.held.values()].map(async (h) => {
-        if (h.state === 'handing-off') {
+        if (h.handoff) {
           await h.handoff;
           return;
         }
-        if (h.state !== 'reading' && h.state !== 'ending') return;
-        try {
-          await this.writeLease(h, (l) => this.deps.leases.release(l));
-        } catch (err) {
-          this.log.warn({ err, shard: h.shardId }, 'could not release the lease; it will expire');
-        }
+        await h.run(async () => {
+          if (!h.owned) return;
+          try {
+            await this.checkpointer.write(h, 'leaseOwner');
+          } catch (err) {
+            this.log.warn({ err, shard: h.shardId }, 'final checkpoint failed');
+          }
+        });
+        await this.release(h, 'released');
       }),
     );
+    this.stopTimers();
     await this.releaseUnread();
-    this.held.clear();
+    await Promise.all([...this.closing.values()]);
     this.m.leasesHeld.set(0);
   }
 
   /**
-   * Leases that are ours in the table but were not read yet (a handoff to us just finished or is finishing):
-   * let the handoff finish (bounded by handoffTimeoutMs), then release them too, so nobody waits for expiry.
+   * Leases this process owns in the table but does not read (a handoff to us just finished or is
+   * finishing): let the handoff finish (bounded by handoffTimeoutMs), then release them too, so nobody
+   * waits for expiry. Leases under our id but another process's token are not ours to release.
    */
   private async releaseUnread(): Promise<void> {
     const me = this.deps.workerId;
     const rows = await this.deps.leases.list().catch(() => [] as Lease[]);
-    const deadline = Date.now() + this.handoffTimeoutMs;
+    const deadline = this.clock.now() + this.timing.handoffTimeoutMs;
+    // Ours in this process: a handoff we asked for (it keeps the previous holder's token) or a row a tenure
+    // of ours left. A lease under our id with another process's token is that process's, not ours.
+    const ours = (l: Lease) =>
+      this.taker.asked(l.leaseKey) || tokenInstance(l.tenure) === this.tokens.instance;
     await Promise.all(
       rows
-        .filter((l) => l.leaseOwner === me && !this.held.has(l.leaseKey))
+        .filter((l) => l.leaseOwner === me && !this.held.has(l.leaseKey) && ours(l))
         .map(async (row) => {
           let lease: Lease | undefined = row;
-          while (lease?.checkpointOwner && Date.now() < deadline) {
-            await new Promise((r) => setTimeout(r, 100));
+          while (lease?.checkpointOwner && this.clock.now() < deadline) {
+            await sleepOn(this.clock, 100);
             lease = await this.deps.leases.get(row.leaseKey).catch(() => lease);
           }
           if (!lease || lease.leaseOwner !== me || lease.checkpointOwner) return; // it will expire

@@ -31,6 +31,8 @@ import {
   type ChildShard,
   checkStartTimestamp,
   consumerBaseShape,
+  DeliveryError,
+  deliverOrFail,
   type ReaderEnd,
   RecordConverter,
   type ShardReader,
@@ -237,7 +239,7 @@ export class EfoShardReader implements ShardReader {
           if (e.MillisBehindLatest !== undefined) this.m.millisBehind.set(this.labels, e.MillisBehindLatest);
           if (records.length > 0) {
             idleSince = Date.now();
-            await this.deps.deliver(records);
+            await deliverOrFail(this.deps.deliver, records);
           }
           if (!e.ContinuationSequenceNumber) {
             this.children = (e.ChildShards ?? []).map((c) => ({
@@ -268,6 +270,9 @@ export class EfoShardReader implements ShardReader {
         // The subscription ended (5 minutes, our timer or watchdog): resubscribe from the continuation.
         log.debug({ continuation: this.continuation }, 'subscription ended; resubscribing');
       } catch (err) {
+        // Not a subscription error: the batch is registered and cannot be skipped by resubscribing after
+        // it; the coordinator releases the shard.
+        if (err instanceof DeliveryError) throw err;
         if (signal.aborted) break;
         if (subscription.signal.aborted) {
           // Our own timer or watchdog: resubscribe at once.

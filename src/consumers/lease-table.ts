@@ -16,6 +16,16 @@
  * removes `checkpointOwner`; only then does the new owner start. A `pendingCheckpoint` (the KCL's two-phase
  * checkpoint) is read and kept as it is; processing resumes from `checkpoint`, as the KCL does, and a
  * checkpoint write clears it, as the KCL's does.
+ *
+ * One attribute is ours: `kswTenure` (S), the tenure token of the owner's current take (`<process
+ * instance>.<take>`, written by `take`, kept through a handoff request, removed by `release`). The counter
+ * alone keeps two writers apart; the token tells a worker whether a lease owned by its own `workerId` was
+ * taken by this very process (its own write, whose answer may have been lost) or by another process
+ * started with the same id. The KCL ignores and keeps it.
+ *
+ * `SHARD_END` is final: every checkpoint write is conditional on the stored checkpoint not being
+ * SHARD_END, so a periodic checkpoint that was queued behind it can never overwrite it. Each call takes
+ * an optional AbortSignal (lease writes get a timeout below the writer's fencing deadline).
  */
 import {
   type AttributeValue,
@@ -33,6 +43,9 @@ import {
 import type { ShardPosition } from '../core/watermark.js';
 
 export const SHARD_END = 'SHARD_END';
+
+/** Condition: the stored checkpoint is not SHARD_END (`:end`). */
+const NOT_SHARD_END = '(attribute_not_exists(checkpoint) OR checkpoint <> :end)';
 export type InitialPosition = 'TRIM_HORIZON' | 'LATEST' | 'AT_TIMESTAMP';
 
 export interface Lease {
@@ -52,6 +65,13 @@ export interface Lease {
   /** During a graceful handoff: the previous owner, still draining and allowed to checkpoint. */
   readonly checkpointOwner: string | undefined;
   readonly hashKeyRange: { readonly start: string; readonly end: string } | undefined;
+  /** Tenure token of the owner's current take (ours; undefined for rows written by the KCL). */
+  readonly tenure: string | undefined;
+}
+
+/** Per-call options: an AbortSignal (e.g. a timeout below the caller's fencing deadline). */
+export interface CallOptions {
+  readonly signal?: AbortSignal;
 }
 
 /** Who holds a lease for a write: its owner, or the previous owner finishing a handoff. */
@@ -97,7 +117,12 @@ function fromItem(item: Record<string, AttributeValue>): Lease {
       : undefined,
     checkpointOwner: item.checkpointOwner?.S,
     hashKeyRange: start && end ? { start, end } : undefined,
+    tenure: item.kswTenure?.S,
   };
+}
+
+function sendOptions(opts: CallOptions | undefined): { abortSignal?: AbortSignal } {
+  return opts?.signal ? { abortSignal: opts.signal } : {};
 }
 
 function isConditionFailure(err: unknown): boolean {
@@ -148,23 +173,25 @@ export class LeaseTable {
     throw new Error(`lease table ${this.tableName} did not become ACTIVE`);
   }
 
-  async get(leaseKey: string): Promise<Lease | undefined> {
+  async get(leaseKey: string, opts?: CallOptions): Promise<Lease | undefined> {
     const out = await this.client.send(
       new GetItemCommand({
         TableName: this.tableName,
         Key: { leaseKey: { S: leaseKey } },
         ConsistentRead: true,
       }),
+      sendOptions(opts),
     );
     return out.Item ? fromItem(out.Item) : undefined;
   }
 
-  async list(): Promise<Lease[]> {
+  async list(opts?: CallOptions): Promise<Lease[]> {
     const leases: Lease[] = [];
     let start: Record<string, AttributeValue> | undefined;
     do {
       const out = await this.client.send(
         new ScanCommand({ TableName: this.tableName, ConsistentRead: true, ExclusiveStartKey: start }),
+        sendOptions(opts),
       );
       for (const item of out.Items ?? []) leases.push(fromItem(item));
       start = out.LastEvaluatedKey;
@@ -209,10 +236,11 @@ export class LeaseTable {
   }
 
   /**
-   * Takes a lease (unowned, expired, our own from before a restart, or forcibly from a handoff that did not
-   * finish); conditional on its counter and on its owner being still the one we saw. Ends any handoff.
+   * Takes a lease (unowned, expired, handed to us, or forcibly from a handoff that did not finish) for the
+   * tenure `token`; conditional on its counter and on its owner being still the one we saw. Ends any
+   * handoff. Not a lease at SHARD_END: a finished shard is never read again.
    */
-  async take(lease: Lease, owner: string): Promise<Lease> {
+  async take(lease: Lease, owner: string, token: string, opts?: CallOptions): Promise<Lease> {
     // As the KCL counts: a switch is a change from one owner to another, not the first take of a lease.
     const switched = lease.leaseOwner !== undefined && lease.leaseOwner !== owner;
     try {
@@ -221,20 +249,23 @@ export class LeaseTable {
           TableName: this.tableName,
           Key: { leaseKey: { S: lease.leaseKey } },
           UpdateExpression:
-            'SET leaseOwner = :owner, leaseCounter = :next, ownerSwitchesSinceCheckpoint = if_not_exists(ownerSwitchesSinceCheckpoint, :zero) + :switch REMOVE checkpointOwner',
+            'SET leaseOwner = :owner, kswTenure = :token, leaseCounter = :next, ownerSwitchesSinceCheckpoint = if_not_exists(ownerSwitchesSinceCheckpoint, :zero) + :switch REMOVE checkpointOwner',
           ConditionExpression: `leaseCounter = :expected AND ${
             lease.leaseOwner === undefined ? 'attribute_not_exists(leaseOwner)' : 'leaseOwner = :previous'
-          }`,
+          } AND ${NOT_SHARD_END}`,
           ExpressionAttributeValues: {
             ':owner': { S: owner },
+            ':token': { S: token },
             ':next': { N: String(lease.leaseCounter + 1) },
             ':expected': { N: String(lease.leaseCounter) },
             ':zero': { N: '0' },
             ':switch': { N: switched ? '1' : '0' },
+            ':end': { S: SHARD_END },
             ...(lease.leaseOwner === undefined ? {} : { ':previous': { S: lease.leaseOwner } }),
           },
           ReturnValues: 'ALL_NEW',
         }),
+        sendOptions(opts),
       );
       return fromItem(out.Attributes ?? {});
     } catch (err) {
@@ -246,8 +277,9 @@ export class LeaseTable {
   /**
    * Starts a graceful handoff of a lease another live worker holds (balancing): we become `leaseOwner`, the
    * holder becomes `checkpointOwner` and finishes (stop, drain, checkpoint, `finishHandoff`) before we read.
+   * `kswTenure` keeps the holder's token, so the holder knows the request is for its tenure.
    */
-  async startHandoff(lease: Lease, newOwner: string): Promise<Lease> {
+  async startHandoff(lease: Lease, newOwner: string, opts?: CallOptions): Promise<Lease> {
     if (!lease.leaseOwner || lease.checkpointOwner) throw new LeaseLostError(lease.leaseKey, 'hand off');
     try {
       const out = await this.client.send(
@@ -256,8 +288,7 @@ export class LeaseTable {
           Key: { leaseKey: { S: lease.leaseKey } },
           UpdateExpression:
             'SET leaseOwner = :new, checkpointOwner = :old, leaseCounter = :next, ownerSwitchesSinceCheckpoint = if_not_exists(ownerSwitchesSinceCheckpoint, :zero) + :one',
-          ConditionExpression:
-            'leaseCounter = :expected AND leaseOwner = :old AND attribute_not_exists(checkpointOwner)',
+          ConditionExpression: `leaseCounter = :expected AND leaseOwner = :old AND attribute_not_exists(checkpointOwner) AND ${NOT_SHARD_END}`,
           ExpressionAttributeValues: {
             ':new': { S: newOwner },
             ':old': { S: lease.leaseOwner },
@@ -265,9 +296,11 @@ export class LeaseTable {
             ':expected': { N: String(lease.leaseCounter) },
             ':zero': { N: '0' },
             ':one': { N: '1' },
+            ':end': { S: SHARD_END },
           },
           ReturnValues: 'ALL_NEW',
         }),
+        sendOptions(opts),
       );
       return fromItem(out.Attributes ?? {});
     } catch (err) {
@@ -277,18 +310,35 @@ export class LeaseTable {
   }
 
   /** The previous owner ends its part of a handoff (after its last checkpoint): the new owner may start. */
-  finishHandoff(lease: Lease): Promise<Lease> {
+  finishHandoff(lease: Lease, opts?: CallOptions): Promise<Lease> {
     return this.heldUpdate(
       lease,
       'checkpointOwner',
       'finish handoff',
       'SET leaseCounter = :next REMOVE checkpointOwner',
       {},
+      opts,
+    );
+  }
+
+  /**
+   * The previous owner, asked to hand a lease over, moves the counter once as `checkpointOwner`: the new
+   * owner overrules the handoff only after the counter stood still for failoverMs, so this gives the
+   * holder a full fencing period to drain and checkpoint.
+   */
+  renewHandoff(lease: Lease, opts?: CallOptions): Promise<Lease> {
+    return this.heldUpdate(
+      lease,
+      'checkpointOwner',
+      'renew for a handoff',
+      'SET leaseCounter = :next',
+      {},
+      opts,
     );
   }
 
   /** Deletes the lease of a finished shard that no longer exists in the stream (past retention). */
-  async remove(lease: Lease): Promise<boolean> {
+  async remove(lease: Lease, opts?: CallOptions): Promise<boolean> {
     try {
       await this.client.send(
         new DeleteItemCommand({
@@ -300,6 +350,7 @@ export class LeaseTable {
             ':end': { S: SHARD_END },
           },
         }),
+        sendOptions(opts),
       );
       return true;
     } catch (err) {
@@ -309,18 +360,19 @@ export class LeaseTable {
   }
 
   /** Renews a held lease by incrementing its counter. */
-  renew(lease: Lease): Promise<Lease> {
-    return this.heldUpdate(lease, 'leaseOwner', 'renew', 'SET leaseCounter = :next', {});
+  renew(lease: Lease, opts?: CallOptions): Promise<Lease> {
+    return this.heldUpdate(lease, 'leaseOwner', 'renew', 'SET leaseCounter = :next', {}, opts);
   }
 
   /**
    * Records a checkpoint (a position, or SHARD_END with the shard's children) on a lease we own, or on one
-   * we are handing off (`as: 'checkpointOwner'`). Clears a pending checkpoint, as the KCL does.
+   * we are handing off (`as: 'checkpointOwner'`). Clears a pending checkpoint, as the KCL does. Fails
+   * (LeaseLostError) when the stored checkpoint is SHARD_END: that one is final.
    */
   checkpoint(
     lease: Lease,
     position: ShardPosition | typeof SHARD_END,
-    opts: { childShardIds?: readonly string[]; as?: Holder } = {},
+    opts: { childShardIds?: readonly string[]; as?: Holder } & CallOptions = {},
   ): Promise<Lease> {
     const seq = position === SHARD_END ? SHARD_END : position.sequenceNumber;
     const sub = position === SHARD_END ? 0 : position.subSequenceNumber;
@@ -337,14 +389,24 @@ export class LeaseTable {
         ':cp': { S: seq },
         ':sub': { N: String(sub) },
         ':zero': { N: '0' },
+        ':end': { S: SHARD_END },
         ...(children ? { ':children': { SS: children } } : {}),
       },
+      opts,
+      NOT_SHARD_END,
     );
   }
 
   /** Gives a lease up (graceful shutdown) so another worker can take it without waiting for expiry. */
-  release(lease: Lease): Promise<Lease> {
-    return this.heldUpdate(lease, 'leaseOwner', 'release', 'SET leaseCounter = :next REMOVE leaseOwner', {});
+  release(lease: Lease, opts?: CallOptions): Promise<Lease> {
+    return this.heldUpdate(
+      lease,
+      'leaseOwner',
+      'release',
+      'SET leaseCounter = :next REMOVE leaseOwner, kswTenure',
+      {},
+      opts,
+    );
   }
 
   private async heldUpdate(
@@ -353,18 +415,21 @@ export class LeaseTable {
     action: string,
     update: string,
     values: Record<string, AttributeValue>,
+    opts?: CallOptions,
+    extraCondition?: string,
   ): Promise<Lease> {
     const who = holder === 'leaseOwner' ? lease.leaseOwner : lease.checkpointOwner;
     if (!who) throw new LeaseLostError(lease.leaseKey, action);
     // An owner may not write while a previous owner is still finishing a handoff of the lease.
     const handoffGuard = holder === 'leaseOwner' ? ' AND attribute_not_exists(checkpointOwner)' : '';
+    const extra = extraCondition ? ` AND ${extraCondition}` : '';
     try {
       const out = await this.client.send(
         new UpdateItemCommand({
           TableName: this.tableName,
           Key: { leaseKey: { S: lease.leaseKey } },
           UpdateExpression: update,
-          ConditionExpression: `leaseCounter = :expected AND ${holder} = :holder${handoffGuard}`,
+          ConditionExpression: `leaseCounter = :expected AND ${holder} = :holder${handoffGuard}${extra}`,
           ExpressionAttributeValues: {
             ...values,
             ':next': { N: String(lease.leaseCounter + 1) },
@@ -373,6 +438,7 @@ export class LeaseTable {
           },
           ReturnValues: 'ALL_NEW',
         }),
+        sendOptions(opts),
       );
       return fromItem(out.Attributes ?? {});
     } catch (err) {

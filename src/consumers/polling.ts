@@ -19,6 +19,8 @@ import {
   type ChildShard,
   checkStartTimestamp,
   consumerBaseShape,
+  DeliveryError,
+  deliverOrFail,
   type ReaderEnd,
   RecordConverter,
   type ShardReader,
@@ -122,7 +124,7 @@ export class PollingShardReader implements ShardReader {
         const records = this.converter.convert(out.Records ?? []);
         if (out.MillisBehindLatest !== undefined)
           this.read.millisBehind.set(this.labels, out.MillisBehindLatest);
-        if (records.length > 0) await this.deps.deliver(records);
+        if (records.length > 0) await deliverOrFail(this.deps.deliver, records);
         if (!out.NextShardIterator) {
           if (out.ChildShards) {
             this.children = out.ChildShards.map((c) => ({
@@ -140,6 +142,8 @@ export class PollingShardReader implements ShardReader {
         const caughtUp = records.length === 0 || (out.MillisBehindLatest === 0 && !full);
         await sleep(caughtUp ? this.config.idleIntervalMs : this.config.busyIntervalMs, signal);
       } catch (err) {
+        // Not a read error: the batch is registered and cannot be skipped; the coordinator releases the shard.
+        if (err instanceof DeliveryError) throw err;
         if (signal.aborted) break;
         const name = awsErrorName(err);
         this.read.readErrors.inc({ ...this.labels, error: name });

@@ -109,6 +109,31 @@ export type StartingPoint =
 /** Why a reader stopped. */
 export type ReaderEnd = 'stopped' | 'shard-end' | 'stream-gone';
 
+/**
+ * The chain rejected a batch (a processor threw, a sink write failed): the reader stops with it, since the
+ * batch's records are registered with the watermark and their acks would never complete. The lease is then
+ * released and the shard read again from its checkpoint (`ksw_shard_failures_total{stage="deliver"}`);
+ * a read error, in contrast, is retried by the reader itself.
+ */
+export class DeliveryError extends Error {
+  constructor(override readonly cause: unknown) {
+    super(`the chain failed on a batch: ${(cause as Error)?.message ?? String(cause)}`);
+    this.name = 'DeliveryError';
+  }
+}
+
+/** Hands records to the chain; a rejection becomes a DeliveryError (never mistaken for a read error). */
+export async function deliverOrFail(
+  deliver: (records: SourceRecord[]) => Promise<void>,
+  records: SourceRecord[],
+): Promise<void> {
+  try {
+    await deliver(records);
+  } catch (err) {
+    throw new DeliveryError(err);
+  }
+}
+
 /** A child of a closed shard, as the last read of the shard reported it (ChildShards). */
 export interface ChildShard {
   readonly shardId: string;

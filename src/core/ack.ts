@@ -1,3 +1,5 @@
+import { DETACHED_TENURE, type Tenure } from './tenure.js';
+
 /**
  * The one acknowledgement type of the pipeline. Data flows forward; acks flow back through `Ack`.
  *
@@ -9,13 +11,20 @@
  * There is deliberately no negative ack: a part that cannot be completed is retried by its holder or
  * sent to the dead-letter queue (which then completes it). A record whose ack never completes simply
  * holds the checkpoint back, so after a crash it is read again: nothing is lost.
+ *
+ * Every ack belongs to the lease tenure of its record's shard (`tenure`; parts inherit it). Holders check
+ * `ack.tenure.active` before writing: once the tenure ended, its events must not be written any more (the
+ * next tenure reads them again), and completing its acks no longer moves any checkpoint.
  */
 export class Ack {
   private pending = 1;
   private readonly onComplete: () => void;
+  /** The lease tenure the record was read in; `DETACHED_TENURE` for acks made outside any lease. */
+  readonly tenure: Tenure;
 
-  constructor(onComplete: () => void) {
+  constructor(onComplete: () => void, tenure: Tenure = DETACHED_TENURE) {
     this.onComplete = onComplete;
+    this.tenure = tenure;
   }
 
   /** True once every part has completed. */
@@ -44,7 +53,7 @@ export class Ack {
     if (n === 1) return [this];
     this.pending = n;
     const parts: Ack[] = [];
-    for (let i = 0; i < n; i++) parts.push(new Ack(() => this.done()));
+    for (let i = 0; i < n; i++) parts.push(new Ack(() => this.done(), this.tenure));
     return parts;
   }
 }

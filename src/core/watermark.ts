@@ -1,4 +1,5 @@
 import { Ack } from './ack.js';
+import { DETACHED_TENURE, type Tenure } from './tenure.js';
 
 /** A position in a shard: the last record (and KPL sub-record) covered. */
 export interface ShardPosition {
@@ -21,6 +22,10 @@ interface Entry {
  * It also bounds the data in flight for the shard: `inFlightBytes` counts every record between the
  * watermark and the newest fetched record, and `waitForCapacity` blocks the fetch loop while it is
  * over the limit (backpressure instead of unbounded memory).
+ *
+ * A watermark belongs to one lease tenure (each take of a lease starts a new one): the acks it hands out
+ * carry that tenure, and once `close()` is called (the tenure ended) it stops moving, so an ack completed
+ * late by a sink can never move the checkpoint of a later tenure, whose watermark is another object.
  */
 export class ShardWatermark {
   private readonly entries: Entry[] = [];
@@ -29,11 +34,13 @@ export class ShardWatermark {
   private current: ShardPosition | undefined;
   private waiters: Array<() => void> = [];
   private drainWaiters: Array<() => void> = [];
+  private closed = false;
 
   constructor(
     readonly maxInFlightBytes: number,
     initial?: ShardPosition,
     private readonly now: () => number = Date.now,
+    readonly tenure: Tenure = DETACHED_TENURE,
   ) {
     this.current = initial;
   }
@@ -46,7 +53,16 @@ export class ShardWatermark {
     return new Ack(() => {
       entry.acked = true;
       this.advance();
-    });
+    }, this.tenure);
+  }
+
+  /**
+   * The tenure ended: the watermark stays where it is from now on, and whoever waits for capacity or for
+   * the drain is released (the reader is stopping; a handoff gives up waiting).
+   */
+  close(): void {
+    this.closed = true;
+    this.wake();
   }
 
   /** The highest contiguous acked position, or the initial position when nothing was acked yet. */
@@ -74,17 +90,18 @@ export class ShardWatermark {
 
   /** Resolves when in-flight bytes are below the limit. */
   waitForCapacity(): Promise<void> {
-    if (this.hasCapacity) return Promise.resolve();
+    if (this.hasCapacity || this.closed) return Promise.resolve();
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
   /** Resolves when every registered record is acked. */
   drained(): Promise<void> {
-    if (this.inFlightRecords === 0) return Promise.resolve();
+    if (this.inFlightRecords === 0 || this.closed) return Promise.resolve();
     return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
 
   private advance(): void {
+    if (this.closed) return;
     let moved = false;
     while (this.head < this.entries.length) {
       const entry = this.entries[this.head]!;
@@ -100,12 +117,16 @@ export class ShardWatermark {
       this.entries.splice(0, this.head);
       this.head = 0;
     }
-    if (this.hasCapacity && this.waiters.length > 0) {
+    this.wake();
+  }
+
+  private wake(): void {
+    if ((this.closed || this.hasCapacity) && this.waiters.length > 0) {
       const waiters = this.waiters;
       this.waiters = [];
       for (const w of waiters) w();
     }
-    if (this.inFlightRecords === 0 && this.drainWaiters.length > 0) {
+    if ((this.closed || this.inFlightRecords === 0) && this.drainWaiters.length > 0) {
       const waiters = this.drainWaiters;
       this.drainWaiters = [];
       for (const w of waiters) w();

@@ -22,6 +22,7 @@ import { Ack } from '../core/ack.js';
 import type { DeadLetterQueue } from '../core/component.js';
 import type { SourceRecord } from '../core/records.js';
 import { sha256Hex } from '../core/s3-pointer.js';
+import { type Tenure, tenureKey } from '../core/tenure.js';
 import { counter, gauge } from '../metrics/registry.js';
 
 export const chunkConfigSchema = z
@@ -125,6 +126,8 @@ export function decodeChunk(data: Uint8Array): { header: ChunkHeader; payload: U
 
 interface PartialMessage {
   readonly key: string;
+  /** The lease tenure its chunks were read in: a message never spans two tenures. */
+  readonly tenure: Tenure;
   readonly chunks: SourceRecord[];
   readonly payloads: Uint8Array[];
   bytes: number;
@@ -184,8 +187,10 @@ export class ChunkAssembler {
       return undefined;
     }
     const { header, payload } = decoded;
-    // Chunks of one message share the partition key and so the shard; the key scopes ids per shard.
-    const key = `${record.origin.stream}\u0000${record.origin.shardId}\u0000${header.id}`;
+    // Chunks of one message share the partition key and so the shard; the key scopes ids per shard and
+    // per tenure: a shard read again by a later tenure starts its messages afresh from chunk 0.
+    const tenure = record.ack.tenure;
+    const key = `${tenureKey(record.origin, tenure)}\u0000${header.id}`;
     let message = this.partial.get(key);
     if (!message) {
       if (header.i !== 0) {
@@ -196,7 +201,7 @@ export class ChunkAssembler {
         );
         return undefined;
       }
-      message = { key, chunks: [], payloads: [], bytes: 0, startedAt: this.now() };
+      message = { key, tenure, chunks: [], payloads: [], bytes: 0, startedAt: this.now() };
       this.partial.set(key, message);
     } else if (header.i === message.chunks.length - 1 && sameBytes(payload, message.payloads[header.i]!)) {
       // A producer retry put the same chunk twice: the copy carries nothing new.
@@ -260,8 +265,16 @@ export class ChunkAssembler {
       data,
       ack: new Ack(() => {
         for (const a of acks) a.done();
-      }),
+      }, message.tenure),
     };
+  }
+
+  /**
+   * The tenure ended: its incomplete messages are forgotten without a letter (their chunks are read
+   * again by the next tenure, which reassembles them from chunk 0).
+   */
+  closeShard(tenure: Tenure): void {
+    for (const message of [...this.partial.values()]) if (message.tenure === tenure) this.drop(message);
   }
 
   private drop(message: PartialMessage): void {

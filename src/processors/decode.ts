@@ -15,7 +15,7 @@ import { parse as parseLossless } from 'lossless-json';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
-import type { DeadLetterQueue } from '../core/component.js';
+import type { DeadLetterQueue, Tenure } from '../core/component.js';
 import type { PipelineEvent, SourceRecord } from '../core/records.js';
 import { mayBePointer } from '../core/s3-pointer.js';
 import { counter } from '../metrics/registry.js';
@@ -145,6 +145,11 @@ export class RecordDecoder {
       (this.config.gzip.enabled && isGzip(data)) ||
       (this.pointers !== undefined && mayBePointer(data))
     );
+  }
+
+  /** The tenure ended: incomplete chunked messages of it are dropped (read again by the next tenure). */
+  closeShard(tenure: Tenure): void {
+    this.chunks?.closeShard(tenure);
   }
 
   /** Stops the chunk assembler's timeout clock. */

@@ -15,8 +15,9 @@
  * `<prefix>_overflow_spans_total`. Series unseen for `seriesIdleMs` are forgotten (their Prometheus series
  * disappear; a series that comes back starts from 0, which rate() reads as a counter reset).
  *
- * Windows are kept per shard (origin stream + shard), so a shard's windows move with its lease, and a
- * window's data is made durable before the checkpoint can pass any span counted in it:
+ * Windows are kept per shard and lease tenure (a shard read again by a later tenure, here or on another
+ * worker, starts new windows), so a shard's windows move with its lease, and a window's data is made
+ * durable before the checkpoint can pass any span counted in it:
  * the ack of the FIRST span aggregated into a shard's window is split in two; one part travels downstream
  * with the span, the other is held by the window and completed only when every window document's own ack
  * has completed (each document written by every sink it names). Because a checkpoint is the contiguous
@@ -30,14 +31,18 @@
  * - the checkpoint lags by up to windowMs plus the time the sinks take to make window documents durable.
  * A window document's origin is the last record aggregated into it and its index the series' ordinal in the
  * window; sinks must not deduplicate derived events by position (see `derived` in src/core/records.ts).
- * At shutdown `flush()` emits the open windows (ending at the shutdown time).
+ * At shutdown `flush()` emits the open windows (ending at the shutdown time); at a graceful end of a
+ * tenure (handoff, shard end) `flushShard` emits that tenure's window, so it is written before the
+ * handoff's checkpoint and the next owner counts only what comes after. A tenure that ends otherwise
+ * (lost, fenced) drops its open window unwritten: the next owner reads its spans again and counts them.
  */
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import { Ack } from '../core/ack.js';
-import type { ComponentContext, Downstream, Processor } from '../core/component.js';
+import type { ComponentContext, Downstream, Processor, Tenure } from '../core/component.js';
 import type { RedWindowDocument, SpanKind } from '../core/documents.js';
 import { compareSequence, type PipelineEvent, type RecordOrigin } from '../core/records.js';
+import { tenureKey } from '../core/tenure.js';
 import { counter, gauge } from '../metrics/registry.js';
 
 const DEFAULT_BUCKETS_MS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
@@ -176,6 +181,8 @@ interface WindowSeries {
 interface ShardWindow {
   readonly stream: string;
   readonly shardId: string;
+  /** The lease tenure of the spans it counts. */
+  readonly tenure: Tenure;
   /** Start of the aligned slot this window belongs to. */
   slotStart: number;
   /** Earliest time this window may claim to cover: the slot start, or when the shard was first seen. */
@@ -217,7 +224,7 @@ export class RedMetricsProcessor implements Processor {
   private readonly index = new Map<string, Map<string, Map<string, Map<string, Series>>>>();
   private overflowSeries: Series | undefined;
   private readonly windows = new Map<string, ShardWindow>();
-  /** When each shard was first seen by this process: a new run's windows never start before it. */
+  /** When each shard tenure was first seen: a new tenure's windows never start before it. */
   private readonly shardSince = new Map<string, number>();
   private readonly boundsMs: number[];
   private readonly boundsLe: string[];
@@ -314,15 +321,16 @@ export class RedMetricsProcessor implements Processor {
       let w: ShardWindow | undefined;
       if (this.sinks !== undefined) {
         w = lastWindow;
-        if (w === undefined || w.shardId !== o.shardId || w.stream !== o.stream) {
-          lastShardKey = `${o.stream}\n${o.shardId}`;
+        const tenure = event.ack.tenure;
+        if (w === undefined || w.shardId !== o.shardId || w.stream !== o.stream || w.tenure !== tenure) {
+          lastShardKey = tenureKey(o, tenure);
           w = this.windows.get(lastShardKey);
         }
         if (w !== undefined && now >= w.slotStart + windowMs) {
           this.closeWindow(lastShardKey, w, now, out);
           w = undefined;
         }
-        if (w === undefined) w = this.openWindow(lastShardKey, o, now);
+        if (w === undefined) w = this.openWindow(lastShardKey, o, tenure, now);
         lastWindow = w;
         if (w.held.length === 0) {
           this.hold(w, event);
@@ -398,6 +406,30 @@ export class RedMetricsProcessor implements Processor {
     return out;
   }
 
+  /** Emits the tenure's open windows now (a graceful end of its lease: handoff, shard end). */
+  flushShard(tenure: Tenure): PipelineEvent[] {
+    const now = this.now();
+    const out: PipelineEvent[] = [];
+    for (const [key, w] of [...this.windows]) if (w.tenure === tenure) this.closeWindow(key, w, now, out);
+    this.forgetTenure(tenure);
+    return out;
+  }
+
+  /**
+   * The tenure ended: its open windows are dropped unwritten and their held acks never complete (the
+   * next tenure reads those spans again and counts them in its own windows).
+   */
+  closeShard(tenure: Tenure): void {
+    for (const [key, w] of [...this.windows]) if (w.tenure === tenure) this.windows.delete(key);
+    this.m.openWindows.set({ processor: this.name }, this.windows.size);
+    this.forgetTenure(tenure);
+  }
+
+  private forgetTenure(tenure: Tenure): void {
+    for (const key of [...this.shardSince.keys()])
+      if (key.endsWith(`\n${tenure.token}`)) this.shardSince.delete(key);
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
@@ -435,7 +467,7 @@ export class RedMetricsProcessor implements Processor {
     w.held.push(held!);
   }
 
-  private openWindow(key: string, o: RecordOrigin, now: number): ShardWindow {
+  private openWindow(key: string, o: RecordOrigin, tenure: Tenure, now: number): ShardWindow {
     let since = this.shardSince.get(key);
     if (since === undefined) {
       since = now;
@@ -445,6 +477,7 @@ export class RedMetricsProcessor implements Processor {
     const w: ShardWindow = {
       stream: o.stream,
       shardId: o.shardId,
+      tenure,
       slotStart,
       coversFrom: Math.max(slotStart, since),
       series: new Map(),
@@ -469,7 +502,7 @@ export class RedMetricsProcessor implements Processor {
     const windowEndIso = new Date(windowEnd).toISOString();
     const root = new Ack(() => {
       for (const h of held) h.done();
-    });
+    }, w.tenure);
     const parts = root.split(w.series.size);
     let i = 0;
     for (const [s, ws] of w.series) {

@@ -12,6 +12,8 @@
  * - wait: `decisionWaitMs` passed since its first span (a trace without root, or one that keeps going);
  * - memory: the buffered spans exceed `maxBufferedBytes`; the oldest traces are decided first until the
  *   buffer is under 90 % of the budget (so memory is bounded whatever the input);
+ * - handoff: the lease of a shard with spans in the trace ends gracefully (balancing, shard end): the
+ *   trace is decided then, so its kept spans reach the sinks before the handoff's checkpoint;
  * - flush: at shutdown, every pending trace.
  * Decisions are remembered in a bounded cache (`decisionCacheTraces`) so late spans of a decided trace get
  * the same decision; a late span whose trace fell out of the cache starts a new pending trace.
@@ -21,11 +23,12 @@
  * pass it: the checkpoint lags by at most `decisionWaitMs` (plus the sinks' own latency), and after a crash
  * buffered spans are read again and decided again, the same way (hash-based probabilities; only rate limits
  * depend on timing). Events that are not spans (RED window documents, anything without a traceId) pass
- * at once.
+ * at once. When a shard's lease tenure ends without a graceful handoff (lost, fenced, failed), the spans
+ * of that tenure are dropped from their pending traces unacked: the next owner reads them again.
  */
 import type { Counter, Gauge, Registry } from 'prom-client';
 import { z } from 'zod';
-import type { ComponentContext, Downstream, Processor } from '../core/component.js';
+import type { ComponentContext, Downstream, Processor, Tenure } from '../core/component.js';
 import type { PipelineEvent } from '../core/records.js';
 import { counter, gauge } from '../metrics/registry.js';
 import type { Condition } from './conditions.js';
@@ -112,7 +115,7 @@ const SPAN_OVERHEAD_BYTES = 300;
 const TRACE_OVERHEAD_BYTES = 300;
 const RAW_FACTOR = 4;
 
-type Trigger = 'early' | 'complete' | 'wait' | 'memory' | 'flush';
+type Trigger = 'early' | 'complete' | 'wait' | 'memory' | 'handoff' | 'flush';
 
 interface Tally {
   kept: number;
@@ -130,7 +133,7 @@ function newTally(): Tally {
     lateKept: 0,
     lateDropped: 0,
     decisions: new Map(),
-    triggers: { early: 0, complete: 0, wait: 0, memory: 0, flush: 0 },
+    triggers: { early: 0, complete: 0, wait: 0, memory: 0, handoff: 0, flush: 0 },
   };
 }
 
@@ -143,6 +146,22 @@ interface PendingTrace extends TraceFacts {
   /** When the quiet-period scan should look at this trace next (its position in `rooted`). */
   checkAt: number;
   decided: boolean;
+}
+
+/** Folds one span into its trace's facts (what the policies look at). */
+function addSpanFacts(t: PendingTrace, v: Record<string, unknown>, conds: readonly Condition[][]): void {
+  const code = (v.status as { code?: unknown } | undefined)?.code;
+  t.statusMask |= code === 2 ? 4 : code === 1 ? 2 : 1;
+  const dur = Number(v.durationNano);
+  if (dur > t.maxSpanNanos) t.maxSpanNanos = dur;
+  const start = Number(v.startTimeUnixNano);
+  if (start < t.minStartNanos) t.minStartNanos = start;
+  if (start + dur > t.maxEndNanos) t.maxEndNanos = start + dur;
+  for (let i = 0; i < conds.length; i++) {
+    const bit = 1 << i;
+    if ((t.attributeMask & bit) === 0 && conds[i]!.every((c) => c.test(v))) t.attributeMask |= bit;
+  }
+  t.spanCount += 1;
 }
 
 /** Estimated heap + buffer bytes of a span: its raw bytes (kept alive) and the decoded object. */
@@ -230,7 +249,7 @@ export class TailSampler implements Processor {
       }),
       triggers: counter(metrics, {
         name: 'ksw_tail_sampling_decision_triggers_total',
-        help: 'What made traces be decided: early (first policy matched), complete (root + quiet period), wait (decisionWaitMs), memory (budget), flush (shutdown)',
+        help: 'What made traces be decided: early (first policy matched), complete (root + quiet period), wait (decisionWaitMs), memory (budget), handoff (the lease of one of its shards ended gracefully), flush (shutdown)',
         labelNames: ['processor', 'trigger'],
       }),
       pendingTraces: gauge(metrics, {
@@ -338,19 +357,8 @@ export class TailSampler implements Processor {
         this.pending.set(traceId, t);
         this.bufferedBytes += TRACE_OVERHEAD_BYTES;
       }
-      const code = (v.status as { code?: unknown } | undefined)?.code;
-      t.statusMask |= code === 2 ? 4 : code === 1 ? 2 : 1;
-      const dur = Number(v.durationNano);
-      if (dur > t.maxSpanNanos) t.maxSpanNanos = dur;
-      const start = Number(v.startTimeUnixNano);
-      if (start < t.minStartNanos) t.minStartNanos = start;
-      if (start + dur > t.maxEndNanos) t.maxEndNanos = start + dur;
-      for (let i = 0; i < conds.length; i++) {
-        const bit = 1 << i;
-        if ((t.attributeMask & bit) === 0 && conds[i]!.every((c) => c.test(v))) t.attributeMask |= bit;
-      }
+      addSpanFacts(t, v, conds);
       last = t;
-      t.spanCount += 1;
       // A one-element array for the first span: `[]` then push would reserve room for 17.
       if (t.spans.length === 0) t.spans = [event];
       else t.spans.push(event);
@@ -397,6 +405,54 @@ export class TailSampler implements Processor {
     for (const t of [...this.pending.values()]) this.decide(t, 'flush', now, out);
     this.updateGauges(now);
     return out;
+  }
+
+  /** Decides now every pending trace holding a span of the tenure (a graceful end of its lease). */
+  flushShard(tenure: Tenure): PipelineEvent[] {
+    const now = this.now();
+    const out: PipelineEvent[] = [];
+    for (const t of [...this.pending.values()]) {
+      if (t.spans.some((e) => e.ack.tenure === tenure)) this.decide(t, 'handoff', now, out);
+    }
+    this.updateGauges(now);
+    return out;
+  }
+
+  /**
+   * The tenure ended: its spans leave their pending traces unacked (the next owner reads them again and
+   * buffers them anew); a trace left without spans is forgotten.
+   */
+  closeShard(tenure: Tenure): void {
+    for (const t of [...this.pending.values()]) {
+      if (!t.spans.some((e) => e.ack.tenure === tenure)) continue;
+      const kept = t.spans.filter((e) => e.ack.tenure !== tenure);
+      let bytes = 0;
+      for (const e of t.spans) if (e.ack.tenure === tenure) bytes += spanBytes(e);
+      this.bufferedSpans -= t.spans.length - kept.length;
+      this.bufferedBytes -= bytes;
+      t.bytes -= bytes;
+      t.spans = kept;
+      // The facts must describe the spans that are left (the dropped ones come back with the next tenure).
+      t.statusMask = 0;
+      t.maxSpanNanos = 0;
+      t.minStartNanos = Number.POSITIVE_INFINITY;
+      t.maxEndNanos = 0;
+      t.attributeMask = 0;
+      t.spanCount = 0;
+      t.rootSeen = false;
+      for (const e of kept) {
+        addSpanFacts(t, e.value, this.attributeConditions);
+        if (e.value.parentSpanId === '' || e.value.parentSpanId === undefined) t.rootSeen = true;
+      }
+      if (!t.rootSeen) this.rooted.delete(t.traceId);
+      if (kept.length === 0) {
+        t.decided = true; // never decided: just gone, like a trace that was never seen
+        this.pending.delete(t.traceId);
+        this.rooted.delete(t.traceId);
+        this.bufferedBytes -= t.bytes;
+      }
+    }
+    this.updateGauges(this.now());
   }
 
   async close(): Promise<void> {

@@ -2,13 +2,21 @@
  * The processor chain: record stages + decode -> processors -> routing -> sinks. Data flows forward
  * only; each event's ack is split once per sink it is written to, so a record is acked when every sink
  * it was routed to made it durable (or at once when it was routed nowhere on purpose).
+ *
+ * It is also where a lease tenure's lifecycle reaches every component (`ShardChain`): `openShard` when a
+ * tenure starts, `flushShard` when it ends gracefully (processors release what they hold of it, sinks
+ * make it durable, before the final checkpoint), `closeShard` once it has ended (everything still held of
+ * it is dropped). A failure anywhere in the chain fails the tenures of the events involved, so their
+ * shards are released and read again rather than left with acks that never complete.
  */
-import type { Processor, Sink } from '../core/component.js';
+import type { DeadLetterQueue, Processor, ShardChain, Sink, Tenure } from '../core/component.js';
 import type { PipelineEvent, SourceRecord } from '../core/records.js';
 
 /** Turns fetched records into events (gzip, chunks, S3 pointers, JSON); see processors/decode.ts. */
 export interface EventSource {
   decode(records: readonly SourceRecord[]): PipelineEvent[] | Promise<PipelineEvent[]>;
+  /** The tenure ended: drop what is held of it (incomplete chunked messages). */
+  closeShard?(tenure: Tenure): void;
   close?(): void;
 }
 
@@ -17,7 +25,10 @@ export interface EventRouter {
   route(events: PipelineEvent[]): void;
 }
 
-export class Pipeline {
+/** The stage of `ksw_shard_failures_total` for failures of the chain. */
+export const DELIVER_STAGE = 'deliver';
+
+export class Pipeline implements ShardChain {
   private lastPressureFlush = 0;
   private readonly sinkIndex = new Map<string, number>();
 
@@ -28,6 +39,8 @@ export class Pipeline {
     private readonly router?: EventRouter,
     /** Sees every fetched record before decoding (hot-key detection). */
     private readonly observe?: (records: readonly SourceRecord[]) => void,
+    /** Flushed at a tenure's graceful end and told when it ends, like the sinks. */
+    private readonly dlq?: DeadLetterQueue,
   ) {
     sinks.forEach((s, i) => {
       this.sinkIndex.set(s.name, i);
@@ -37,9 +50,24 @@ export class Pipeline {
     });
   }
 
+  /** A shard's batch: records of one tenure, in order. Records of an ended tenure are ignored. */
+  async deliver(records: SourceRecord[]): Promise<void> {
+    return this.push(records);
+  }
+
   async push(records: readonly SourceRecord[]): Promise<void> {
-    this.observe?.(records);
-    const events = await this.decoder.decode(records);
+    const live = records.every((r) => r.ack.tenure.active)
+      ? records
+      : records.filter((r) => r.ack.tenure.active);
+    if (live.length === 0) return;
+    this.observe?.(live);
+    let events: PipelineEvent[];
+    try {
+      events = await this.decoder.decode(live);
+    } catch (err) {
+      failTenures(live, err);
+      throw err;
+    }
     await this.runFrom(0, events);
   }
 
@@ -48,13 +76,29 @@ export class Pipeline {
     let events = input;
     for (let i = from; i < this.processors.length; i++) {
       if (events.length === 0) return;
-      events = await this.processors[i]!.process(events);
+      try {
+        events = await this.processors[i]!.process(events);
+      } catch (err) {
+        failTenures(events, err);
+        throw err;
+      }
     }
-    await this.deliver(events);
+    await this.deliverEvents(events);
   }
 
-  private async deliver(events: PipelineEvent[]): Promise<void> {
+  private async deliverEvents(input: PipelineEvent[]): Promise<void> {
+    // What a processor released late may belong to a tenure that has ended meanwhile: not ours to write.
+    const events = input.every((e) => e.ack.tenure.active) ? input : input.filter((e) => e.ack.tenure.active);
     if (events.length === 0) return;
+    try {
+      await this.route(events);
+    } catch (err) {
+      failTenures(events, err);
+      throw err;
+    }
+  }
+
+  private async route(events: PipelineEvent[]): Promise<void> {
     this.router?.route(events);
     if (this.sinks.length === 1 && events.every((e) => e.sinks === undefined)) {
       await this.sinks[0]!.write(events);
@@ -90,6 +134,35 @@ export class Pipeline {
     return i;
   }
 
+  async openShard(tenure: Tenure, checkpoint: Parameters<ShardChain['openShard']>[1]): Promise<void> {
+    for (const sink of this.sinks) await sink.openShard?.(tenure, checkpoint);
+  }
+
+  /**
+   * Graceful end of a tenure: each processor, in chain order, releases what it holds of the tenure (what
+   * earlier processors released passes through it first); then the sinks and the DLQ make the tenure's
+   * buffered events durable. The caller then waits for the tenure's watermark and checkpoints.
+   */
+  async flushShard(tenure: Tenure): Promise<void> {
+    let held: PipelineEvent[] = [];
+    for (const processor of this.processors) {
+      if (held.length > 0) held = await processor.process(held);
+      if (processor.flushShard) held.push(...(await processor.flushShard(tenure)));
+    }
+    await this.deliverEvents(held);
+    await Promise.all([
+      ...this.sinks.map((s) => (s.flushShard ? s.flushShard(tenure) : s.flush())),
+      this.dlq ? (this.dlq.flushShard ? this.dlq.flushShard(tenure) : this.dlq.flush()) : undefined,
+    ]);
+  }
+
+  /** The tenure ended: every component drops what it still holds of it. */
+  async closeShard(tenure: Tenure): Promise<void> {
+    this.decoder.closeShard?.(tenure);
+    for (const processor of this.processors) await processor.closeShard?.(tenure);
+    await Promise.all([...this.sinks.map((s) => s.closeShard?.(tenure)), this.dlq?.closeShard?.(tenure)]);
+  }
+
   /**
    * A shard is paused on backpressure: what it waits for is probably buffered in a sink that would only
    * roll on age. Flush now (at most once a second) so the watermark can move.
@@ -108,7 +181,7 @@ export class Pipeline {
       if (held.length > 0) held = await processor.process(held);
       if (processor.flush) held.push(...(await processor.flush()));
     }
-    await this.deliver(held);
+    await this.deliverEvents(held);
     await this.flushSinks();
   }
 
@@ -120,5 +193,16 @@ export class Pipeline {
 
   private async flushSinks(): Promise<void> {
     await Promise.all(this.sinks.map((s) => s.flush()));
+  }
+}
+
+/** Fails (once each) the tenures of the events or records a failed step was handling. */
+function failTenures(items: ReadonlyArray<{ ack: { tenure: Tenure } }>, err: unknown): void {
+  const seen = new Set<Tenure>();
+  for (const item of items) {
+    const tenure = item.ack.tenure;
+    if (seen.has(tenure)) continue;
+    seen.add(tenure);
+    tenure.fail(DELIVER_STAGE, err);
   }
 }

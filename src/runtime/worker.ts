@@ -84,7 +84,14 @@ export class Worker {
     const hotKeys = config.hotKeys.enabled
       ? new HotKeyDetector(config.hotKeys, metrics, logger.child({ component: 'hot-keys' }))
       : undefined;
-    const pipeline = new Pipeline(decoder, processors, sinks, router, hotKeys && ((r) => hotKeys.observe(r)));
+    const pipeline = new Pipeline(
+      decoder,
+      processors,
+      sinks,
+      router,
+      hotKeys && ((r) => hotKeys.observe(r)),
+      dlq,
+    );
     const coordinator = new ShardCoordinator(config.consumers, config.checkpoints, {
       kinesis: aws.kinesis,
       kinesisSubscribe: aws.kinesisSubscribe,
@@ -94,9 +101,7 @@ export class Worker {
       logger,
       metrics,
       workerId,
-      sinks,
-      deliver: (records) => pipeline.push(records),
-      onBackpressure: () => pipeline.relievePressure(),
+      chain: pipeline,
     });
     let worker: Worker | undefined;
     const server = await startOpsServer({

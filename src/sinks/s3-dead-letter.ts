@@ -15,8 +15,10 @@ import type {
   ComponentDefinition,
   DeadLetter,
   DeadLetterQueue,
+  Tenure,
 } from '../core/component.js';
 import { compareSequence } from '../core/records.js';
+import { tenureKey, withTenure } from '../core/tenure.js';
 import type { ShardPosition } from '../core/watermark.js';
 import { counter, gauge } from '../metrics/registry.js';
 
@@ -128,8 +130,11 @@ function formatPosition(p: ShardPosition): string {
 }
 
 interface Batch {
+  readonly id: string;
   readonly stream: string;
   readonly shardId: string;
+  /** Letters of one lease tenure per batch: an ended tenure's letters are dropped, not written late. */
+  readonly tenure: Tenure;
   lines: string[];
   acks: Ack[];
   bytes: number;
@@ -145,6 +150,8 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
   private readonly logger: Logger;
   private readonly batches = new Map<string, Batch>();
   private readonly inflight = new Set<Promise<void>>();
+  /** Writes in flight per tenure, so closeShard can wait until none of them can land any more. */
+  private readonly inflightByTenure = new Map<Tenure, Set<Promise<void>>>();
   private readonly usedKeys = new Set<string>();
   private readonly abort = new AbortController();
   private readonly records;
@@ -186,10 +193,12 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
       );
       return;
     }
+    // The tenure ended: the next one reads the record again and sends its letter again.
+    if (!ack.tenure.active) return;
     this.records.inc({ component: letter.component });
     const line = formatDeadLetter(letter, new Date());
     const lineBytes = Buffer.byteLength(line) + 1;
-    const batch = this.batchFor(letter.origin.stream, letter.origin.shardId);
+    const batch = this.batchFor(letter.origin.stream, letter.origin.shardId, ack.tenure);
     if (batch.lines.length > 0 && batch.bytes + lineBytes > this.config.maxBatchBytes) this.roll(batch);
     if (batch.lines.length === 0) {
       batch.timer = setTimeout(() => this.roll(batch), this.config.maxBatchAgeMs);
@@ -215,6 +224,24 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
     await Promise.all([...this.inflight]);
   }
 
+  /** Writes the tenure's letters now (graceful end of its lease). */
+  async flushShard(tenure: Tenure): Promise<void> {
+    for (const batch of this.batches.values()) if (batch.tenure === tenure) this.roll(batch);
+    await Promise.all([...(this.inflightByTenure.get(tenure) ?? [])]);
+  }
+
+  /** The tenure ended: its buffered letters are dropped and its writes aborted (signal). */
+  async closeShard(tenure: Tenure): Promise<void> {
+    for (const [id, batch] of [...this.batches]) {
+      if (batch.tenure !== tenure) continue;
+      clearTimeout(batch.timer);
+      this.pendingLetters -= batch.lines.length;
+      this.batches.delete(id);
+    }
+    this.buffered.set(this.pendingLetters);
+    await Promise.allSettled([...(this.inflightByTenure.get(tenure) ?? [])]);
+  }
+
   close(): Promise<void> {
     this.closing ??= this.closeNow();
     return this.closing;
@@ -234,13 +261,15 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
     for (const batch of this.batches.values()) clearTimeout(batch.timer);
   }
 
-  private batchFor(stream: string, shardId: string): Batch {
-    const id = `${stream}\n${shardId}`;
+  private batchFor(stream: string, shardId: string, tenure: Tenure): Batch {
+    const id = tenureKey({ stream, shardId }, tenure);
     let batch = this.batches.get(id);
     if (!batch) {
       batch = {
+        id,
         stream,
         shardId,
+        tenure,
         lines: [],
         acks: [],
         bytes: 0,
@@ -267,8 +296,19 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
     batch.bytes = 0;
     batch.min = undefined;
     batch.max = undefined;
-    const written = this.write(key, body, acks).finally(() => this.inflight.delete(written));
+    const tenure = batch.tenure;
+    let mine = this.inflightByTenure.get(tenure);
+    if (!mine) {
+      mine = new Set();
+      this.inflightByTenure.set(tenure, mine);
+    }
+    const written = this.write(key, body, acks, tenure).finally(() => {
+      this.inflight.delete(written);
+      mine.delete(written);
+      if (mine.size === 0) this.inflightByTenure.delete(tenure);
+    });
     this.inflight.add(written);
+    mine.add(written);
   }
 
   /**
@@ -288,9 +328,10 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
     return key;
   }
 
-  private async write(key: string, body: string, acks: Ack[]): Promise<void> {
-    const signal = this.abort.signal;
+  private async write(key: string, body: string, acks: Ack[], tenure: Tenure): Promise<void> {
+    const signal = withTenure(this.abort.signal, tenure);
     for (let failures = 0; !signal.aborted; failures++) {
+      if (!tenure.active) break; // its letters are sent again by the next tenure
       try {
         await this.ctx.aws.s3.send(
           new PutObjectCommand({
@@ -329,6 +370,12 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
         }
       }
       return;
+    }
+    // Given up: the sink closed (the letters stay unacked and are read again after restart) or the tenure
+    // ended (the next tenure sends them again).
+    if (!tenure.active) {
+      this.pendingLetters -= acks.length;
+      this.buffered.set(this.pendingLetters);
     }
   }
 }

@@ -102,13 +102,30 @@ export function rejectBulkItems(
  */
 export interface Observer {
   matches(req: { method: string; url: string; headers: IncomingMessage['headers']; body: Buffer }): boolean;
-  request?(req: { method: string; url: string; body: Buffer }): void;
-  response?(req: { method: string; url: string; body: Buffer }, status: number, body: Buffer): void;
+  request?(req: { method: string; url: string; body: Buffer; arrivedAt: number }): void;
+  response?(
+    req: { method: string; url: string; body: Buffer; arrivedAt: number },
+    status: number,
+    body: Buffer,
+  ): void;
+}
+
+/** A request as it arrived at the proxy (whether it was then forwarded, delayed or answered with a fault). */
+export interface Arrival {
+  readonly method: string;
+  readonly url: string;
+  readonly headers: IncomingMessage['headers'];
+  readonly body: Buffer;
+  /** Date.now() when the whole request had arrived. */
+  readonly arrivedAt: number;
+  /** The fault rule that matched, if any. */
+  readonly fault: string | undefined;
 }
 
 export class FaultProxy {
   private rules: FaultRule[] = [];
   private observers: Observer[] = [];
+  private arrivalWatchers: Array<(arrival: Arrival) => void> = [];
   readonly injected = new Map<string, number>();
   forwarded = 0;
   private readonly sockets = new Set<Socket>();
@@ -148,6 +165,11 @@ export class FaultProxy {
     this.observers.push(observer);
   }
 
+  /** Sees every request when it arrives, before any fault (a write a worker sent, whatever became of it). */
+  onArrival(watch: (arrival: Arrival) => void): void {
+    this.arrivalWatchers.push(watch);
+  }
+
   count(name: string): number {
     return this.injected.get(name) ?? 0;
   }
@@ -166,11 +188,22 @@ export class FaultProxy {
     const parts: Buffer[] = [];
     for await (const part of req) parts.push(part as Buffer);
     const body = Buffer.concat(parts);
+    const arrivedAt = Date.now();
     const rule = this.rules.find(
       (r) =>
         r.matches({ method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headers, body }) &&
         random() < r.rate,
     );
+    for (const watch of this.arrivalWatchers) {
+      watch({
+        method: req.method ?? 'GET',
+        url: req.url ?? '/',
+        headers: req.headers,
+        body,
+        arrivedAt,
+        fault: rule?.name,
+      });
+    }
     if (rule) {
       this.injected.set(rule.name, (this.injected.get(rule.name) ?? 0) + 1);
       const f = rule.fault;
@@ -189,7 +222,7 @@ export class FaultProxy {
       if (f.kind === 'delay') await new Promise((r) => setTimeout(r, f.ms));
     }
     this.forwarded += 1;
-    const seen = { method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headers, body };
+    const seen = { method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headers, body, arrivedAt };
     const watching = this.observers.filter((o) => o.matches(seen));
     for (const o of watching) o.request?.(seen);
     const observed =

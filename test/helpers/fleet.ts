@@ -30,6 +30,10 @@ export interface Delivery {
   readonly subSequenceNumber: number;
   readonly partitionKey: string;
   readonly data: string;
+  /** When it was handed to the capture (Date.now()). */
+  readonly at: number;
+  /** The tenure it was read in. */
+  readonly tenure: string;
   ackOrder?: number;
 }
 
@@ -61,6 +65,12 @@ export class TestFleet {
       logger?: import('pino').Logger;
       /** Sinks whose openShard the coordinator calls when it takes a lease (deliveries still go to capture). */
       sinks?: Sink[];
+      /** The process instance (tenure token prefix) of a member; default random per member. */
+      instanceOf?: (id: string) => string;
+      /** A member's own DynamoDB client (e.g. through a fault proxy); default `dynamodb`. */
+      dynamodbFor?: (id: string) => DynamoDBClient;
+      /** Makes the chain reject a delivery (a sink write that throws) when it returns true. */
+      failDeliver?: (worker: string, records: readonly SourceRecord[]) => boolean;
     },
   ) {}
 
@@ -71,7 +81,8 @@ export class TestFleet {
     });
   }
 
-  async start(id: string): Promise<FleetMember> {
+  /** Starts a member; `name` tells two members with the same worker `id` apart (default: the id). */
+  async start(id: string, name = id): Promise<FleetMember> {
     const metrics = createRegistry(false);
     const dlq = new MemoryDeadLetterQueue();
     const coordinator = new ShardCoordinator(
@@ -80,19 +91,32 @@ export class TestFleet {
       {
         kinesis: this.opts.kinesis,
         ...(this.opts.kinesisSubscribe ? { kinesisSubscribe: this.opts.kinesisSubscribe } : {}),
-        leases: new LeaseTable(this.opts.dynamodb, this.opts.table),
-        logger: (this.opts.logger ?? silentLogger).child({ worker: id }),
+        leases: new LeaseTable(this.opts.dynamodbFor?.(name) ?? this.opts.dynamodb, this.opts.table),
+        logger: (this.opts.logger ?? silentLogger).child({ worker: name }),
         metrics,
         workerId: id,
-        sinks: this.opts.sinks ?? [],
         dlq,
         appName: 'fleet-test',
-        deliver: async (records) => this.capture(id, records),
-        onBackpressure: () => {},
+        chain: {
+          deliver: async (records) => {
+            if (this.opts.failDeliver?.(name, records))
+              throw new Error(`injected: a sink write of ${name} failed`);
+            this.capture(name, records);
+          },
+          openShard: async (tenure, checkpoint) => {
+            for (const sink of this.opts.sinks ?? []) await sink.openShard?.(tenure, checkpoint);
+          },
+          flushShard: async () => {},
+          closeShard: async (tenure) => {
+            for (const sink of this.opts.sinks ?? []) await sink.closeShard?.(tenure);
+          },
+          relievePressure: () => {},
+        },
+        ...(this.opts.instanceOf ? { instance: this.opts.instanceOf(name) } : {}),
       },
     );
     const member: FleetMember = { id, coordinator, metrics, dlq, stopped: false };
-    this.members.set(id, member);
+    this.members.set(name, member);
     await coordinator.start();
     return member;
   }
@@ -100,6 +124,8 @@ export class TestFleet {
   private capture(worker: string, records: SourceRecord[]): void {
     const max = this.opts.maxAckDelayMs ?? 20;
     for (const r of records) {
+      // As the pipeline does: records of an ended tenure are not handed to the sinks.
+      if (!r.ack.tenure.active) continue;
       const d: Delivery = {
         order: this.order++,
         worker,
@@ -109,6 +135,8 @@ export class TestFleet {
         subSequenceNumber: r.origin.subSequenceNumber,
         partitionKey: r.origin.partitionKey,
         data: Buffer.from(r.data).toString('utf8'),
+        at: Date.now(),
+        tenure: r.ack.tenure.token,
       };
       this.deliveries.push(d);
       const timer = setTimeout(

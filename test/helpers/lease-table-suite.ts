@@ -42,7 +42,7 @@ export function leaseTableSuite(
       const lease = await table.createIfMissing('shardId-000000000001', 'TRIM_HORIZON', [
         'shardId-000000000000',
       ]);
-      const taken = await table.take(lease, 'worker-a');
+      const taken = await table.take(lease, 'worker-a', 'test.1');
       await table.checkpoint(taken, {
         sequenceNumber: '49590338271490256608559692538361571095921575989136588898',
         subSequenceNumber: 0,
@@ -81,7 +81,7 @@ export function leaseTableSuite(
         sequenceNumber: '49590338271490256608559692538361571095921575989136588900',
         subSequenceNumber: 3,
       });
-      const taken = await table.take(lease, 'ksw-1');
+      const taken = await table.take(lease, 'ksw-1', 'test.2');
       assert.equal(taken.ownerSwitchesSinceCheckpoint, 2);
       await table.renew(taken);
       const item = (
@@ -96,7 +96,7 @@ export function leaseTableSuite(
     it('lets exactly one of several racing takers win', async () => {
       const lease = await table.createIfMissing('shardId-000000000002', 'LATEST', []);
       const results = await Promise.allSettled(
-        Array.from({ length: 10 }, (_, i) => table.take(lease, `racer-${i}`)),
+        Array.from({ length: 10 }, (_, i) => table.take(lease, `racer-${i}`, 'test.3')),
       );
       const won = results.filter((r) => r.status === 'fulfilled');
       assert.equal(won.length, 1);
@@ -105,8 +105,8 @@ export function leaseTableSuite(
 
     it('a stale holder cannot checkpoint or renew after another worker took the lease', async () => {
       const lease = await table.createIfMissing('shardId-000000000003', 'TRIM_HORIZON', []);
-      const mine = await table.take(lease, 'old-owner');
-      await table.take(mine, 'new-owner');
+      const mine = await table.take(lease, 'old-owner', 'test.4');
+      await table.take(mine, 'new-owner', 'test.5');
       await assert.rejects(
         table.checkpoint(mine, { sequenceNumber: '1', subSequenceNumber: 0 }),
         LeaseLostError,
@@ -135,11 +135,11 @@ export function leaseTableSuite(
       assert.deepEqual(lease.pendingCheckpoint, { sequenceNumber: '150', subSequenceNumber: 4 });
       assert.deepEqual(checkpointPosition(lease), { sequenceNumber: '100', subSequenceNumber: 2 });
       assert.deepEqual(lease.hashKeyRange, { start: '0', end: '340282366920938463463374607431768211455' });
-      const renewed = await table.renew(await table.take(lease, 'w'));
+      const renewed = await table.renew(await table.take(lease, 'w', 'test.6'));
       assert.deepEqual(renewed.pendingCheckpoint, { sequenceNumber: '150', subSequenceNumber: 4 });
       const released = await table.release(renewed);
       assert.deepEqual(released.pendingCheckpoint, { sequenceNumber: '150', subSequenceNumber: 4 });
-      const again = await table.take(released, 'w');
+      const again = await table.take(released, 'w', 'test.7');
       const cp = await table.checkpoint(again, { sequenceNumber: '160', subSequenceNumber: 0 });
       assert.equal(cp.pendingCheckpoint, undefined);
       const item = (
@@ -155,6 +155,7 @@ export function leaseTableSuite(
       const lease = await table.take(
         await table.createIfMissing('shardId-000000000009', 'TRIM_HORIZON', [], { start: '0', end: '99' }),
         'w',
+        'test.8',
       );
       await table.checkpoint(lease, SHARD_END, {
         childShardIds: ['shardId-000000000010', 'shardId-000000000011'],
@@ -181,6 +182,7 @@ export function leaseTableSuite(
       const held = await table.take(
         await table.createIfMissing('shardId-000000000012', 'TRIM_HORIZON', []),
         'old',
+        'test.9',
       );
       const handed = await table.startHandoff(held, 'new');
       assert.equal(handed.leaseOwner, 'new');
@@ -202,7 +204,7 @@ export function leaseTableSuite(
         table.checkpoint(finished, { sequenceNumber: '43', subSequenceNumber: 0 }, { as: 'checkpointOwner' }),
         LeaseLostError,
       );
-      const taken = await table.take(finished, 'new');
+      const taken = await table.take(finished, 'new', 'test.10');
       assert.equal(taken.leaseOwner, 'new');
       await table.renew(taken);
     });
@@ -211,10 +213,14 @@ export function leaseTableSuite(
       const lease = await table.take(
         await table.createIfMissing('shardId-000000000013', 'TRIM_HORIZON', []),
         'a',
+        'test.11',
       );
-      await assert.rejects(table.take({ ...lease, leaseOwner: 'someone-else' }, 'b'), LeaseLostError);
+      await assert.rejects(
+        table.take({ ...lease, leaseOwner: 'someone-else' }, 'b', 'test.12'),
+        LeaseLostError,
+      );
       const handed = await table.startHandoff(lease, 'b');
-      const forced = await table.take(handed, 'b');
+      const forced = await table.take(handed, 'b', 'test.13');
       assert.equal(forced.checkpointOwner, undefined);
       assert.equal(forced.leaseOwner, 'b');
       await assert.rejects(
@@ -224,10 +230,56 @@ export function leaseTableSuite(
       );
     });
 
+    it('SHARD_END is final: a checkpoint or a take with the current counter cannot overwrite it (finding 6)', async () => {
+      const lease = await table.take(
+        await table.createIfMissing('shardId-000000000021', 'TRIM_HORIZON', []),
+        'w',
+        'p.1',
+      );
+      const ended = await table.checkpoint(lease, SHARD_END, { childShardIds: ['shardId-000000000022'] });
+      // A periodic checkpoint queued behind SHARD_END, holding the lease as SHARD_END left it.
+      await assert.rejects(
+        table.checkpoint(ended, { sequenceNumber: '100', subSequenceNumber: 0 }),
+        LeaseLostError,
+        'before the fix this overwrote SHARD_END with a sequence number',
+      );
+      const released = await table.release(ended);
+      await assert.rejects(
+        table.take(released, 'other', 'q.1'),
+        LeaseLostError,
+        'a finished shard is never taken',
+      );
+      assert.equal((await table.get('shardId-000000000021'))?.checkpoint, SHARD_END);
+    });
+
+    it("a take writes its tenure token; a handoff request keeps the holder's; a release removes it", async () => {
+      const lease = await table.take(
+        await table.createIfMissing('shardId-000000000023', 'TRIM_HORIZON', []),
+        'a',
+        'inst-a.1',
+      );
+      assert.equal(lease.tenure, 'inst-a.1');
+      const renewed = await table.renew(lease);
+      assert.equal(renewed.tenure, 'inst-a.1');
+      const asked = await table.startHandoff(renewed, 'b');
+      assert.equal(asked.tenure, 'inst-a.1', 'the holder recognises the request as one for its tenure');
+      const draining = await table.renewHandoff(asked);
+      assert.equal(
+        draining.leaseCounter,
+        asked.leaseCounter + 1,
+        'the holder moves the counter as checkpointOwner',
+      );
+      const finished = await table.finishHandoff(draining);
+      const taken = await table.take(finished, 'b', 'inst-b.4');
+      assert.equal(taken.tenure, 'inst-b.4');
+      assert.equal((await table.release(taken)).tenure, undefined);
+    });
+
     it('release removes the owner; SHARD_END is a checkpoint', async () => {
       const lease = await table.take(
         await table.createIfMissing('shardId-000000000004', 'TRIM_HORIZON', []),
         'w',
+        'test.14',
       );
       const ended = await table.checkpoint(lease, SHARD_END);
       const released = await table.release(ended);

@@ -9,6 +9,7 @@ import pino from 'pino';
 import { Ack } from '../../src/core/ack.js';
 import type { AwsClients } from '../../src/core/aws.js';
 import type { PipelineEvent } from '../../src/core/records.js';
+import { detachedTenure } from '../../src/core/tenure.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { parquetSinkConfigSchema } from '../../src/sinks/s3-parquet/config.js';
 import { S3ParquetSink } from '../../src/sinks/s3-parquet/index.js';
@@ -61,7 +62,7 @@ let acked = 0;
 const filler = 'x'.repeat(900);
 const base = 49_600_000_000_000_000_000_000_000_000_000_000_000_000_000n;
 process.stdout.write(`${JSON.stringify({ ready: true, rss: process.memoryUsage().rss })}\n`);
-await sink.openShard({ stream: 'mem', shardId: 'shardId-000000000000' }, undefined);
+await sink.openShard(detachedTenure({ stream: 'mem', shardId: 'shardId-000000000000' }), undefined);
 for (let start = 0; start < options.events; start += 500) {
   const batch: PipelineEvent[] = [];
   for (let i = start; i < Math.min(options.events, start + 500); i++) {

@@ -38,13 +38,22 @@ describe('ksw inspect', () => {
     const of = (shard: string) => put.filter((p) => p.shardId === shard);
     const table = new LeaseTable(t.aws.dynamodb, 'inspect-leases');
     await table.ensureTable(true);
-    const behind = await table.take(await table.createIfMissing(s0, 'TRIM_HORIZON', []), 'worker-a');
+    const behind = await table.take(
+      await table.createIfMissing(s0, 'TRIM_HORIZON', []),
+      'worker-a',
+      'test.1',
+    );
     await table.checkpoint(behind, { sequenceNumber: of(s0)[4]!.sequenceNumber, subSequenceNumber: 2 });
-    const caughtUp = await table.take(await table.createIfMissing(s1, 'TRIM_HORIZON', []), 'worker-b');
+    const caughtUp = await table.take(
+      await table.createIfMissing(s1, 'TRIM_HORIZON', []),
+      'worker-b',
+      'test.2',
+    );
     await table.checkpoint(caughtUp, { sequenceNumber: of(s1).at(-1)!.sequenceNumber, subSequenceNumber: 0 });
     const ended = await table.take(
       await table.createIfMissing('shardId-000000000009', 'TRIM_HORIZON', []),
       'worker-a',
+      'test.3',
     );
     await table.release(await table.checkpoint(ended, SHARD_END, { childShardIds: [s0, s1] }));
 

@@ -18,6 +18,7 @@ import type { AwsClients } from '../../src/core/aws.js';
 import type { ComponentContext } from '../../src/core/component.js';
 import type { RedWindowDocument, SpanDocument } from '../../src/core/documents.js';
 import type { PipelineEvent } from '../../src/core/records.js';
+import { detachedTenure } from '../../src/core/tenure.js';
 import { type ShardPosition, ShardWatermark } from '../../src/core/watermark.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { parquetSinkConfigSchema } from '../../src/sinks/s3-parquet/config.js';
@@ -525,7 +526,7 @@ describe('S3 Parquet data lake (s3rver)', () => {
       ctx,
       registrar,
     );
-    await lake.openShard({ stream: STREAM, shardId: SHARD }, undefined);
+    await lake.openShard(detachedTenure({ stream: STREAM, shardId: SHARD }), undefined);
     const inputs = ['a', 'b', 'c', 'a', 'd', 'c', 'b'].map((svc, i) => ({
       sequence: 100 + i,
       value: { svc, n: i },
@@ -673,7 +674,7 @@ describe('S3 Parquet data lake (s3rver)', () => {
         });
     }
     const first = sink('crashing', { ...config, prefix, uploadConcurrency: 64 }, context(crashing).ctx);
-    await first.openShard({ stream: STREAM, shardId: SHARD }, undefined);
+    await first.openShard(detachedTenure({ stream: STREAM, shardId: SHARD }), undefined);
     const cut = Math.floor(inputs.length * 0.7);
     for (let i = 0; i < cut; i += 10) {
       const batch = deliveryOrder(inputs.slice(i, Math.min(cut, i + 10)));
@@ -701,7 +702,7 @@ describe('S3 Parquet data lake (s3rver)', () => {
 
     const { ctx, registry } = context();
     const second = sink('replaying', { ...config, prefix }, ctx);
-    await second.openShard({ stream: STREAM, shardId: SHARD }, checkpoint);
+    await second.openShard(detachedTenure({ stream: STREAM, shardId: SHARD }), checkpoint);
     const replay = inputs.filter(
       (i) => !checkpoint || BigInt(seq(i.sequence)) > BigInt(checkpoint.sequenceNumber),
     );
@@ -722,7 +723,7 @@ describe('S3 Parquet data lake (s3rver)', () => {
     order: (b: EventInput[]) => EventInput[],
   ) {
     const lake = sink('clean', { ...config, prefix }, context().ctx);
-    await lake.openShard({ stream: STREAM, shardId: SHARD }, undefined);
+    await lake.openShard(detachedTenure({ stream: STREAM, shardId: SHARD }), undefined);
     for (let i = 0; i < inputs.length; i += 10) {
       await lake.write(order(inputs.slice(i, i + 10)).map((input) => makeEvent(input)));
     }

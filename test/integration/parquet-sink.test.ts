@@ -17,6 +17,7 @@ import { Ack } from '../../src/core/ack.js';
 import type { AwsClients } from '../../src/core/aws.js';
 import type { ComponentContext } from '../../src/core/component.js';
 import type { PipelineEvent } from '../../src/core/records.js';
+import { detachedTenure } from '../../src/core/tenure.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { parquetSinkConfigSchema } from '../../src/sinks/s3-parquet/config.js';
 import { parquetSinkDefinition, S3ParquetSink } from '../../src/sinks/s3-parquet/index.js';
@@ -439,7 +440,7 @@ describe('S3 Parquet sink (s3rver)', () => {
   });
 
   test('replay: events of objects committed after the checkpoint are acked without rewriting', async () => {
-    const shard = { stream: STREAM, shardId: SHARD_A };
+    const shard = detachedTenure({ stream: STREAM, shardId: SHARD_A });
     const prefix = `replay/${STREAM}_${SHARD_A}_`;
     // First run: 201..209 in files of 3; "crash" with the checkpoint still at 203.
     {
@@ -501,7 +502,7 @@ describe('S3 Parquet sink (s3rver)', () => {
   });
 
   test('replay: a damaged or foreign manifest does not block the shard; its events are written again', async () => {
-    const shard = { stream: STREAM, shardId: SHARD_A };
+    const shard = detachedTenure({ stream: STREAM, shardId: SHARD_A });
     {
       const { ctx } = context();
       const first = sink('damaged', { prefix: 'damaged/', roll: { maxFileRows: 3 } }, ctx);

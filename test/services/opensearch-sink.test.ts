@@ -12,6 +12,7 @@ import { Ack } from '../../src/core/ack.js';
 import type { AwsClients } from '../../src/core/aws.js';
 import type { PipelineEvent } from '../../src/core/records.js';
 import { readPointer, sha256Hex } from '../../src/core/s3-pointer.js';
+import { detachedTenure } from '../../src/core/tenure.js';
 import { type OpenSearchSinkConfig, openSearchSinkConfigSchema } from '../../src/sinks/opensearch/config.js';
 import { OpenSearchSink } from '../../src/sinks/opensearch/sink.js';
 import { MemoryDeadLetterQueue, origin } from '../helpers/fakes.js';
@@ -417,13 +418,13 @@ describe(`OpenSearch sink against a real OpenSearch node (${peerKind()})`, { tim
     );
     if (!node.plugins.has('opensearch-index-management')) {
       await assert.rejects(
-        h.sink.openShard({ stream: 's', shardId: 'x' }),
+        h.sink.openShard(detachedTenure({ stream: 's', shardId: 'x' })),
         /no Index State Management plugin/,
       );
       await h.sink.close();
       return;
     }
-    await h.sink.openShard({ stream: 's', shardId: 'x' });
+    await h.sink.openShard(detachedTenure({ stream: 's', shardId: 'x' }));
     await h.sink.close();
     const policy = await node.request('GET', '/_plugins/_ism/policies/ksw-spans-g');
     assert.equal(policy.status, 200, JSON.stringify(policy.body));
@@ -443,7 +444,7 @@ describe(`OpenSearch sink against a real OpenSearch node (${peerKind()})`, { tim
       },
       s3.aws,
     );
-    await again.sink.openShard({ stream: 's', shardId: 'x' });
+    await again.sink.openShard(detachedTenure({ stream: 's', shardId: 'x' }));
     await again.sink.close();
     const kept = await node.request('GET', '/_plugins/_ism/policies/ksw-spans-g');
     assert.equal(kept.body._seq_no, policy.body._seq_no, 'the existing policy is not rewritten');

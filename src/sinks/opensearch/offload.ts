@@ -75,12 +75,14 @@ export class FieldOffloader {
 
   /**
    * The document to index: `doc` itself when nothing is too large, else a copy with the large fields
-   * replaced by pointers. Resolves undefined when the sink was closed before an object was written.
+   * replaced by pointers. Resolves undefined when the sink was closed (or `signal`, e.g. the event's tenure
+   * signal combined with the sink's, aborted) before an object was written.
    */
   async apply(
     doc: Record<string, unknown>,
     index: string,
     id: string,
+    signal: AbortSignal = this.signal,
   ): Promise<Record<string, unknown> | undefined> {
     let out = doc;
     let pointers: Record<string, unknown> | undefined;
@@ -92,7 +94,7 @@ export class FieldOffloader {
       const dotted = path.join('.');
       const key = `${this.config.prefix}${index}/${id}/${dotted}.json`;
       const sha256 = sha256Hex(json);
-      if (!(await this.put(key, json, sha256))) return undefined;
+      if (!(await this.put(key, json, sha256, signal))) return undefined;
       out = without(out, path);
       pointers ??= isObject(doc[this.config.pointerField])
         ? { ...(doc[this.config.pointerField] as object) }
@@ -110,8 +112,8 @@ export class FieldOffloader {
     return out;
   }
 
-  private async put(key: string, body: Buffer, sha256: string): Promise<boolean> {
-    for (let failures = 0; !this.signal.aborted; failures++) {
+  private async put(key: string, body: Buffer, sha256: string, signal: AbortSignal): Promise<boolean> {
+    for (let failures = 0; !signal.aborted; failures++) {
       try {
         await this.s3.send(
           new PutObjectCommand({
@@ -121,18 +123,18 @@ export class FieldOffloader {
             ContentType: 'application/json',
             Metadata: { sha256 },
           }),
-          { abortSignal: this.signal },
+          { abortSignal: signal },
         );
         return true;
       } catch (err) {
-        if (this.signal.aborted) break;
+        if (signal.aborted) break;
         this.metrics.errors.inc(this.labels);
         const retryInMs = backoffDelay(failures, 200, 30_000);
         this.logger.warn(
           { key, error: (err as Error)?.name, message: (err as Error)?.message, retryInMs },
           'field offload to S3 failed; retrying',
         );
-        await sleep(retryInMs, this.signal);
+        await sleep(retryInMs, signal);
       }
     }
     return false;

@@ -8,12 +8,17 @@
  * after an exponential backoff with full jitter, unless its retry budget (time since its first attempt) is
  * spent -> DLQ; anything else (mapping conflicts, 400s) -> DLQ at once with the server's reason. An event's
  * ack completes exactly once: when its document is written or its letter is durable in the DLQ.
+ *
+ * Items belong to the lease tenure of their event: an item whose tenure is no longer active is dropped
+ * (never acked) before any request that would carry it, and `closeShard` drops a tenure's queued items and
+ * waits for the bulk requests already carrying some of them.
  */
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { backoffDelay, settlesWithin, sleep } from '../../core/backoff.js';
-import type { ComponentContext, ShardRef, Sink } from '../../core/component.js';
+import type { ComponentContext, Sink, Tenure } from '../../core/component.js';
 import type { PipelineEvent } from '../../core/records.js';
+import { withTenure } from '../../core/tenure.js';
 import { counter, gauge, histogram } from '../../metrics/registry.js';
 import { stringifyJson } from '../s3-parquet/index.js';
 import { AdaptiveLimit, classifyItem, classifyRequestFailure, planBatches, statusClass } from './bulk.js';
@@ -217,7 +222,7 @@ export class OpenSearchSink implements Sink {
   }
 
   /** Start-up: the template and ISM bootstrap must have succeeded before a shard is read. */
-  async openShard(_shard: ShardRef): Promise<void> {
+  async openShard(_tenure: Tenure): Promise<void> {
     await this.ready;
   }
 
@@ -225,6 +230,8 @@ export class OpenSearchSink implements Sink {
     if (this.closed) throw new Error(`sink ${this.name} is closed`);
     await this.ready;
     for (const event of events) {
+      // An ended tenure's events are not written (the next tenure reads them again).
+      if (!event.ack.tenure.active) continue;
       await this.waitForCapacity();
       const item = await this.prepare(event);
       if (!item) continue;
@@ -236,14 +243,46 @@ export class OpenSearchSink implements Sink {
   }
 
   async flush(): Promise<void> {
-    const items = new Set<Item>([...this.pending, ...this.retrying.keys()]);
-    for (const request of this.requestItems) for (const item of request) items.add(item);
+    await this.flushItems(() => true);
+  }
+
+  /** Sends the tenure's queued documents now (graceful end of its lease) and waits until each is settled. */
+  async flushShard(tenure: Tenure): Promise<void> {
+    await this.flushItems((item) => item.event.ack.tenure === tenure);
+  }
+
+  /**
+   * The tenure ended: its queued and retrying documents are dropped unacked, and this resolves once no
+   * bulk request in flight carries any of its documents.
+   */
+  async closeShard(tenure: Tenure): Promise<void> {
+    const ofTenure = (item: Item) => item.event.ack.tenure === tenure;
+    const dropped = this.pending.filter(ofTenure);
+    if (dropped.length > 0) {
+      this.pending = this.pending.filter((item) => !ofTenure(item));
+      this.pendingBytes = this.pending.reduce((n, item) => n + item.bytes, 0);
+    }
+    for (const item of this.retrying.keys()) if (ofTenure(item)) dropped.push(item);
+    for (const item of dropped) this.drop(item);
+    const requests: Promise<void>[] = [];
+    for (const [batch, request] of this.requestsByBatch) if (batch.some(ofTenure)) requests.push(request);
+    await Promise.allSettled(requests);
+  }
+
+  private async flushItems(which: (item: Item) => boolean): Promise<void> {
+    const items = new Set<Item>([...this.pending, ...this.retrying.keys()].filter(which));
+    for (const request of this.requestItems) for (const item of request) if (which(item)) items.add(item);
     this.dispatch();
     if (items.size === 0) return;
     await new Promise<void>((resolve) => {
       const waiter = { items, resolve };
       this.flushWaiters.add(waiter);
     });
+  }
+
+  /** An item whose tenure ended: settled without an ack or a letter (the next tenure writes it). */
+  private drop(item: Item): void {
+    if (!item.settled) this.settle(item);
   }
 
   close(): Promise<void> {
@@ -293,8 +332,8 @@ export class OpenSearchSink implements Sink {
       return undefined;
     }
     if (this.offloader) {
-      doc = await this.offloader.apply(doc, index, id);
-      if (!doc) return undefined; // closed while offloading: the event stays unacked
+      doc = await this.offloader.apply(doc, index, id, withTenure(this.abort.signal, event.ack.tenure));
+      if (!doc) return undefined; // closed (or the tenure ended) while offloading: the event stays unacked
     }
     const action = this.config.dataStream ? 'create' : this.config.action;
     const body = `${JSON.stringify({ [action]: { _index: index, _id: id } })}\n${stringifyJson(doc)}\n`;
@@ -353,7 +392,8 @@ export class OpenSearchSink implements Sink {
 
   private send(batch: Item[]): void {
     this.requestItems.add(batch);
-    const request = this.sendNow(batch)
+    let request: Promise<void> | undefined;
+    request = this.sendNow(batch)
       .catch((err: unknown) => {
         // Not expected: every failure is classified. Requeue so nothing is lost or acked by mistake.
         this.logger.error({ error: (err as Error)?.message }, 'bulk handling failed; requeueing');
@@ -361,16 +401,35 @@ export class OpenSearchSink implements Sink {
       })
       .finally(() => {
         this.requestItems.delete(batch);
-        this.requests.delete(request);
+        this.requests.delete(request!);
+        this.requestsByBatch.delete(batch);
       });
     this.requests.add(request);
+    this.requestsByBatch.set(batch, request);
   }
 
-  private async sendNow(batch: Item[]): Promise<void> {
+  /** Bulk requests by the items they carry (closeShard waits for those with items of its tenure). */
+  private readonly requestsByBatch = new Map<Item[], Promise<void>>();
+
+  private async sendNow(input: Item[]): Promise<void> {
     await this.acquireSlot();
     if (this.abort.signal.aborted) {
       this.releaseSlot();
       return;
+    }
+    // Checked right before the request: a tenure that ended (or passed its fencing deadline) while its
+    // items waited for a slot or a backoff gets nothing more written.
+    let batch = input;
+    if (!batch.every((item) => item.event.ack.tenure.active)) {
+      batch = [];
+      for (const item of input) {
+        if (item.event.ack.tenure.active) batch.push(item);
+        else this.drop(item);
+      }
+      if (batch.length === 0) {
+        this.releaseSlot();
+        return;
+      }
     }
     const now = Date.now();
     for (const item of batch) {

@@ -100,9 +100,14 @@ const MAX_PARTS = 10_000;
 export class ParquetUploadService {
   constructor(private readonly opts: UploadServiceOptions) {}
 
-  private retry<T>(what: string, attempt: () => Promise<T>, context: Record<string, unknown>) {
+  private retry<T>(
+    what: string,
+    attempt: () => Promise<T>,
+    context: Record<string, unknown>,
+    signal: AbortSignal = this.opts.signal,
+  ) {
     return retryUntilAborted(what, attempt, {
-      signal: this.opts.signal,
+      signal,
       logger: this.opts.logger,
       onError: () => this.opts.uploadErrors.inc(this.opts.labels),
       context: { bucket: this.opts.bucket, ...context },
@@ -110,12 +115,14 @@ export class ParquetUploadService {
     });
   }
 
-  /** Uploads the file, retrying until it succeeds (true) or the sink is closed (false). */
-  async upload(request: UploadRequest): Promise<boolean> {
+  /**
+   * Uploads the file, retrying until it succeeds (true) or `signal` (default: the sink's) aborts (false).
+   */
+  async upload(request: UploadRequest, signal: AbortSignal = this.opts.signal): Promise<boolean> {
     const multipart = this.opts.multipart;
     if (multipart && request.bytes >= multipart.thresholdBytes)
-      return this.uploadMultipart(request, multipart);
-    return this.uploadSingle(request);
+      return this.uploadMultipart(request, multipart, signal);
+    return this.uploadSingle(request, signal);
   }
 
   /**
@@ -124,8 +131,12 @@ export class ParquetUploadService {
    * CompleteMultipartUpload. When the sink is closed mid-way the upload is aborted (best effort: an
    * emulator may not implement AbortMultipartUpload; a bucket lifecycle rule cleans up after crashes).
    */
-  private async uploadMultipart(request: UploadRequest, options: MultipartOptions): Promise<boolean> {
-    const { s3, bucket, signal, uploadSeconds, labels } = this.opts;
+  private async uploadMultipart(
+    request: UploadRequest,
+    options: MultipartOptions,
+    signal: AbortSignal,
+  ): Promise<boolean> {
+    const { s3, bucket, uploadSeconds, labels } = this.opts;
     const started = performance.now();
     const partSize = Math.max(options.partSizeBytes, Math.ceil(request.bytes / MAX_PARTS));
     const created = await this.retry(
@@ -141,6 +152,7 @@ export class ParquetUploadService {
           { abortSignal: signal },
         ),
       { key: request.key },
+      signal,
     );
     const uploadId = created?.value.UploadId;
     if (!uploadId) return false;
@@ -168,6 +180,7 @@ export class ParquetUploadService {
           }
         },
         { key: request.key, part: number },
+        signal,
       );
       if (!part) {
         await this.abortMultipart(request.key, uploadId);
@@ -188,6 +201,7 @@ export class ParquetUploadService {
           { abortSignal: signal },
         ),
       { key: request.key },
+      signal,
     );
     if (!completed) {
       await this.abortMultipart(request.key, uploadId);
@@ -215,8 +229,8 @@ export class ParquetUploadService {
   }
 
   /** Writes a small JSON object (a manifest), retrying until it succeeds (true) or the sink is closed. */
-  async putJson(key: string, value: unknown): Promise<boolean> {
-    const { s3, bucket, signal } = this.opts;
+  async putJson(key: string, value: unknown, signal: AbortSignal = this.opts.signal): Promise<boolean> {
+    const { s3, bucket } = this.opts;
     const body = JSON.stringify(value);
     const result = await this.retry(
       'parquet manifest write',
@@ -226,14 +240,14 @@ export class ParquetUploadService {
           { abortSignal: signal },
         ),
       { key },
+      signal,
     );
     return result !== undefined;
   }
 
-  /** Reads a JSON object; undefined when it does not exist (any more) or the sink is closed. */
   /** The object's text; null when it does not exist, undefined when the sink is closed. */
-  async getText(key: string): Promise<string | null | undefined> {
-    const { s3, bucket, signal } = this.opts;
+  async getText(key: string, signal: AbortSignal = this.opts.signal): Promise<string | null | undefined> {
+    const { s3, bucket } = this.opts;
     const result = await this.retry(
       'parquet manifest read',
       async () => {
@@ -248,14 +262,18 @@ export class ParquetUploadService {
         }
       },
       { key },
+      signal,
     );
     if (!result) return undefined;
     return result.value.found ? result.value.text : null;
   }
 
   /** The user metadata of an object, null when it does not exist, undefined when the sink is closed. */
-  async headMetadata(key: string): Promise<Record<string, string> | null | undefined> {
-    const { s3, bucket, signal } = this.opts;
+  async headMetadata(
+    key: string,
+    signal: AbortSignal = this.opts.signal,
+  ): Promise<Record<string, string> | null | undefined> {
+    const { s3, bucket } = this.opts;
     const result = await this.retry(
       'parquet head',
       async () => {
@@ -270,12 +288,13 @@ export class ParquetUploadService {
         }
       },
       { key },
+      signal,
     );
     return result?.value;
   }
 
-  private async uploadSingle(request: UploadRequest): Promise<boolean> {
-    const { s3, bucket, signal, uploadSeconds, labels } = this.opts;
+  private async uploadSingle(request: UploadRequest, signal: AbortSignal): Promise<boolean> {
+    const { s3, bucket, uploadSeconds, labels } = this.opts;
     const result = await retryUntilAborted(
       'parquet upload',
       async () => {
@@ -311,8 +330,12 @@ export class ParquetUploadService {
   }
 
   /** Every key under `prefix` (all pages) after `startAfter`, or undefined when aborted. */
-  async listKeys(prefix: string, startAfter?: string): Promise<string[] | undefined> {
-    const { s3, bucket, signal } = this.opts;
+  async listKeys(
+    prefix: string,
+    startAfter?: string,
+    signal: AbortSignal = this.opts.signal,
+  ): Promise<string[] | undefined> {
+    const { s3, bucket } = this.opts;
     const result = await retryUntilAborted(
       'parquet replay listing',
       async () => {

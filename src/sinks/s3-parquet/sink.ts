@@ -11,6 +11,10 @@
  * rolls at the same events overwrites instead of duplicating. On `openShard` the sink reads the manifests of
  * files committed after the checkpoint and acks their events without writing them again, so that every
  * record ends up in exactly one object even when the new run cuts files elsewhere (see manifest.ts).
+ *
+ * Files, replay state and uploads belong to the lease tenure of their events: a file holds events of one
+ * tenure, and when the tenure ends (`closeShard`) its open files are dropped and its uploads aborted, so a
+ * file of an ended tenure never lands beside the files of the tenure that reads the shard next.
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -21,8 +25,9 @@ import pLimit from 'p-limit';
 import type { Logger } from 'pino';
 import type { Ack } from '../../core/ack.js';
 import { settlesWithin } from '../../core/backoff.js';
-import type { ComponentContext, ShardRef, Sink } from '../../core/component.js';
+import type { ComponentContext, ShardRef, Sink, Tenure } from '../../core/component.js';
 import { compareSequence, type PipelineEvent, type RecordOrigin } from '../../core/records.js';
+import { tenureKey, withTenure } from '../../core/tenure.js';
 import type { ShardPosition } from '../../core/watermark.js';
 import { counter, gauge, histogram } from '../../metrics/registry.js';
 import { RowBuilder, type StagedRow, type TableColumn, tableColumnOf } from './columns.js';
@@ -103,6 +108,8 @@ interface FileBuffer {
   readonly id: string;
   readonly stream: string;
   readonly shardId: string;
+  /** The lease tenure of its events. */
+  readonly tenure: Tenure;
   /** Partition path, or null when the sink is not partitioned or for a quarantine file. */
   readonly partition: string | null;
   readonly quarantine: boolean;
@@ -122,6 +129,7 @@ interface FileBuffer {
 
 interface ShardState {
   replay: ReplayIndex;
+  readonly tenure: Tenure;
 }
 
 /** A counting semaphore for upload slots. */
@@ -263,6 +271,8 @@ export class S3ParquetSink implements Sink {
   /** Open files per partition path (across shards). */
   private readonly openPartitions = new Map<string, number>();
   private readonly inflight = new Set<Promise<void>>();
+  /** Commits in flight per tenure: flushShard and closeShard wait for the tenure's own. */
+  private readonly inflightByTenure = new Map<Tenure, Set<Promise<void>>>();
   private readonly tmpFiles = new Set<string>();
   private capacityWaiters: Array<() => void> = [];
   private pendingFiles = 0;
@@ -271,7 +281,7 @@ export class S3ParquetSink implements Sink {
   /** Bytes of rows in rolled files not yet handed to DuckDB. */
   private pendingBytes = 0;
   private fileCounter = 0;
-  private lastShardState: { stream: string; shardId: string; state: ShardState } | undefined;
+  private lastShardState: { stream: string; shardId: string; tenure: Tenure; state: ShardState } | undefined;
   private lastBuffer: FileBuffer | undefined;
   private closed = false;
   private closing: Promise<void> | undefined;
@@ -340,13 +350,17 @@ export class S3ParquetSink implements Sink {
    * Reads the manifests of files that end after the checkpoint; the events of those whose data object was
    * committed (exists with the manifest's file id) are acked without writing when they are replayed.
    */
-  async openShard(shard: ShardRef, checkpoint: ShardPosition | undefined): Promise<void> {
-    const state = this.shardState(shard);
+  async openShard(shard: Tenure, checkpoint: ShardPosition | undefined): Promise<void> {
+    // A fresh replay state per tenure: what an earlier tenure of the shard skipped is no guide now.
+    const state: ShardState = { replay: new ReplayIndex(), tenure: shard };
+    this.shardStates.set(tenureKey(shard, shard), state);
+    const signal = withTenure(this.abort.signal, shard);
     const dir = manifestDir(this.manifestPrefix, shard.stream, shard.shardId);
     // Without a checkpoint the shard starts over, so every file may hold records about to be replayed.
     const keys = await this.service.listKeys(
       dir,
       checkpoint ? startAfterCheckpoint(dir, checkpoint) : undefined,
+      signal,
     );
     if (!keys) return; // closed meanwhile: nothing will be written any more
     const limit = pLimit(8);
@@ -356,14 +370,14 @@ export class S3ParquetSink implements Sink {
     await Promise.all(
       keys.map((key) =>
         limit(async () => {
-          const text = await this.service.getText(key);
+          const text = await this.service.getText(key, signal);
           if (text === undefined) return; // closed
           if (text === null) return; // deleted since the listing
           const parsed = parseManifest(text);
           let problem = 'problem' in parsed ? parsed.problem : undefined;
           if (!problem && 'manifest' in parsed) {
             const { manifest } = parsed;
-            const metadata = await this.service.headMetadata(manifest.dataKey);
+            const metadata = await this.service.headMetadata(manifest.dataKey, signal);
             if (metadata === undefined) return; // closed
             if (metadata?.['ksw-file-id'] !== manifest.fileId) {
               // Written before a crash that came before (or during) the data upload: not committed.
@@ -420,6 +434,9 @@ export class S3ParquetSink implements Sink {
     const { maxFileRows, maxFileBytes } = this.config.roll;
     const partitioning = this.config.partitioning;
     for (const event of events) {
+      const tenure = event.ack.tenure;
+      // The tenure ended (its shard is read again by the next one): nothing of it is written any more.
+      if (!tenure.active) continue;
       // Converted first even when replayed: an event that failed conversion in the previous run is not in
       // that run's files, and dead-lettering it again is the only way to be sure its letter exists.
       const built = this.rowBuilder.build(event);
@@ -444,10 +461,14 @@ export class S3ParquetSink implements Sink {
       const derived = event.derived === true;
       if (
         !derived &&
-        this.shardState(origin).replay.take(origin.sequenceNumber, origin.subSequenceNumber, event.index)
+        this.shardState(origin, tenure).replay.take(
+          origin.sequenceNumber,
+          origin.subSequenceNumber,
+          event.index,
+        )
       ) {
         // Roll the partition's open file so the new run cuts files where the previous run did.
-        const natural = this.buffers.get(bufferId(origin, false, partition, false));
+        const natural = this.buffers.get(bufferId(origin, tenure, false, partition, false));
         if (natural && natural.rows.length > 0) {
           this.roll(natural, 'replay');
           await this.waitForCapacity();
@@ -465,7 +486,7 @@ export class S3ParquetSink implements Sink {
         row.partition = partition as string;
         this.metrics.quarantined.inc(this.labels);
       }
-      let buffer = this.buffer(origin, derived, quarantine ? null : partition, quarantine);
+      let buffer = this.buffer(origin, tenure, derived, quarantine ? null : partition, quarantine);
       // Size limits are checked between records: the events of one record stay in one file.
       if (
         (buffer.rows.length >= maxFileRows || buffer.bytes >= maxFileBytes) &&
@@ -481,7 +502,7 @@ export class S3ParquetSink implements Sink {
             this.metrics.quarantined.inc(this.labels);
           }
         }
-        buffer = this.buffer(origin, derived, quarantine ? null : partition, quarantine);
+        buffer = this.buffer(origin, tenure, derived, quarantine ? null : partition, quarantine);
       }
       this.append(buffer, event, row, time);
       if (this.openBytes > this.config.memory.maxBufferedBytes * 0.75) {
@@ -494,6 +515,26 @@ export class S3ParquetSink implements Sink {
   async flush(): Promise<void> {
     for (const buffer of [...this.buffers.values()]) this.roll(buffer, 'flush');
     await Promise.all([...this.inflight]);
+  }
+
+  /** Rolls and uploads the tenure's open files now (graceful end of its lease). */
+  async flushShard(tenure: Tenure): Promise<void> {
+    for (const buffer of [...this.buffers.values()]) if (buffer.tenure === tenure) this.roll(buffer, 'flush');
+    await Promise.all([...(this.inflightByTenure.get(tenure) ?? [])]);
+  }
+
+  /**
+   * The tenure ended: its open files are dropped unwritten (their events stay unacked; the next tenure
+   * reads them again), its uploads are aborted, and its replay state is forgotten. Resolves once none of
+   * its commits can send anything any more.
+   */
+  async closeShard(tenure: Tenure): Promise<void> {
+    for (const buffer of [...this.buffers.values()]) if (buffer.tenure === tenure) this.discard(buffer);
+    this.metrics.bufferedBytes.set(this.labels, this.openBytes + this.pendingBytes);
+    for (const [id, state] of [...this.shardStates]) if (state.tenure === tenure) this.shardStates.delete(id);
+    if (this.lastShardState?.tenure === tenure) this.lastShardState = undefined;
+    await Promise.allSettled([...(this.inflightByTenure.get(tenure) ?? [])]);
+    this.wakeCapacityWaiters();
   }
 
   close(): Promise<void> {
@@ -523,22 +564,29 @@ export class S3ParquetSink implements Sink {
     await Promise.all([...this.tmpFiles].map((file) => rm(file, { force: true })));
   }
 
-  private shardState(ref: ShardRef | RecordOrigin): ShardState {
+  private shardState(ref: ShardRef | RecordOrigin, tenure: Tenure): ShardState {
     // Events come in runs from one shard: skip building the key for each.
     const last = this.lastShardState;
-    if (last !== undefined && last.stream === ref.stream && last.shardId === ref.shardId) return last.state;
-    const id = `${ref.stream}\n${ref.shardId}`;
+    if (
+      last !== undefined &&
+      last.tenure === tenure &&
+      last.stream === ref.stream &&
+      last.shardId === ref.shardId
+    )
+      return last.state;
+    const id = tenureKey(ref, tenure);
     let state = this.shardStates.get(id);
     if (!state) {
-      state = { replay: new ReplayIndex() };
+      state = { replay: new ReplayIndex(), tenure };
       this.shardStates.set(id, state);
     }
-    this.lastShardState = { stream: ref.stream, shardId: ref.shardId, state };
+    this.lastShardState = { stream: ref.stream, shardId: ref.shardId, tenure, state };
     return state;
   }
 
   private buffer(
     origin: RecordOrigin,
+    tenure: Tenure,
     derived: boolean,
     partition: string | null,
     quarantine: boolean,
@@ -547,6 +595,7 @@ export class S3ParquetSink implements Sink {
     const last = this.lastBuffer;
     if (
       last !== undefined &&
+      last.tenure === tenure &&
       last.shardId === origin.shardId &&
       last.stream === origin.stream &&
       last.partition === partition &&
@@ -556,13 +605,14 @@ export class S3ParquetSink implements Sink {
     ) {
       return last;
     }
-    const id = bufferId(origin, derived, partition, quarantine);
+    const id = bufferId(origin, tenure, derived, partition, quarantine);
     let buffer = this.buffers.get(id);
     if (!buffer) {
       buffer = {
         id,
         stream: origin.stream,
         shardId: origin.shardId,
+        tenure,
         partition,
         quarantine,
         derived,
@@ -624,9 +674,20 @@ export class S3ParquetSink implements Sink {
     }
   }
 
-  private roll(buffer: FileBuffer, reason: RollReason): void {
+  /** Closes an open file without writing it (its tenure ended): its rows and acks are let go. */
+  private discard(buffer: FileBuffer): void {
+    this.unlist(buffer);
+    this.openBytes -= buffer.bytes;
+    buffer.rows = [];
+    buffer.acks = [];
+    buffer.bytes = 0;
+  }
+
+  /** Takes an open file out of the open set (it is rolled or discarded). */
+  private unlist(buffer: FileBuffer): void {
     clearTimeout(buffer.timer);
     buffer.timer = undefined;
+    if (this.lastBuffer === buffer) this.lastBuffer = undefined;
     if (this.buffers.get(buffer.id) === buffer) {
       this.buffers.delete(buffer.id);
       if (buffer.partition !== null) {
@@ -637,7 +698,15 @@ export class S3ParquetSink implements Sink {
       this.metrics.openPartitions.set(this.labels, this.openPartitions.size);
       this.metrics.openFiles.set(this.labels, this.buffers.size);
     }
+  }
+
+  private roll(buffer: FileBuffer, reason: RollReason): void {
+    this.unlist(buffer);
     if (buffer.rows.length === 0) return;
+    if (!buffer.tenure.active) {
+      this.discard(buffer);
+      return;
+    }
     this.metrics.rolls.inc({ ...this.labels, reason });
     const rows = buffer.rows;
     const acks = buffer.acks;
@@ -648,6 +717,12 @@ export class S3ParquetSink implements Sink {
     this.openBytes -= bytes;
     this.pendingBytes += bytes;
     this.pendingFiles += 1;
+    let mine = this.inflightByTenure.get(buffer.tenure);
+    if (!mine) {
+      mine = new Set();
+      this.inflightByTenure.set(buffer.tenure, mine);
+    }
+    const tenureCommits = mine;
     const committed = this.commit(buffer, rows, acks, bytes)
       .catch((err: unknown) => {
         // Not expected (every step retries); the events stay unacked and are read again after a restart.
@@ -659,9 +734,12 @@ export class S3ParquetSink implements Sink {
       .finally(() => {
         this.pendingFiles -= 1;
         this.inflight.delete(committed);
+        tenureCommits.delete(committed);
+        if (tenureCommits.size === 0) this.inflightByTenure.delete(buffer.tenure);
         this.wakeCapacityWaiters();
       });
     this.inflight.add(committed);
+    tenureCommits.add(committed);
   }
 
   /**
@@ -694,6 +772,10 @@ export class S3ParquetSink implements Sink {
     );
     this.tmpFiles.add(tmpFile);
     const context = { stream: buffer.stream, shardId: buffer.shardId, first: formatEventPosition(first) };
+    // Every step stops when the sink closes or the file's tenure ends (lost, fenced: others may read the
+    // shard now, so nothing of this tenure may land any more).
+    const tenure = buffer.tenure;
+    const signal = withTenure(this.abort.signal, tenure);
     try {
       const encoded = await retryUntilAborted(
         'parquet encode',
@@ -710,7 +792,7 @@ export class S3ParquetSink implements Sink {
           );
         },
         {
-          signal: this.abort.signal,
+          signal,
           logger: this.logger,
           onError: () => this.metrics.uploadErrors.inc(this.labels),
           context,
@@ -719,7 +801,7 @@ export class S3ParquetSink implements Sink {
       );
       release(); // the rows live in the file now
       rows.length = 0;
-      if (!encoded) return;
+      if (!encoded || !tenure.active) return;
       const fileBytes = encoded.value;
       const dir = `${this.config.prefix}${
         buffer.quarantine
@@ -763,28 +845,33 @@ export class S3ParquetSink implements Sink {
           { sequenceNumber: last.sequenceNumber, subSequenceNumber: last.subSequenceNumber },
           key,
         );
-        if (!(await this.service.putJson(mKey, manifest))) return;
+        if (!tenure.active || !(await this.service.putJson(mKey, manifest, signal))) return;
       }
       await this.slots.acquire();
       let uploaded: boolean;
       try {
-        uploaded = await this.service.upload({
-          key,
-          path: tmpFile,
-          bytes: fileBytes,
-          metadata: {
-            'ksw-file-id': fileId,
-            rows: String(rowCount),
-            stream: buffer.stream,
-            shard: buffer.shardId,
-            'first-position': formatEventPosition(first),
-            'last-position': formatEventPosition(last),
-            'min-event-time': eventTime(buffer.minTime) ?? '',
-            'max-event-time': eventTime(buffer.maxTime) ?? '',
-            'min-arrival-time': eventTime(buffer.minArrival) ?? '',
-            'max-arrival-time': eventTime(buffer.maxArrival) ?? '',
-          },
-        });
+        uploaded =
+          tenure.active &&
+          (await this.service.upload(
+            {
+              key,
+              path: tmpFile,
+              bytes: fileBytes,
+              metadata: {
+                'ksw-file-id': fileId,
+                rows: String(rowCount),
+                stream: buffer.stream,
+                shard: buffer.shardId,
+                'first-position': formatEventPosition(first),
+                'last-position': formatEventPosition(last),
+                'min-event-time': eventTime(buffer.minTime) ?? '',
+                'max-event-time': eventTime(buffer.maxTime) ?? '',
+                'min-arrival-time': eventTime(buffer.minArrival) ?? '',
+                'max-arrival-time': eventTime(buffer.maxArrival) ?? '',
+              },
+            },
+            signal,
+          ));
       } finally {
         this.slots.release();
       }
@@ -858,8 +945,14 @@ function lazyGlueRegistrar(config: RegistrationConfig, s3: S3Client, location: s
   };
 }
 
-function bufferId(origin: ShardRef, derived: boolean, partition: string | null, quarantine: boolean): string {
-  return `${origin.stream}\n${origin.shardId}\n${derived ? 'd' : 'e'}${quarantine ? 'q' : 'p'}\n${partition ?? ''}`;
+function bufferId(
+  origin: ShardRef,
+  tenure: Tenure,
+  derived: boolean,
+  partition: string | null,
+  quarantine: boolean,
+): string {
+  return `${tenureKey(origin, tenure)}\n${derived ? 'd' : 'e'}${quarantine ? 'q' : 'p'}\n${partition ?? ''}`;
 }
 
 /** True when the buffer's last row comes from the same record as `origin`. */
