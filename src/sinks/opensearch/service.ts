@@ -116,7 +116,12 @@ export class OpenSearchService {
         { requestTimeout: this.config.bulk.requestTimeoutMs, maxRetries: 0 },
       );
       if (signal) {
-        onAbort = () => request.abort();
+        // Braces, not `() => request.abort()`: abort() returns the request, a thenable, and an EventTarget
+        // listener that returns a thenable has its rejection rethrown as an uncaught exception, which
+        // crashed the worker when it closed with a bulk request in flight.
+        onAbort = () => {
+          request.abort();
+        };
         signal.addEventListener('abort', onAbort, { once: true });
       }
       const res = await request;

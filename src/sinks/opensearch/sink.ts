@@ -293,7 +293,10 @@ export class OpenSearchSink implements Sink {
   private async closeNow(): Promise<void> {
     this.closed = true;
     const drained = (async () => {
-      await this.ready.catch(() => undefined);
+      // Documents are queued only once start-up succeeded (write waits for it), so a start-up still
+      // retrying against an unreachable cluster has nothing to drain: it is aborted at once below instead
+      // of holding the worker's shutdown for closeTimeoutMs.
+      if (this.outstandingDocs === 0) return;
       while (this.outstandingDocs > 0 && !this.abort.signal.aborted) {
         await this.flush();
         await sleep(10);
