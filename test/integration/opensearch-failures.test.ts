@@ -8,7 +8,9 @@
  * for none of them; a permanent refusal at start-up fails start-up at once, naming the endpoint and the
  * server's reason; an unreachable endpoint fails it at the bootstrap deadline; and close gives up on
  * documents that keep failing without acking or dead-lettering them (they are read again), also with a
- * request in flight (which once crashed the process with an uncaught RequestAbortedError).
+ * request in flight (which once crashed the process with an uncaught RequestAbortedError). Field offload
+ * against an S3 that fails: the document is indexed only once its object is written, and a close or an
+ * ended tenure while S3 keeps failing leaves the record unacked.
  */
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -16,9 +18,9 @@ import type { AddressInfo } from 'node:net';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
-import { awsConfigSchema, createAwsClients } from '../../src/core/aws.js';
+import { type AwsClients, awsConfigSchema, createAwsClients } from '../../src/core/aws.js';
 import type { PipelineEvent } from '../../src/core/records.js';
-import { detachedTenure } from '../../src/core/tenure.js';
+import { detachedTenure, ShardTenure } from '../../src/core/tenure.js';
 import { freePort } from '../../src/local/emulators.js';
 import { openSearchSinkConfigSchema } from '../../src/sinks/opensearch/config.js';
 import { OpenSearchSink } from '../../src/sinks/opensearch/sink.js';
@@ -86,13 +88,18 @@ const aws = createAwsClients(
   awsConfigSchema.parse({ credentials: { accessKeyId: 'x', secretAccessKey: 'y' }, region: 'us-east-1' }),
 );
 
-function harness(config: Record<string, unknown>, bootstrapTimeoutMs = 5_000) {
+function harness(
+  config: Record<string, unknown>,
+  bootstrapTimeoutMs = 5_000,
+  clients: AwsClients = aws,
+  tenure = detachedTenure({ stream: 's', shardId: 'shardId-000000000000' }),
+) {
   const dlq = new MemoryDeadLetterQueue();
   const metrics = new Registry();
   const sink = new OpenSearchSink(
     'os',
     openSearchSinkConfigSchema.parse({ type: 'opensearch', index: 'docs', ...config }),
-    { logger: silentLogger, metrics, aws, dlq },
+    { logger: silentLogger, metrics, aws: clients, dlq },
     { random: () => 0.5, bootstrapTimeoutMs },
   );
   const acked: string[] = [];
@@ -106,7 +113,7 @@ function harness(config: Record<string, unknown>, bootstrapTimeoutMs = 5_000) {
         index: 0,
         value,
         raw: Buffer.from(JSON.stringify(value)),
-        ack: new Ack(() => acked.push(String(value.n))),
+        ack: new Ack(() => acked.push(String(value.n)), tenure),
       }));
       await sink.write(events);
     },
@@ -291,5 +298,94 @@ describe('OpenSearch sink: failure handling against a scripted peer', () => {
     } finally {
       process.off('uncaughtException', onUncaught);
     }
+  });
+
+  /** The worker's clients with an S3 whose PutObject fails while `failing()` says so; puts are logged. */
+  function flakyS3(log: string[], failing: () => boolean): AwsClients {
+    const s3 = Object.create(aws.s3) as AwsClients['s3'];
+    s3.send = (async (command: { input: { Key?: string } }) => {
+      if (failing()) {
+        log.push('s3 put failed');
+        throw Object.assign(new Error('We encountered an internal error. Please try again.'), {
+          name: 'InternalError',
+          $metadata: { httpStatusCode: 500 },
+        });
+      }
+      log.push(`s3 put ${command.input.Key}`);
+      return { $metadata: {} };
+    }) as never;
+    return { ...aws, s3 };
+  }
+
+  const offload = { bucket: 'offload-bucket', maxFieldBytes: 100, fields: ['statement'] };
+
+  it('field offload: the document is indexed only after its object is written; failed puts are retried', async () => {
+    const log: string[] = [];
+    let failures = 2;
+    peer.bulks.length = 0;
+    peer.script = (_req, bulk) => {
+      log.push('bulk');
+      return created(bulk!);
+    };
+    const h = harness(
+      { endpoint: peer.endpoint, bulk: { flushIntervalMs: 10 }, offload },
+      5_000,
+      flakyS3(log, () => failures-- > 0),
+    );
+    const value = { n: 1, statement: `SELECT ${'x, '.repeat(100)}1` };
+    await h.write([value]);
+    await h.sink.flush();
+    await h.sink.close();
+    assert.deepEqual(log, [
+      's3 put failed',
+      's3 put failed',
+      's3 put offload/docs/s/shardId-000000000000/100/0/0/statement.json',
+      'bulk',
+    ]);
+    assert.deepEqual(h.acked, ['1']);
+    const doc = peer.bulks[0]!.docs[0]!;
+    assert.equal(doc.statement, undefined, 'the large field is not indexed');
+    assert.ok((doc.offloaded as Record<string, unknown>).statement, 'a pointer stands in its place');
+    assert.equal(typeof value.statement, 'string', "the event's own value is left alone");
+    assert.equal(await h.metric('ksw_opensearch_offload_errors_total'), 2);
+    assert.equal(await h.metric('ksw_opensearch_offloaded_fields_total'), 1);
+  });
+
+  it('field offload: while S3 keeps failing, a close or an ended tenure leaves the record unacked and unindexed', async () => {
+    peer.bulks.length = 0;
+    peer.script = (_req, bulk) => created(bulk!);
+    const value = { n: 1, statement: 'y'.repeat(500) };
+
+    const h = harness(
+      { endpoint: peer.endpoint, offload },
+      5_000,
+      flakyS3([], () => true),
+    );
+    const writing = h.write([value]);
+    await new Promise((r) => setTimeout(r, 300));
+    await h.sink.close();
+    await writing; // the write returns once the retrying offload is abandoned
+    assert.deepEqual(h.acked, []);
+    assert.equal(h.dlq.letters.length, 0);
+
+    const tenure = new ShardTenure('s', 'shardId-000000000000', 'w1.1');
+    const t = harness(
+      { endpoint: peer.endpoint, offload },
+      5_000,
+      flakyS3([], () => true),
+      tenure,
+    );
+    const writingTenure = t.write([value]);
+    await new Promise((r) => setTimeout(r, 300));
+    tenure.end('lost');
+    await writingTenure;
+    assert.deepEqual(
+      t.acked,
+      [],
+      "an ended tenure's record is read again by the next tenure, not acked here",
+    );
+    await t.sink.close();
+    assert.equal(peer.bulks.length, 0, 'nothing indexed without its object');
+    assert.equal(t.dlq.letters.length, 0);
   });
 });
