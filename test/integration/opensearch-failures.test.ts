@@ -55,7 +55,12 @@ class ScriptedPeer {
           bulk = { docs: lines.filter((_, i) => i % 2 === 1).map((l) => JSON.parse(l)) };
           peer.bulks.push(bulk);
         }
-        const answer = await peer.script(req, bulk);
+        let answer: Answer;
+        try {
+          answer = await peer.script(req, bulk);
+        } catch (err) {
+          answer = { status: 599, body: `scripted peer: ${(err as Error).stack}` }; // a broken script fails loudly
+        }
         if (res.destroyed) return;
         const text = typeof answer.body === 'string' ? answer.body : JSON.stringify(answer.body);
         res.writeHead(answer.status, {
@@ -220,6 +225,30 @@ describe('OpenSearch sink: failure handling against a scripted peer', () => {
     await assert.rejects(h.write([{ n: 1 }]), expected);
     assert.equal(h.acked.length, 0, 'nothing acked while the sink cannot start');
     await h.sink.close();
+  });
+
+  it('start-up retries while the cluster answers 503 (still starting), then puts the template', async () => {
+    peer.requests.length = 0;
+    let unavailable = 2;
+    peer.script = () => {
+      if (unavailable > 0) {
+        unavailable -= 1;
+        return {
+          status: 503,
+          body: { error: { type: 'master_not_discovered_exception', reason: 'no master' } },
+        };
+      }
+      return { status: 200, body: { acknowledged: true } };
+    };
+    const h = harness({ endpoint: peer.endpoint, template: { kind: 'spans', replicas: 0 } });
+    await h.sink.openShard(detachedTenure({ stream: 's', shardId: 'x' }));
+    await h.sink.close();
+    // template.overwrite (the default) puts the template without looking first: two refused, one accepted.
+    assert.deepEqual(peer.requests, [
+      'PUT /_index_template/ksw-os',
+      'PUT /_index_template/ksw-os',
+      'PUT /_index_template/ksw-os',
+    ]);
   });
 
   it('an unreachable endpoint fails start-up at the bootstrap deadline; close does not wait for it', async () => {
