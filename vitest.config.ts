@@ -45,13 +45,16 @@ export default defineConfig({
       // raised (docs/testing.md has the per-directory table); raise them when coverage rises, never lower them
       // to make a change pass.
       thresholds: {
-        lines: 84,
-        branches: 74,
-        functions: 81,
-        statements: 81,
-        'src/processors/**': { lines: 95, branches: 85, functions: 94 },
-        'src/consumers/**': { lines: 88, branches: 75, functions: 84 },
-        'src/config/**': { lines: 91, branches: 87, functions: 85 },
+        lines: 88,
+        branches: 78,
+        functions: 86,
+        statements: 85,
+        'src/processors/**': { lines: 95, branches: 85, functions: 95 },
+        'src/consumers/**': { lines: 90, branches: 76, functions: 87 },
+        'src/config/**': { lines: 96, branches: 89, functions: 98 },
+        'src/core/**': { lines: 97, branches: 93, functions: 94 },
+        'src/producer/**': { lines: 98, branches: 94, functions: 98 },
+        'src/sinks/opensearch/**': { lines: 88, branches: 76, functions: 85 },
         'src/sinks/s3-parquet/**': { lines: 90, branches: 83, functions: 84 },
       },
     },
