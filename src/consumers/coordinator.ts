@@ -190,23 +190,31 @@ export class ShardCoordinator {
     // denied, a missing stream) still fails the start with its error.
     await this.syncer.sync().catch((err) => this.retryLater(err, 'shard sync'));
     await this.takeLeases().catch((err) => this.retryLater(err, 'lease scan'));
-    this.every('renew', this.timing.renewIntervalMs, () => this.renewer.renewAll());
+    // Each shard's renewal runs on its own (one slow call does not hold the others back).
+    this.every('renew', this.timing.renewIntervalMs, async () => this.renewer.renewAll());
     this.every('scan', this.timing.takeIntervalMs, () => this.takeLeases());
     this.every('checkpoint', this.config.intervalMs, () => this.checkpointer.checkpointAll());
     this.every('sync', this.config.shardSyncIntervalMs, () => this.syncer.sync());
     this.every('gauges', 1_000, async () => this.exportGauges());
   }
 
-  /** Runs `task` every `ms` on the clock; a run still going when the next is due is not overlapped. */
+  /**
+   * Runs `task` every `ms` on the clock, at a fixed rate (a slow run does not push the next one back); a
+   * run still going when the next is due makes that one be skipped.
+   */
   private every(name: string, ms: number, task: () => Promise<void>): void {
     let stopped = false;
+    let running = false;
     let handle: unknown;
     const tick = () => {
       if (stopped) return;
+      handle = this.clock.setTimeout(tick, ms);
+      if (running) return;
+      running = true;
       void task()
         .catch((err) => this.log.error({ err, task: name }, 'periodic task failed'))
         .finally(() => {
-          if (!stopped) handle = this.clock.setTimeout(tick, ms);
+          running = false;
         });
     };
     handle = this.clock.setTimeout(tick, ms);
@@ -281,8 +289,9 @@ export class ShardCoordinator {
     const stream = parsed && this.opened.get(parsed.consumer.stream);
     if (!parsed || !stream || this.held.has(key) || this.stopping) return;
     const { consumer, shardId } = parsed;
-    // A previous tenure of this lease here lets go of its state before the next one may start.
-    await this.closing.get(key);
+    // A previous tenure of this lease here must have let go of its state (closeShard) before the next one
+    // may start; the next scan tries again (the scan does not wait for it: other takes go on).
+    if (this.closing.has(key)) return;
     const token = this.tokens.next();
     const sentAt = this.clock.now();
     let taken: Lease;

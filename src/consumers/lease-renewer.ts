@@ -18,14 +18,24 @@ export interface RenewerHost {
 }
 
 export class LeaseRenewer {
+  /** Shards whose renewal is still on its way: the next interval does not queue another behind it. */
+  private readonly renewing = new Set<HeldShard>();
+
   constructor(
     private readonly leases: LeaseTable,
     private readonly host: RenewerHost,
     private readonly log: Logger,
   ) {}
 
-  async renewAll(): Promise<void> {
-    await Promise.all([...this.host.held()].map((held) => this.renew(held)));
+  /** Starts a renewal of every held shard that is not renewing already; resolves when they settled. */
+  renewAll(): Promise<void> {
+    const started: Promise<void>[] = [];
+    for (const held of this.host.held()) {
+      if (this.renewing.has(held)) continue;
+      this.renewing.add(held);
+      started.push(this.renew(held).finally(() => this.renewing.delete(held)));
+    }
+    return Promise.all(started).then(() => undefined);
   }
 
   renew(held: HeldShard): Promise<void> {
