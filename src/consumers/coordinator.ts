@@ -444,7 +444,7 @@ export class ShardCoordinator {
       end: (h, reason) => this.endTenure(h, reason),
     }).catch((err) => {
       this.log.error({ err, shard: held.shardId }, 'handoff failed');
-      this.endTenure(held, 'handed-off');
+      void this.endTenure(held, 'handed-off');
     });
   }
 
@@ -468,7 +468,7 @@ export class ShardCoordinator {
         'lease lost to another worker; stopping the shard',
       );
     }
-    this.endTenure(held, 'lost');
+    void this.endTenure(held, 'lost');
   }
 
   /** The fencing deadline passed without a successful lease write: stop before anyone may take over. */
@@ -483,7 +483,7 @@ export class ShardCoordinator {
       },
       'no lease write succeeded within failoverMs - fencingMarginMs; stopped the shard (fenced) before another worker may take it',
     );
-    this.endTenure(held, 'fenced');
+    void this.endTenure(held, 'fenced');
   }
 
   /** The chain failed on the shard's records: release it to be read again from its checkpoint. */
@@ -523,9 +523,11 @@ export class ShardCoordinator {
   /**
    * Ends the shard's tenure: the reader stops, the watermark freezes, the shard is forgotten, and every
    * component drops what it still holds of the tenure (the next take of this lease here waits until then).
+   * Resolves once they have: no request of the tenure can still be sent or be in flight. A lease is given
+   * back (release, finished handoff) only after that, so the next owner never races a late write.
    */
-  private endTenure(held: HeldShard, reason: TenureEnd): void {
-    if (!held.tenure.end(reason)) return;
+  private endTenure(held: HeldShard, reason: TenureEnd): Promise<void> {
+    if (!held.tenure.end(reason)) return this.closing.get(held.key) ?? Promise.resolve();
     held.phase = 'ended';
     held.reader?.stop();
     held.watermark.close();
@@ -545,6 +547,7 @@ export class ShardCoordinator {
         if (this.closing.get(held.key) === closed) this.closing.delete(held.key);
       });
     this.closing.set(held.key, closed);
+    return closed;
   }
 
   /**
@@ -553,8 +556,9 @@ export class ShardCoordinator {
    */
   private async release(held: HeldShard, reason: TenureEnd): Promise<void> {
     await held.run(async () => {
-      // The tenure ends first: nothing of it may be written once another worker can take the lease.
-      this.endTenure(held, reason);
+      // The tenure ends first, and its requests settle: nothing of it may be written once another worker
+      // can take the lease.
+      await this.endTenure(held, reason);
       try {
         await held.write('release', (lease, opts) => this.deps.leases.release(lease, opts), true);
       } catch (err) {
