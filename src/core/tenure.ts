@@ -184,6 +184,40 @@ export function tenureKey(shard: ShardRef, tenure: Tenure): string {
   return `${shard.stream}\n${shard.shardId}\n${tenure.token}`;
 }
 
+/** What `sendOnlyWhile` needs of an AWS SDK command: its own middleware stack (typed loosely: its `add` is
+ * overloaded per step, and only the deserialize step is used). */
+interface WithMiddleware {
+  readonly middlewareStack: {
+    // biome-ignore lint/suspicious/noExplicitAny: the SDK's overloaded add(); one overload is used below
+    add(middleware: any, options: any): void;
+  };
+}
+
+/** A write refused at the last moment because its tenure is over (or past its fencing deadline). */
+export class WriteRefusedError extends Error {
+  constructor(what: string) {
+    super(`${what}: not sent, the lease tenure it belongs to is over`);
+    this.name = 'WriteRefusedError';
+  }
+}
+
+/**
+ * Makes an AWS SDK command check `proceed()` right before each attempt goes on the wire (after signing,
+ * after the SDK's own retry delay), and fail with WriteRefusedError instead of being sent when it is
+ * false. A check before `send()` alone leaves the SDK's asynchronous steps in between, which a busy event
+ * loop stretches to a hundred milliseconds and more: long enough for a write to leave after the deadline.
+ */
+export function sendOnlyWhile<C extends WithMiddleware>(command: C, proceed: () => boolean, what: string): C {
+  command.middlewareStack.add(
+    (next: (args: unknown) => Promise<unknown>) => async (args: unknown) => {
+      if (!proceed()) throw new WriteRefusedError(what);
+      return next(args);
+    },
+    { step: 'deserialize', priority: 'low', name: 'kswTenureGuard' },
+  );
+  return command;
+}
+
 /** `signal` and the tenure's signal in one (for a request made on the tenure's behalf). */
 export function withTenure(signal: AbortSignal, tenure: Tenure): AbortSignal {
   return tenure === DETACHED_TENURE ? signal : AbortSignal.any([signal, tenure.signal]);

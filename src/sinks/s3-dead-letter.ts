@@ -25,7 +25,7 @@ import type {
   Tenure,
 } from '../core/component.js';
 import { compareSequence } from '../core/records.js';
-import { tenureKey, withTenure } from '../core/tenure.js';
+import { sendOnlyWhile, tenureKey, withTenure } from '../core/tenure.js';
 import type { ShardPosition } from '../core/watermark.js';
 import { counter, gauge } from '../metrics/registry.js';
 
@@ -359,13 +359,17 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
       if (!tenure.active) break; // its letters are sent again by the next tenure
       try {
         await this.ctx.aws.s3.send(
-          new PutObjectCommand({
-            Bucket: this.config.bucket,
-            Key: key,
-            Body: body,
-            ContentType: 'application/x-ndjson',
-            Metadata: { letters: String(acks.length) },
-          }),
+          sendOnlyWhile(
+            new PutObjectCommand({
+              Bucket: this.config.bucket,
+              Key: key,
+              Body: body,
+              ContentType: 'application/x-ndjson',
+              Metadata: { letters: String(acks.length) },
+            }),
+            () => tenure.active,
+            'PutObject (dead letters)',
+          ),
           { abortSignal: signal },
         );
       } catch (err) {

@@ -388,8 +388,8 @@ describe('correct while alive: workers that keep running while their leases go w
       const completed: number[] = [];
       let cutAt = 0;
       f.slot(0).s3.onArrival((a) => {
-        if (a.method === 'POST' && a.url.includes('?uploads')) created.push(a.arrivedAt);
-        if (a.method === 'POST' && a.url.includes('uploadId=')) completed.push(a.arrivedAt);
+        if (a.method === 'POST' && a.url.includes('?uploads')) created.push(a.startedAt);
+        if (a.method === 'POST' && a.url.includes('uploadId=')) completed.push(a.startedAt);
       });
       // Slot 0's parts crawl (3 s each), so its uploads take a while.
       f.slot(0).s3.setRules([

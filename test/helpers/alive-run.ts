@@ -16,7 +16,7 @@
  *    aggregation), each id exactly once.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import { stringify } from 'yaml';
@@ -149,11 +149,11 @@ export class AliveFleet {
         if (a.method === 'GET' || a.method === 'HEAD') return;
         const shards = shardsOfS3Write(a.url);
         if (shards.length > 0)
-          slot.writes.push({ at: a.arrivedAt, shards, what: `S3 ${a.method} ${a.url.split('?')[0]}` });
+          slot.writes.push({ at: a.startedAt, shards, what: `S3 ${a.method} ${a.url.split('?')[0]}` });
       });
       os?.onArrival((a: Arrival) => {
         if (a.method !== 'POST' || !/_bulk/.test(a.url)) return;
-        slot.writes.push({ at: a.arrivedAt, shards: shardsOfBulk(a.body), what: 'OpenSearch bulk' });
+        slot.writes.push({ at: a.startedAt, shards: shardsOfBulk(a.body), what: 'OpenSearch bulk' });
       });
       fleet.slots.push(slot);
     }
@@ -238,8 +238,14 @@ export class AliveFleet {
       stdout: '',
       stderr: '',
     };
+    // Every line also goes to a file beside the config (ALIVE_LOG_DIR keeps them after the run).
+    const logFile = path.join(
+      process.env.ALIVE_LOG_DIR ?? this.dir,
+      `${this.opts.name}-slot-${n}-${this.incarnations.length}.log`,
+    );
     child.stdout!.on('data', (d) => {
       inc.stdout = (inc.stdout + String(d)).slice(-200_000);
+      appendFileSync(logFile, d);
     });
     child.stderr!.on('data', (d) => {
       inc.stderr = (inc.stderr + String(d)).slice(-8_000);
@@ -412,17 +418,16 @@ export class AliveFleet {
       let current:
         | { via: string; tenure: string; start: number; last: number; end?: number; why?: string }
         | undefined;
-      const close = (at: number | undefined, why: string) => {
+      const close = (at: number | undefined, reason: string) => {
         if (!current) return;
         const deadline = current.last + FAILOVER_MS - MARGIN_MS;
-        const end = Math.min(
-          deadline,
-          current.end ?? Number.POSITIVE_INFINITY,
-          at ?? Number.POSITIVE_INFINITY,
-        );
+        const given = current.end ?? Number.POSITIVE_INFINITY;
+        const next = at ?? Number.POSITIVE_INFINITY;
+        const end = Math.min(deadline, given, next);
+        const why = end === deadline ? 'its deadline' : end === given ? (current.why ?? reason) : reason;
         const id = `${current.via}\n${key}`;
         const list = out.get(id) ?? [];
-        list.push({ start: current.start, end, tenure: current.tenure, end_: current.why ?? why });
+        list.push({ start: current.start, end, tenure: current.tenure, end_: why });
         out.set(id, list);
         current = undefined;
       };

@@ -332,7 +332,14 @@ export class OpenSearchSink implements Sink {
       return undefined;
     }
     if (this.offloader) {
-      doc = await this.offloader.apply(doc, index, id, withTenure(this.abort.signal, event.ack.tenure));
+      const tenure = event.ack.tenure;
+      doc = await this.offloader.apply(
+        doc,
+        index,
+        id,
+        withTenure(this.abort.signal, tenure),
+        () => tenure.active,
+      );
       if (!doc) return undefined; // closed (or the tenure ended) while offloading: the event stays unacked
     }
     const action = this.config.dataStream ? 'create' : this.config.action;

@@ -28,6 +28,7 @@ import type { Logger } from 'pino';
 import type { Counter, Histogram } from 'prom-client';
 import { backoffDelay, sleep } from '../../core/backoff.js';
 import { classifyError, describeError, type ErrorClass, errorName } from '../../core/retry.js';
+import { sendOnlyWhile } from '../../core/tenure.js';
 
 export interface BackoffOptions {
   readonly baseMs: number;
@@ -154,6 +155,15 @@ export class ParquetUploadService {
     this.sinkScope = { signal: opts.signal };
   }
 
+  /** A write command that is not sent once its scope may no longer write (checked right before the wire). */
+  private write<C extends Parameters<typeof sendOnlyWhile>[0]>(
+    command: C,
+    scope: RequestScope,
+    what: string,
+  ): C {
+    return scope.proceed ? sendOnlyWhile(command, scope.proceed, what) : command;
+  }
+
   private retry<T>(
     what: string,
     attempt: () => Promise<T>,
@@ -215,12 +225,16 @@ export class ParquetUploadService {
       'parquet multipart create',
       () =>
         s3.send(
-          new CreateMultipartUploadCommand({
-            Bucket: bucket,
-            Key: request.key,
-            ContentType: 'application/vnd.apache.parquet',
-            Metadata: request.metadata,
-          }),
+          this.write(
+            new CreateMultipartUploadCommand({
+              Bucket: bucket,
+              Key: request.key,
+              ContentType: 'application/vnd.apache.parquet',
+              Metadata: request.metadata,
+            }),
+            scope,
+            'CreateMultipartUpload',
+          ),
           { abortSignal: signal },
         ),
       { key: request.key },
@@ -238,14 +252,18 @@ export class ParquetUploadService {
             const body = createReadStream(request.path, { start: offset, end: offset + length - 1 });
             try {
               return await s3.send(
-                new UploadPartCommand({
-                  Bucket: bucket,
-                  Key: request.key,
-                  UploadId: uploadId,
-                  PartNumber: number,
-                  Body: body,
-                  ContentLength: length,
-                }),
+                this.write(
+                  new UploadPartCommand({
+                    Bucket: bucket,
+                    Key: request.key,
+                    UploadId: uploadId,
+                    PartNumber: number,
+                    Body: body,
+                    ContentLength: length,
+                  }),
+                  scope,
+                  'UploadPart',
+                ),
                 { abortSignal: signal },
               );
             } catch (err) {
@@ -276,12 +294,16 @@ export class ParquetUploadService {
         try {
           sent += 1;
           await s3.send(
-            new CompleteMultipartUploadCommand({
-              Bucket: bucket,
-              Key: request.key,
-              UploadId: uploadId,
-              MultipartUpload: { Parts: parts },
-            }),
+            this.write(
+              new CompleteMultipartUploadCommand({
+                Bucket: bucket,
+                Key: request.key,
+                UploadId: uploadId,
+                MultipartUpload: { Parts: parts },
+              }),
+              scope,
+              'CompleteMultipartUpload',
+            ),
             { abortSignal: signal },
           );
           return 'done' as const;
@@ -338,7 +360,11 @@ export class ParquetUploadService {
       'parquet manifest write',
       () =>
         s3.send(
-          new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: 'application/json' }),
+          this.write(
+            new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: 'application/json' }),
+            scope,
+            'PutObject (manifest)',
+          ),
           { abortSignal: scope.signal },
         ),
       { key },
@@ -405,14 +431,18 @@ export class ParquetUploadService {
         const body = createReadStream(request.path);
         try {
           await s3.send(
-            new PutObjectCommand({
-              Bucket: bucket,
-              Key: request.key,
-              Body: body,
-              ContentLength: request.bytes,
-              ContentType: 'application/vnd.apache.parquet',
-              Metadata: request.metadata,
-            }),
+            this.write(
+              new PutObjectCommand({
+                Bucket: bucket,
+                Key: request.key,
+                Body: body,
+                ContentLength: request.bytes,
+                ContentType: 'application/vnd.apache.parquet',
+                Metadata: request.metadata,
+              }),
+              scope,
+              'PutObject',
+            ),
             { abortSignal: scope.signal },
           );
         } finally {
