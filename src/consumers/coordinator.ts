@@ -307,7 +307,14 @@ export class ShardCoordinator {
       throw err;
     }
     this.m.leaseWriteSeconds.observe({ operation: 'take' }, (this.clock.now() - sentAt) / 1000);
-    const tenure = new ShardTenure(consumer.stream, shardId, token, this.clock);
+    // Writes stop half a margin before the deadline: one checked just then is on the wire by the deadline.
+    const tenure = new ShardTenure(
+      consumer.stream,
+      shardId,
+      token,
+      this.clock,
+      this.timing.fencingMarginMs / 2,
+    );
     tenure.setDeadline(sentAt + this.timing.failoverMs - this.timing.fencingMarginMs);
     const position = checkpointPosition(taken);
     const watermark = new ShardWatermark(consumer.maxInFlightBytes, position, Date.now, tenure);

@@ -356,7 +356,7 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
   private async write(key: string, body: string, acks: Ack[], tenure: Tenure): Promise<void> {
     const signal = withTenure(this.abort.signal, tenure);
     for (let failures = 0; !signal.aborted; failures++) {
-      if (!tenure.active) break; // its letters are sent again by the next tenure
+      if (!tenure.writable) break; // its letters are sent again by the next tenure
       try {
         await this.ctx.aws.s3.send(
           sendOnlyWhile(
@@ -367,7 +367,7 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
               ContentType: 'application/x-ndjson',
               Metadata: { letters: String(acks.length) },
             }),
-            () => tenure.active,
+            () => tenure.writable,
             'PutObject (dead letters)',
           ),
           { abortSignal: signal },
@@ -402,7 +402,7 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
     }
     // Given up: the sink closed (the letters stay unacked and are read again after restart) or the tenure
     // ended (the next tenure sends them again).
-    if (!tenure.active) {
+    if (!tenure.writable) {
       this.pendingLetters -= acks.length;
       this.buffered.set(this.pendingLetters);
     }

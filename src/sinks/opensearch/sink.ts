@@ -338,7 +338,7 @@ export class OpenSearchSink implements Sink {
         index,
         id,
         withTenure(this.abort.signal, tenure),
-        () => tenure.active,
+        () => tenure.writable,
       );
       if (!doc) return undefined; // closed (or the tenure ended) while offloading: the event stays unacked
     }
@@ -427,10 +427,10 @@ export class OpenSearchSink implements Sink {
     // Checked right before the request: a tenure that ended (or passed its fencing deadline) while its
     // items waited for a slot or a backoff gets nothing more written.
     let batch = input;
-    if (!batch.every((item) => item.event.ack.tenure.active)) {
+    if (!batch.every((item) => item.event.ack.tenure.writable)) {
       batch = [];
       for (const item of input) {
-        if (item.event.ack.tenure.active) batch.push(item);
+        if (item.event.ack.tenure.writable) batch.push(item);
         else this.drop(item);
       }
       if (batch.length === 0) {

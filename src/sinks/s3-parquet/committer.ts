@@ -93,7 +93,7 @@ export class FileCommitter {
     const tenure = buffer.tenure;
     const scope: RequestScope = {
       signal: withTenure(this.opts.signal, tenure),
-      proceed: () => tenure.active,
+      proceed: () => tenure.writable,
     };
     const rowCount = rows.length;
     if (!buffer.sorted) rows.sort(compareRows);
@@ -141,7 +141,7 @@ export class FileCommitter {
       );
       release(); // the rows live in the file now
       rows.length = 0;
-      if (!encoded || !tenure.active) return;
+      if (!encoded || !tenure.writable) return;
       const fileBytes = encoded.value;
       const dir = `${config.prefix}${
         buffer.quarantine

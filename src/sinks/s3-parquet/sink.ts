@@ -374,7 +374,7 @@ export class S3ParquetSink implements Sink {
   }
 
   private roll(buffer: FileBuffer, reason: RollReason): void {
-    if (!buffer.tenure.active) {
+    if (!buffer.tenure.writable) {
       this.files.discard(buffer);
       return;
     }
