@@ -448,6 +448,7 @@ export class ShardCoordinator {
       metrics: this.m,
       log: this.log,
       handoffTimeoutMs: this.timing.handoffTimeoutMs,
+      fencingMarginMs: this.timing.fencingMarginMs,
       end: (h, reason) => this.endTenure(h, reason),
     }).catch((err) => {
       this.log.error({ err, shard: held.shardId }, 'handoff failed');

@@ -24,6 +24,8 @@ export interface HandoffDeps {
   readonly metrics: CoordinatorMetrics;
   readonly log: Logger;
   readonly handoffTimeoutMs: number;
+  /** The drain ends this long before the fencing deadline at the latest, leaving time for the last writes. */
+  readonly fencingMarginMs: number;
   /** Ends the shard's tenure and forgets it; resolves once its components let go (no request in flight). */
   readonly end: (held: HeldShard, reason: TenureEnd) => Promise<void>;
 }
@@ -51,7 +53,9 @@ export async function handOff(held: HeldShard, row: Lease, deps: HandoffDeps): P
   }
   held.reader?.stop();
   await held.done;
-  const deadline = clock.now() + deps.handoffTimeoutMs;
+  // At most handoffTimeoutMs, and never so long that the last checkpoint would miss the fencing deadline
+  // (then the handoff would be overruled instead of finishing partial).
+  const deadline = Math.min(clock.now() + deps.handoffTimeoutMs, held.tenure.deadline - deps.fencingMarginMs);
   // Pending traces, open windows, buffered files of the shard: released and written now.
   void deps.chain.flushShard(held.tenure).catch((err) => {
     log.warn({ err, shard: held.shardId }, 'flushing the shard for a handoff failed');

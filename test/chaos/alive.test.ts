@@ -247,6 +247,9 @@ describe('correct while alive: workers that keep running while their leases go w
       shards: 4,
       slots: 3,
       ...opensearch(),
+      // A handoff drains within handoffTimeoutMs (default failoverMs / 2 = 3 s here): room for the sinks of a
+      // loaded 2-core machine (OpenSearch JVM included) to write what tail sampling and RED release.
+      failoverMs: 6_000,
       // Three spans per trace, the traceId as partition key; the first span is the root.
       record: (id) => {
         const trace = Math.floor(id / 3);
@@ -272,8 +275,7 @@ describe('correct while alive: workers that keep running while their leases go w
           table: 'alive-traces-leases',
           intervalMs: 300,
           shardSyncIntervalMs: 1_000,
-          failoverMs: FAILOVER_MS,
-          handoffTimeoutMs: 2_300,
+          failoverMs: 6_000,
         },
         processors: [
           { type: 'red_metrics', windowMs: 5_000, sinks: ['red'], seriesIdleMs: 60_000 },
@@ -366,7 +368,8 @@ describe('correct while alive: workers that keep running while their leases go w
       ...opensearch(),
       record: (id) => ({ partitionKey: `k-${id}`, data: { id, blob: blob() } }),
       lake: {
-        roll: { maxFileRows: 100_000, maxFileAgeMs: 4_000 },
+        // Rolled by size (a little over the multipart threshold), whatever the pace of the sinks.
+        roll: { maxFileRows: 100_000, maxFileBytes: 6 * 1024 * 1024, maxFileAgeMs: 10_000 },
         upload: { multipartThresholdBytes: 5 * 1024 * 1024, partSizeBytes: 5 * 1024 * 1024 },
         compression: 'snappy',
         columns: [

@@ -47,6 +47,8 @@ export interface AliveOptions {
   readonly worker?: Record<string, unknown>;
   /** Overrides of the Parquet `lake` sink. */
   readonly lake?: Record<string, unknown>;
+  /** Lease failover of the workers (default FAILOVER_MS); the fencing margin is a fifth of it. */
+  readonly failoverMs?: number;
   /** The record of id n (default `{ id: n }`, partition key `k-<n mod 97>`). */
   readonly record?: (id: number) => { partitionKey: string; data: Record<string, unknown> };
 }
@@ -73,7 +75,7 @@ interface Slot {
   readonly s3: FaultProxy;
   readonly os: FaultProxy | undefined;
   /** Write requests that arrived at the slot's S3 and OpenSearch proxies, with the shards they concern. */
-  readonly writes: Array<{ at: number; shards: string[]; what: string }>;
+  readonly writes: Array<{ at: number; shards: string[]; body?: Buffer; what: string }>;
 }
 
 export interface Verification {
@@ -124,12 +126,16 @@ export class AliveFleet {
   private producer: Promise<void> | undefined;
   private producing = false;
   produced = 0;
+  readonly failoverMs: number;
+  readonly marginMs: number;
 
   private constructor(private readonly opts: AliveOptions) {
     this.stream = opts.name;
     this.bucket = `${opts.name}-lake`;
     this.table = `${opts.name}-leases`;
     this.index = opts.name;
+    this.failoverMs = opts.failoverMs ?? FAILOVER_MS;
+    this.marginMs = this.failoverMs / 5;
     this.dir = path.join(opts.t.dir, opts.name);
     mkdirSync(this.dir, { recursive: true });
   }
@@ -151,9 +157,11 @@ export class AliveFleet {
         if (shards.length > 0)
           slot.writes.push({ at: a.startedAt, shards, what: `S3 ${a.method} ${a.url.split('?')[0]}` });
       });
+      // Bodies are parsed at the end: parsing here would slow this process's event loop, which is what
+      // timestamps the arrivals of every proxy.
       os?.onArrival((a: Arrival) => {
         if (a.method !== 'POST' || !/_bulk/.test(a.url)) return;
-        slot.writes.push({ at: a.startedAt, shards: shardsOfBulk(a.body), what: 'OpenSearch bulk' });
+        slot.writes.push({ at: a.startedAt, shards: [], body: a.body, what: 'OpenSearch bulk' });
       });
       fleet.slots.push(slot);
     }
@@ -185,7 +193,7 @@ export class AliveFleet {
           table: this.table,
           intervalMs: 300,
           shardSyncIntervalMs: 1_000,
-          failoverMs: FAILOVER_MS,
+          failoverMs: this.failoverMs,
         },
         dlq: { type: 's3', bucket: this.bucket, prefix: 'dlq/', maxBatchAgeMs: 200 },
         server: { host: '127.0.0.1', port },
@@ -420,7 +428,7 @@ export class AliveFleet {
         | undefined;
       const close = (at: number | undefined, reason: string) => {
         if (!current) return;
-        const deadline = current.last + FAILOVER_MS - MARGIN_MS;
+        const deadline = current.last + this.failoverMs - this.marginMs;
         const given = current.end ?? Number.POSITIVE_INFINITY;
         const next = at ?? Number.POSITIVE_INFINITY;
         const end = Math.min(deadline, given, next);
@@ -441,7 +449,7 @@ export class AliveFleet {
         if (w.tenure === current.tenure || w.operation === 'release') {
           // A write answered after the worker stopped waiting for it (its call timeout, renewIntervalMs)
           // did not move the worker's deadline, even though DynamoDB took it.
-          if (w.answeredAt - w.sentAt <= FAILOVER_MS / 3) current.last = Math.max(current.last, w.sentAt);
+          if (w.answeredAt - w.sentAt <= this.failoverMs / 3) current.last = Math.max(current.last, w.sentAt);
           if (w.operation === 'release' || w.operation === 'finishHandoff') {
             current.end = w.sentAt;
             current.why = w.operation;
@@ -459,7 +467,7 @@ export class AliveFleet {
     const late: string[] = [];
     for (const slot of this.slots) {
       for (const w of slot.writes) {
-        for (const shard of w.shards) {
+        for (const shard of w.body ? shardsOfBulk(w.body) : w.shards) {
           const mine = windows.get(`slot-${slot.n}\n${shard}`) ?? [];
           if (mine.some((x) => w.at >= x.start && w.at <= x.end)) continue;
           const after = mine.filter((x) => x.end < w.at).at(-1);
