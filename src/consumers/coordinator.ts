@@ -185,13 +185,23 @@ export class ShardCoordinator {
     };
     for (const consumer of this.consumers)
       this.opened.set(consumer.stream, await openConsumer(consumer, ctx));
+    // Renewals first: a lease taken by the first scan below is renewed on time however long the scan and
+    // the sinks' openShard take. Each shard's renewal runs on its own (one slow call does not hold the
+    // others back), once renewIntervalMs passed since its last successful lease write.
+    const renewMs = this.timing.renewIntervalMs;
+    this.every('renew', Math.max(25, Math.floor(renewMs / 4)), async () => {
+      void this.renewer.renewAll(this.clock.now(), renewMs);
+    });
     // A throttled or unavailable lease table or ListShards at start-up is not fatal: the periodic shard
     // sync and lease scan below try again within their intervals, as the KCL's do. Anything else (access
     // denied, a missing stream) still fails the start with its error.
-    await this.syncer.sync().catch((err) => this.retryLater(err, 'shard sync'));
-    await this.takeLeases().catch((err) => this.retryLater(err, 'lease scan'));
-    // Each shard's renewal runs on its own (one slow call does not hold the others back).
-    this.every('renew', this.timing.renewIntervalMs, async () => this.renewer.renewAll());
+    try {
+      await this.syncer.sync().catch((err) => this.retryLater(err, 'shard sync'));
+      await this.takeLeases().catch((err) => this.retryLater(err, 'lease scan'));
+    } catch (err) {
+      this.stopTimers();
+      throw err;
+    }
     this.every('scan', this.timing.takeIntervalMs, () => this.takeLeases());
     this.every('checkpoint', this.config.intervalMs, () => this.checkpointer.checkpointAll());
     this.every('sync', this.config.shardSyncIntervalMs, () => this.syncer.sync());
@@ -318,12 +328,16 @@ export class ShardCoordinator {
     tenure.setDeadline(sentAt + this.timing.failoverMs - this.timing.fencingMarginMs);
     const position = checkpointPosition(taken);
     const watermark = new ShardWatermark(consumer.maxInFlightBytes, position, Date.now, tenure);
-    const held = new HeldShard(key, consumer, shardId, taken, tenure, watermark, {
-      clock: this.clock,
-      timing: this.timing,
-      metrics: this.m,
-      logger: this.log,
-    });
+    const held = new HeldShard(
+      key,
+      consumer,
+      shardId,
+      taken,
+      tenure,
+      watermark,
+      { clock: this.clock, timing: this.timing, metrics: this.m, logger: this.log },
+      sentAt,
+    );
     held.lastCheckpointed = position;
     this.held.set(key, held);
     this.m.leasesHeld.set(this.heldCount);

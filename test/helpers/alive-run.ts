@@ -401,12 +401,28 @@ export class AliveFleet {
       `every shard checkpointed at its last record (${this.crashes.join('; ')})`,
     ).catch(async (err) => {
       const rows = await leases.list();
+      await this.rescrape();
+      const watched = [
+        'ksw_leases_held',
+        'ksw_shard_in_flight_records',
+        'ksw_shard_oldest_unacked_age_seconds',
+        'ksw_lease_fencing_slack_seconds',
+        'ksw_kinesis_records_fetched_total',
+        'ksw_parquet_buffered_bytes',
+        'ksw_parquet_open_files',
+        'ksw_opensearch_in_flight_documents',
+        'ksw_dlq_buffered_records',
+      ];
       const tails = [...this.live.values()].map(
         (inc) =>
-          `slot ${inc.slot}: ${inc.stdout
+          `slot ${inc.slot}: ${inc.samples
+            .filter((x) => watched.includes(x.name))
+            .map((x) => `${x.name}${JSON.stringify(x.labels)}=${x.value}`)
+            .join(' ')}\n${inc.stdout
             .split('\n')
-            .filter((l) => /"level":(40|50|60)/.test(l))
-            .slice(-15)
+            .filter((l) => /"level":"(warn|error|fatal)"/.test(l))
+            .slice(-8)
+            .map((l) => l.slice(0, 400))
             .join('\n')}`,
       );
       throw new Error(
