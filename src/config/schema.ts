@@ -26,7 +26,7 @@ export const workerConfigSchema = z
           .min(1)
           .optional()
           .describe(
-            'Identity of this worker in the lease table. Default: hostname plus a random suffix. Set a stable, unique id (e.g. the pod name) so a restarted worker takes its own leases back at once.',
+            'Identity of this worker in the lease table. Default: hostname plus a random suffix (unique per process). Better: a stable id unique per replica (the pod name): logs, metrics and the lease table name the replica, and a restarted replica counts once in the fleet. Never start two live processes with one id: the second is detected (ksw_worker_id_conflicts_total) and reads nothing of what the first holds. A restarted worker takes its old leases once they expire (failoverMs), whatever its id.',
           ),
       })
       .strict()

@@ -185,28 +185,46 @@ export class ShardCoordinator {
     };
     for (const consumer of this.consumers)
       this.opened.set(consumer.stream, await openConsumer(consumer, ctx));
+    // Renewals first: a lease taken by the first scan below is renewed on time however long the scan and
+    // the sinks' openShard take. Each shard's renewal runs on its own (one slow call does not hold the
+    // others back), once renewIntervalMs passed since its last successful lease write.
+    const renewMs = this.timing.renewIntervalMs;
+    this.every('renew', Math.max(25, Math.floor(renewMs / 4)), async () => {
+      void this.renewer.renewAll(this.clock.now(), renewMs);
+    });
     // A throttled or unavailable lease table or ListShards at start-up is not fatal: the periodic shard
     // sync and lease scan below try again within their intervals, as the KCL's do. Anything else (access
     // denied, a missing stream) still fails the start with its error.
-    await this.syncer.sync().catch((err) => this.retryLater(err, 'shard sync'));
-    await this.takeLeases().catch((err) => this.retryLater(err, 'lease scan'));
-    this.every('renew', this.timing.renewIntervalMs, () => this.renewer.renewAll());
+    try {
+      await this.syncer.sync().catch((err) => this.retryLater(err, 'shard sync'));
+      await this.takeLeases().catch((err) => this.retryLater(err, 'lease scan'));
+    } catch (err) {
+      this.stopTimers();
+      throw err;
+    }
     this.every('scan', this.timing.takeIntervalMs, () => this.takeLeases());
     this.every('checkpoint', this.config.intervalMs, () => this.checkpointer.checkpointAll());
     this.every('sync', this.config.shardSyncIntervalMs, () => this.syncer.sync());
     this.every('gauges', 1_000, async () => this.exportGauges());
   }
 
-  /** Runs `task` every `ms` on the clock; a run still going when the next is due is not overlapped. */
+  /**
+   * Runs `task` every `ms` on the clock, at a fixed rate (a slow run does not push the next one back); a
+   * run still going when the next is due makes that one be skipped.
+   */
   private every(name: string, ms: number, task: () => Promise<void>): void {
     let stopped = false;
+    let running = false;
     let handle: unknown;
     const tick = () => {
       if (stopped) return;
+      handle = this.clock.setTimeout(tick, ms);
+      if (running) return;
+      running = true;
       void task()
         .catch((err) => this.log.error({ err, task: name }, 'periodic task failed'))
         .finally(() => {
-          if (!stopped) handle = this.clock.setTimeout(tick, ms);
+          running = false;
         });
     };
     handle = this.clock.setTimeout(tick, ms);
@@ -281,8 +299,9 @@ export class ShardCoordinator {
     const stream = parsed && this.opened.get(parsed.consumer.stream);
     if (!parsed || !stream || this.held.has(key) || this.stopping) return;
     const { consumer, shardId } = parsed;
-    // A previous tenure of this lease here lets go of its state before the next one may start.
-    await this.closing.get(key);
+    // A previous tenure of this lease here must have let go of its state (closeShard) before the next one
+    // may start; the next scan tries again (the scan does not wait for it: other takes go on).
+    if (this.closing.has(key)) return;
     const token = this.tokens.next();
     const sentAt = this.clock.now();
     let taken: Lease;
@@ -298,16 +317,27 @@ export class ShardCoordinator {
       throw err;
     }
     this.m.leaseWriteSeconds.observe({ operation: 'take' }, (this.clock.now() - sentAt) / 1000);
-    const tenure = new ShardTenure(consumer.stream, shardId, token, this.clock);
+    // Writes stop half a margin before the deadline: one checked just then is on the wire by the deadline.
+    const tenure = new ShardTenure(
+      consumer.stream,
+      shardId,
+      token,
+      this.clock,
+      this.timing.fencingMarginMs / 2,
+    );
     tenure.setDeadline(sentAt + this.timing.failoverMs - this.timing.fencingMarginMs);
     const position = checkpointPosition(taken);
     const watermark = new ShardWatermark(consumer.maxInFlightBytes, position, Date.now, tenure);
-    const held = new HeldShard(key, consumer, shardId, taken, tenure, watermark, {
-      clock: this.clock,
-      timing: this.timing,
-      metrics: this.m,
-      logger: this.log,
-    });
+    const held = new HeldShard(
+      key,
+      consumer,
+      shardId,
+      taken,
+      tenure,
+      watermark,
+      { clock: this.clock, timing: this.timing, metrics: this.m, logger: this.log },
+      sentAt,
+    );
     held.lastCheckpointed = position;
     this.held.set(key, held);
     this.m.leasesHeld.set(this.heldCount);
@@ -432,10 +462,11 @@ export class ShardCoordinator {
       metrics: this.m,
       log: this.log,
       handoffTimeoutMs: this.timing.handoffTimeoutMs,
+      fencingMarginMs: this.timing.fencingMarginMs,
       end: (h, reason) => this.endTenure(h, reason),
     }).catch((err) => {
       this.log.error({ err, shard: held.shardId }, 'handoff failed');
-      this.endTenure(held, 'handed-off');
+      void this.endTenure(held, 'handed-off');
     });
   }
 
@@ -459,7 +490,7 @@ export class ShardCoordinator {
         'lease lost to another worker; stopping the shard',
       );
     }
-    this.endTenure(held, 'lost');
+    void this.endTenure(held, 'lost');
   }
 
   /** The fencing deadline passed without a successful lease write: stop before anyone may take over. */
@@ -474,7 +505,7 @@ export class ShardCoordinator {
       },
       'no lease write succeeded within failoverMs - fencingMarginMs; stopped the shard (fenced) before another worker may take it',
     );
-    this.endTenure(held, 'fenced');
+    void this.endTenure(held, 'fenced');
   }
 
   /** The chain failed on the shard's records: release it to be read again from its checkpoint. */
@@ -514,9 +545,11 @@ export class ShardCoordinator {
   /**
    * Ends the shard's tenure: the reader stops, the watermark freezes, the shard is forgotten, and every
    * component drops what it still holds of the tenure (the next take of this lease here waits until then).
+   * Resolves once they have: no request of the tenure can still be sent or be in flight. A lease is given
+   * back (release, finished handoff) only after that, so the next owner never races a late write.
    */
-  private endTenure(held: HeldShard, reason: TenureEnd): void {
-    if (!held.tenure.end(reason)) return;
+  private endTenure(held: HeldShard, reason: TenureEnd): Promise<void> {
+    if (!held.tenure.end(reason)) return this.closing.get(held.key) ?? Promise.resolve();
     held.phase = 'ended';
     held.reader?.stop();
     held.watermark.close();
@@ -536,6 +569,7 @@ export class ShardCoordinator {
         if (this.closing.get(held.key) === closed) this.closing.delete(held.key);
       });
     this.closing.set(held.key, closed);
+    return closed;
   }
 
   /**
@@ -544,8 +578,9 @@ export class ShardCoordinator {
    */
   private async release(held: HeldShard, reason: TenureEnd): Promise<void> {
     await held.run(async () => {
-      // The tenure ends first: nothing of it may be written once another worker can take the lease.
-      this.endTenure(held, reason);
+      // The tenure ends first, and its requests settle: nothing of it may be written once another worker
+      // can take the lease.
+      await this.endTenure(held, reason);
       try {
         await held.write('release', (lease, opts) => this.deps.leases.release(lease, opts), true);
       } catch (err) {

@@ -24,8 +24,10 @@ export interface HandoffDeps {
   readonly metrics: CoordinatorMetrics;
   readonly log: Logger;
   readonly handoffTimeoutMs: number;
-  /** Ends the shard's tenure and forgets it. */
-  readonly end: (held: HeldShard, reason: TenureEnd) => void;
+  /** The drain ends this long before the fencing deadline at the latest, leaving time for the last writes. */
+  readonly fencingMarginMs: number;
+  /** Ends the shard's tenure and forgets it; resolves once its components let go (no request in flight). */
+  readonly end: (held: HeldShard, reason: TenureEnd) => Promise<void>;
 }
 
 export async function handOff(held: HeldShard, row: Lease, deps: HandoffDeps): Promise<void> {
@@ -45,13 +47,15 @@ export async function handOff(held: HeldShard, row: Lease, deps: HandoffDeps): P
   if (!started) {
     if (held.phase === 'handing-off') {
       deps.metrics.handoffsGiven.inc({ outcome: 'overruled' });
-      deps.end(held, 'handed-off');
+      await deps.end(held, 'handed-off');
     }
     return;
   }
   held.reader?.stop();
   await held.done;
-  const deadline = clock.now() + deps.handoffTimeoutMs;
+  // At most handoffTimeoutMs, and never so long that the last checkpoint would miss the fencing deadline
+  // (then the handoff would be overruled instead of finishing partial).
+  const deadline = Math.min(clock.now() + deps.handoffTimeoutMs, held.tenure.deadline - deps.fencingMarginMs);
   // Pending traces, open windows, buffered files of the shard: released and written now.
   void deps.chain.flushShard(held.tenure).catch((err) => {
     log.warn({ err, shard: held.shardId }, 'flushing the shard for a handoff failed');
@@ -68,7 +72,16 @@ export async function handOff(held: HeldShard, row: Lease, deps: HandoffDeps): P
   await held.run(async () => {
     try {
       await deps.checkpointer.write(held, 'checkpointOwner');
-      await held.write('finish-handoff', (lease, opts) => leases.finishHandoff(lease, opts));
+    } catch (err) {
+      outcome = 'overruled';
+      log.warn({ err, shard: held.shardId }, 'handoff overruled by the new owner before it finished');
+      return;
+    }
+    // The tenure ends and its requests settle before the new owner may start: a partial handoff's
+    // uploads still on their way are aborted first, never raced.
+    await deps.end(held, 'handed-off');
+    try {
+      await held.write('finish-handoff', (lease, opts) => leases.finishHandoff(lease, opts), true);
     } catch (err) {
       outcome = 'overruled';
       log.warn({ err, shard: held.shardId }, 'handoff overruled by the new owner before it finished');
@@ -79,5 +92,5 @@ export async function handOff(held: HeldShard, row: Lease, deps: HandoffDeps): P
     { shard: held.shardId, checkpoint: held.lastCheckpointed?.sequenceNumber, outcome },
     'lease handed over',
   );
-  deps.end(held, 'handed-off');
+  await deps.end(held, 'handed-off');
 }

@@ -61,6 +61,8 @@ export class HeldShard {
   /** The running handoff, when one was asked for. */
   handoff: Promise<void> | undefined;
   lastCheckpointed: ShardPosition | undefined;
+  /** Send time of the last successful lease write (the take, at first): when the next renewal is due. */
+  lastWriteSentAt: number;
   private tail: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -71,7 +73,10 @@ export class HeldShard {
     readonly tenure: ShardTenure,
     readonly watermark: ShardWatermark,
     private readonly deps: HeldShardDeps,
-  ) {}
+    takenAt: number = deps.clock.now(),
+  ) {
+    this.lastWriteSentAt = takenAt;
+  }
 
   get stream(): string {
     return this.consumer.stream;
@@ -111,6 +116,7 @@ export class HeldShard {
         op(this.lease, { signal }),
       );
       this.lease = lease;
+      this.lastWriteSentAt = Math.max(this.lastWriteSentAt, sentAt);
       metrics.leaseWriteSeconds.observe({ operation }, (clock.now() - sentAt) / 1000);
       // Every successful conditional write moved the counter: others start their expiry wait again.
       if (this.tenure.active) this.tenure.setDeadline(sentAt + timing.failoverMs - timing.fencingMarginMs);

@@ -5,7 +5,7 @@
  * plans (lease-plan.ts), then takes what the plan says and asks the most loaded worker for handoffs.
  */
 import type { Logger } from 'pino';
-import type { Clock } from '../core/clock.js';
+import { type Clock, withTimeout } from '../core/clock.js';
 import type { CoordinatorMetrics } from './coordinator-metrics.js';
 import { ExpiryTracker, planLeases, type TakeReason } from './lease-plan.js';
 import { type Lease, LeaseLostError, type LeaseTable, SHARD_END } from './lease-table.js';
@@ -97,7 +97,9 @@ export class LeaseTaker {
   }
 
   private async scanOnce(): Promise<void> {
-    const rows = await this.leases.list();
+    const rows = await withTimeout(this.clock, this.options.failoverMs, 'lease scan', (signal) =>
+      this.leases.list({ signal }),
+    );
     // After the answer: the row's counter may have moved just before the scan read it.
     const now = this.clock.now();
     this.expiry.observe(rows, now);

@@ -24,7 +24,8 @@ export interface ShardEndDeps {
   readonly metrics: CoordinatorMetrics;
   readonly log: Logger;
   readonly stopping: () => boolean;
-  readonly end: (held: HeldShard, reason: TenureEnd) => void;
+  /** Ends the shard's tenure; resolves once its components let go (no request in flight). */
+  readonly end: (held: HeldShard, reason: TenureEnd) => Promise<void>;
 }
 
 export async function finishClosedShard(held: HeldShard, deps: ShardEndDeps): Promise<void> {
@@ -53,16 +54,16 @@ export async function finishClosedShard(held: HeldShard, deps: ShardEndDeps): Pr
       if (held.phase !== 'ending') return;
       await deps.checkpointer.shardEnd(held, children);
       log.info({ shard: held.shardId, children }, 'checkpointed SHARD_END; children may start');
-      deps.end(held, 'shard-end');
+      await deps.end(held, 'shard-end');
       await held.write('release', (lease, opts) => deps.leases.release(lease, opts), true);
     });
-    deps.end(held, 'shard-end');
+    await deps.end(held, 'shard-end');
   } catch (err) {
     log.warn(
       { err, shard: held.shardId },
       'could not record SHARD_END; will retry after the lease is re-taken',
     );
     if (err instanceof LeaseLostError) deps.metrics.leaseLosses.inc({ reason: 'taken' });
-    deps.end(held, err instanceof LeaseLostError ? 'lost' : 'failed');
+    await deps.end(held, err instanceof LeaseLostError ? 'lost' : 'failed');
   }
 }

@@ -10,8 +10,11 @@
  * checkpoint, so what the ended tenure did not make durable is not lost.
  *
  * `active` also turns false once the tenure's fencing deadline passes, even before the timer that ends the
- * tenure has run (a process that was paused runs its pending code before its timers): check it right
- * before every write made on the tenure's behalf.
+ * tenure has run (a process that was paused runs its pending code before its timers). `writable` turns
+ * false a little earlier (the write lead): a write checked just before it is on the wire by the deadline
+ * even when the event loop lags (a stream body is read, a socket chosen, in between). Check `writable`
+ * right before every write made on the tenure's behalf (`sendOnlyWhile` does it for SDK commands), and
+ * `active` for anything else (taking records in, buffering).
  */
 import { randomBytes } from 'node:crypto';
 import { type Clock, systemClock } from './clock.js';
@@ -39,6 +42,8 @@ export interface Tenure extends ShardRef {
   readonly signal: AbortSignal;
   /** True until the tenure ends or its fencing deadline passes (read against the clock on every access). */
   readonly active: boolean;
+  /** True while writes may still be started for it: `active`, and not within the write lead of the deadline. */
+  readonly writable: boolean;
   /** Why it ended, once it has. */
   readonly ended: TenureEnd | undefined;
   /**
@@ -96,6 +101,8 @@ export class ShardTenure implements Tenure {
     readonly shardId: string,
     readonly token: string,
     private readonly clock: Clock = systemClock,
+    /** How long before the deadline writes stop being started (see `writable`). */
+    private readonly writeLeadMs = 0,
   ) {}
 
   get signal(): AbortSignal {
@@ -104,6 +111,10 @@ export class ShardTenure implements Tenure {
 
   get active(): boolean {
     return this.endReason === undefined && this.clock.now() < this.deadlineAt;
+  }
+
+  get writable(): boolean {
+    return this.endReason === undefined && this.clock.now() < this.deadlineAt - this.writeLeadMs;
   }
 
   get ended(): TenureEnd | undefined {
@@ -166,6 +177,7 @@ export const DETACHED_TENURE: Tenure = Object.freeze({
   token: 'detached',
   signal: new AbortController().signal,
   active: true,
+  writable: true,
   ended: undefined,
   fail: () => undefined,
 });
@@ -182,6 +194,40 @@ export function detachedTenure(shard: ShardRef): Tenure {
 /** A key for per-shard state of one tenure: the event's shard plus the tenure's token. */
 export function tenureKey(shard: ShardRef, tenure: Tenure): string {
   return `${shard.stream}\n${shard.shardId}\n${tenure.token}`;
+}
+
+/** What `sendOnlyWhile` needs of an AWS SDK command: its own middleware stack (typed loosely: its `add` is
+ * overloaded per step, and only the deserialize step is used). */
+interface WithMiddleware {
+  readonly middlewareStack: {
+    // biome-ignore lint/suspicious/noExplicitAny: the SDK's overloaded add(); one overload is used below
+    add(middleware: any, options: any): void;
+  };
+}
+
+/** A write refused at the last moment because its tenure is over (or past its fencing deadline). */
+export class WriteRefusedError extends Error {
+  constructor(what: string) {
+    super(`${what}: not sent, the lease tenure it belongs to is over`);
+    this.name = 'WriteRefusedError';
+  }
+}
+
+/**
+ * Makes an AWS SDK command check `proceed()` right before each attempt goes on the wire (after signing,
+ * after the SDK's own retry delay), and fail with WriteRefusedError instead of being sent when it is
+ * false. A check before `send()` alone leaves the SDK's asynchronous steps in between, which a busy event
+ * loop stretches to a hundred milliseconds and more: long enough for a write to leave after the deadline.
+ */
+export function sendOnlyWhile<C extends WithMiddleware>(command: C, proceed: () => boolean, what: string): C {
+  command.middlewareStack.add(
+    (next: (args: unknown) => Promise<unknown>) => async (args: unknown) => {
+      if (!proceed()) throw new WriteRefusedError(what);
+      return next(args);
+    },
+    { step: 'deserialize', priority: 'low', name: 'kswTenureGuard' },
+  );
+  return command;
 }
 
 /** `signal` and the tenure's signal in one (for a request made on the tenure's behalf). */

@@ -56,7 +56,13 @@ export class Worker {
 
   static async start(
     config: WorkerConfig,
-    opts: { logger?: Logger; workerId?: string; registry?: Registry } = {},
+    opts: {
+      logger?: Logger;
+      workerId?: string;
+      registry?: Registry;
+      /** Wraps each configured sink (embedding, fault injection in tests); default: the sink itself. */
+      wrapSink?: (name: string, sink: Sink) => Sink;
+    } = {},
   ): Promise<Worker> {
     const logger = opts.logger ?? createLogger(config.log.level, config.app.name);
     const workerId = opts.workerId ?? config.app.workerId ?? defaultWorkerId();
@@ -67,9 +73,10 @@ export class Worker {
     const base = { logger, metrics, aws };
     const dlq = createDeadLetterQueue(config.dlq, base);
     const ctx: ComponentContext = { ...base, dlq };
-    const sinks = Object.entries(config.sinks).map(([name, sinkConfig]) =>
-      createSink(name, sinkConfig, { ...ctx, logger: logger.child({ sink: name }) }),
-    );
+    const sinks = Object.entries(config.sinks).map(([name, sinkConfig]) => {
+      const sink = createSink(name, sinkConfig, { ...ctx, logger: logger.child({ sink: name }) });
+      return opts.wrapSink ? opts.wrapSink(name, sink) : sink;
+    });
     const decoder = new RecordDecoder(config.decode, dlq, metrics, {
       s3: aws.s3,
       logger: logger.child({ component: 'decode' }),

@@ -1,10 +1,17 @@
 /**
  * Dead-letter queue on S3: letters are batched per shard and written as one JSON-lines object per batch
- * at `<prefix><stream>/<shardId>/<first>_<last>.jsonl`. A letter's ack completes only once its object
- * is written, so a record whose letter was not stored yet holds the checkpoint back and is read again
- * after a crash. Each line carries the original bytes (base64) and the record's origin, which is all a
- * redrive needs to replay it into a sink.
+ * at `<prefix><stream>/<shardId>/<first>_<last>_<letters hash>.jsonl`. A letter's ack completes only once
+ * its object is written, so a record whose letter was not stored yet holds the checkpoint back and is read
+ * again after a crash. Each line carries the original bytes (base64) and the record's origin, which is all
+ * a redrive needs to replay it into a sink.
+ *
+ * The key ends with a hash of the batch's letters (origin, index, component, reason, bytes; not the time
+ * they failed): a batch written again after a replay overwrites itself with the same letters, and two
+ * different batches never share a key, whenever and in whichever process they are written. (A key made of
+ * the range alone, kept apart by remembering the keys written, overwrote acked letters once the memory was
+ * full or after a restart.)
  */
+import { createHash } from 'node:crypto';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -18,7 +25,7 @@ import type {
   Tenure,
 } from '../core/component.js';
 import { compareSequence } from '../core/records.js';
-import { tenureKey, withTenure } from '../core/tenure.js';
+import { sendOnlyWhile, tenureKey, withTenure } from '../core/tenure.js';
 import type { ShardPosition } from '../core/watermark.js';
 import { counter, gauge } from '../metrics/registry.js';
 
@@ -32,8 +39,9 @@ export const s3DeadLetterConfigSchema = z
       .string()
       .default('dlq/')
       .describe(
-        'Key prefix; batches are written at `<prefix><stream>/<shardId>/<first>_<last>.jsonl`, first/last being the ' +
-          'lowest and highest record position in the batch (`sequence` or `sequence.sub`).',
+        'Key prefix; batches are written at `<prefix><stream>/<shardId>/<first>_<last>_<hash>.jsonl`, first/last being ' +
+          'the lowest and highest record position in the batch (`sequence` or `sequence.sub`) and hash 16 hex digits of ' +
+          'the SHA-256 of its letters (a batch written again after a replay overwrites itself; different batches never share a key).',
       ),
     maxBatchRecords: z.number().int().min(1).default(500).describe('Letters per object at most.'),
     maxBatchBytes: z
@@ -129,6 +137,34 @@ function formatPosition(p: ShardPosition): string {
   return p.subSequenceNumber > 0 ? `${p.sequenceNumber}.${p.subSequenceNumber}` : p.sequenceNumber;
 }
 
+/** The object key of a batch: its shard, its record range and the hash of its letters. */
+export function deadLetterKey(
+  prefix: string,
+  stream: string,
+  shardId: string,
+  first: ShardPosition,
+  last: ShardPosition,
+  lettersHash: string,
+): string {
+  return `${prefix}${stream}/${shardId}/${formatPosition(first)}_${formatPosition(last)}_${lettersHash}.jsonl`;
+}
+
+/** Folds what identifies a letter (not when it failed) into a batch's hash, length-prefixed. */
+function updateLetterHash(hash: ReturnType<typeof createHash>, letter: DeadLetter): void {
+  const o = letter.origin;
+  const head = JSON.stringify([
+    o.stream,
+    o.shardId,
+    o.sequenceNumber,
+    o.subSequenceNumber,
+    letter.index ?? null,
+    letter.component,
+    letter.reason,
+  ]);
+  hash.update(`${head.length}:${head}${letter.data.byteLength}:`);
+  hash.update(letter.data);
+}
+
 interface Batch {
   readonly id: string;
   readonly stream: string;
@@ -138,13 +174,12 @@ interface Batch {
   lines: string[];
   acks: Ack[];
   bytes: number;
+  /** SHA-256 of the letters' identities so far (see the key). */
+  hash: ReturnType<typeof createHash>;
   min: ShardPosition | undefined;
   max: ShardPosition | undefined;
   timer: NodeJS.Timeout | undefined;
 }
-
-/** Keys written by this process, remembered so two batches with the same range never overwrite each other. */
-const REMEMBERED_KEYS = 10_000;
 
 export class S3DeadLetterQueue implements DeadLetterQueue {
   private readonly logger: Logger;
@@ -152,7 +187,6 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
   private readonly inflight = new Set<Promise<void>>();
   /** Writes in flight per tenure, so closeShard can wait until none of them can land any more. */
   private readonly inflightByTenure = new Map<Tenure, Set<Promise<void>>>();
-  private readonly usedKeys = new Set<string>();
   private readonly abort = new AbortController();
   private readonly records;
   private readonly writeErrors;
@@ -213,6 +247,7 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
     batch.lines.push(line);
     batch.acks.push(ack);
     batch.bytes += lineBytes;
+    updateLetterHash(batch.hash, letter);
     this.pendingLetters += 1;
     this.buffered.set(this.pendingLetters);
     if (batch.lines.length >= this.config.maxBatchRecords || batch.bytes >= this.config.maxBatchBytes)
@@ -273,6 +308,7 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
         lines: [],
         acks: [],
         bytes: 0,
+        hash: createHash('sha256'),
         min: undefined,
         max: undefined,
         timer: undefined,
@@ -286,14 +322,20 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
     clearTimeout(batch.timer);
     batch.timer = undefined;
     if (batch.lines.length === 0 || !batch.min || !batch.max) return;
-    const key = this.uniqueKey(
-      `${this.config.prefix}${batch.stream}/${batch.shardId}/${formatPosition(batch.min)}_${formatPosition(batch.max)}`,
+    const key = deadLetterKey(
+      this.config.prefix,
+      batch.stream,
+      batch.shardId,
+      batch.min,
+      batch.max,
+      batch.hash.digest('hex').slice(0, 16),
     );
     const body = `${batch.lines.join('\n')}\n`;
     const acks = batch.acks;
     batch.lines = [];
     batch.acks = [];
     batch.bytes = 0;
+    batch.hash = createHash('sha256');
     batch.min = undefined;
     batch.max = undefined;
     const tenure = batch.tenure;
@@ -311,36 +353,23 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
     mine.add(written);
   }
 
-  /**
-   * `<base>.jsonl`, or `<base>-<n>.jsonl` when this process already wrote that key: letters of one record
-   * (or of one range) may come in separate batches, e.g. from different components, and must not overwrite
-   * each other. A replay after restart may overwrite a batch of the previous run, which then holds letters
-   * of the very records being replayed.
-   */
-  private uniqueKey(base: string): string {
-    let key = `${base}.jsonl`;
-    for (let n = 2; this.usedKeys.has(key); n++) key = `${base}-${n}.jsonl`;
-    this.usedKeys.add(key);
-    if (this.usedKeys.size > REMEMBERED_KEYS) {
-      const oldest = this.usedKeys.values().next().value;
-      if (oldest !== undefined) this.usedKeys.delete(oldest);
-    }
-    return key;
-  }
-
   private async write(key: string, body: string, acks: Ack[], tenure: Tenure): Promise<void> {
     const signal = withTenure(this.abort.signal, tenure);
     for (let failures = 0; !signal.aborted; failures++) {
-      if (!tenure.active) break; // its letters are sent again by the next tenure
+      if (!tenure.writable) break; // its letters are sent again by the next tenure
       try {
         await this.ctx.aws.s3.send(
-          new PutObjectCommand({
-            Bucket: this.config.bucket,
-            Key: key,
-            Body: body,
-            ContentType: 'application/x-ndjson',
-            Metadata: { letters: String(acks.length) },
-          }),
+          sendOnlyWhile(
+            new PutObjectCommand({
+              Bucket: this.config.bucket,
+              Key: key,
+              Body: body,
+              ContentType: 'application/x-ndjson',
+              Metadata: { letters: String(acks.length) },
+            }),
+            () => tenure.writable,
+            'PutObject (dead letters)',
+          ),
           { abortSignal: signal },
         );
       } catch (err) {
@@ -373,7 +402,7 @@ export class S3DeadLetterQueue implements DeadLetterQueue {
     }
     // Given up: the sink closed (the letters stay unacked and are read again after restart) or the tenure
     // ended (the next tenure sends them again).
-    if (!tenure.active) {
+    if (!tenure.writable) {
       this.pendingLetters -= acks.length;
       this.buffered.set(this.pendingLetters);
     }

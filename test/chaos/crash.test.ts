@@ -52,7 +52,7 @@ describe('crash test: random SIGKILLs of 3 workers, a split and a merge', () => 
         scenario: `crash: 3 workers, 8 shards, ${ROUNDS} rounds (seed ${SEED})`,
         injected: `${r.kills.length} SIGKILL + restart; 1 split, 1 merge; ${r.produced} records`,
         observed:
-          `leases taken as expired ${expired}, back by the restarted worker ${retaken}; ${r.order.keysAcrossShards} keys in order across parent -> child; ` +
+          `leases taken as expired ${expired} (a restarted worker, a new process, waits for its old leases to expire too), taken back by the same process ${retaken}; ${r.order.keysAcrossShards} keys in order across parent -> child; ` +
           `${r.order.parentChildPairs} parent/child pairs written parents first`,
         lost: r.lake.lost,
         duplicates:

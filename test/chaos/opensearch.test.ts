@@ -24,7 +24,7 @@ import {
   openSearchError,
   rejectBulkItems,
 } from '../helpers/fault-proxy.js';
-import { type OpenSearchNode, startOpenSearch } from '../helpers/opensearch.js';
+import { documentIds, type OpenSearchNode, startOpenSearch } from '../helpers/opensearch.js';
 import {
   createStream,
   putRecords,
@@ -102,36 +102,6 @@ function bulkFaultsInTurn(): FaultRule[] {
 }
 
 const injected = (p: FaultProxy) => ['429', '503', 'reset', 'partial'].map((n) => p.count(n)).join(' / ');
-
-/** Every `id` in the index, exactly (composite aggregation, paged), and the document count. */
-async function documentIds(node: OpenSearchNode, index: string): Promise<{ count: number; ids: number[] }> {
-  await node.request('POST', `/${index}/_refresh`);
-  const count = (await node.request('GET', `/${index}/_count`)).body.count as number;
-  const ids: number[] = [];
-  let afterKey: unknown;
-  do {
-    const res = await node.request('POST', `/${index}/_search`, {
-      size: 0,
-      aggs: {
-        ids: {
-          composite: {
-            size: 5_000,
-            sources: [{ id: { terms: { field: 'id' } } }],
-            ...(afterKey ? { after: afterKey } : {}),
-          },
-        },
-      },
-    });
-    if (res.status !== 200) throw new Error(`search ${index}: ${res.status} ${JSON.stringify(res.body)}`);
-    const agg = res.body.aggregations.ids as {
-      buckets: Array<{ key: { id: number }; doc_count: number }>;
-      after_key?: unknown;
-    };
-    for (const b of agg.buckets) for (let i = 0; i < b.doc_count; i++) ids.push(b.key.id);
-    afterKey = agg.buckets.length > 0 ? agg.after_key : undefined;
-  } while (afterKey);
-  return { count, ids };
-}
 
 /** Missing ids of 0..produced-1 and ids present more than once. */
 function compareIds(

@@ -102,9 +102,9 @@ export function rejectBulkItems(
  */
 export interface Observer {
   matches(req: { method: string; url: string; headers: IncomingMessage['headers']; body: Buffer }): boolean;
-  request?(req: { method: string; url: string; body: Buffer; arrivedAt: number }): void;
+  request?(req: { method: string; url: string; body: Buffer; arrivedAt: number; startedAt: number }): void;
   response?(
-    req: { method: string; url: string; body: Buffer; arrivedAt: number },
+    req: { method: string; url: string; body: Buffer; arrivedAt: number; startedAt: number },
     status: number,
     body: Buffer,
   ): void;
@@ -118,6 +118,8 @@ export interface Arrival {
   readonly body: Buffer;
   /** Date.now() when the whole request had arrived. */
   readonly arrivedAt: number;
+  /** Date.now() when the request began to arrive (its headers): when the client sent it. */
+  readonly startedAt: number;
   /** The fault rule that matched, if any. */
   readonly fault: string | undefined;
 }
@@ -185,6 +187,7 @@ export class FaultProxy {
     upstream: URL,
     random: () => number,
   ): Promise<void> {
+    const startedAt = Date.now();
     const parts: Buffer[] = [];
     for await (const part of req) parts.push(part as Buffer);
     const body = Buffer.concat(parts);
@@ -201,6 +204,7 @@ export class FaultProxy {
         headers: req.headers,
         body,
         arrivedAt,
+        startedAt,
         fault: rule?.name,
       });
     }
@@ -222,7 +226,14 @@ export class FaultProxy {
       if (f.kind === 'delay') await new Promise((r) => setTimeout(r, f.ms));
     }
     this.forwarded += 1;
-    const seen = { method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headers, body, arrivedAt };
+    const seen = {
+      method: req.method ?? 'GET',
+      url: req.url ?? '/',
+      headers: req.headers,
+      body,
+      arrivedAt,
+      startedAt,
+    };
     const watching = this.observers.filter((o) => o.matches(seen));
     for (const o of watching) o.request?.(seen);
     const observed =

@@ -42,8 +42,8 @@ export class LeaseWriteLog {
     proxy.observe({
       matches: amzTarget('UpdateItem'),
       response: (req, status, body) => {
-        // When the worker sent it (the proxy's arrival time), even if the proxy then held it back.
-        const sentAt = req.arrivedAt;
+        // When the worker sent it (when it began to arrive at the proxy), even if the proxy then held it back.
+        const sentAt = req.startedAt;
         if (status !== 200) return;
         const ask = JSON.parse(req.body.toString('utf8')) as {
           Key: { leaseKey: Attr };

@@ -138,3 +138,40 @@ export async function countDocuments(node: OpenSearchNode, index: string, query?
   if (res.status !== 200) throw new Error(`count ${index}: ${res.status} ${JSON.stringify(res.body)}`);
   return res.body.count as number;
 }
+
+/**
+ * Every value of the numeric `field` (default `id`) in the index, once per document holding it (composite
+ * aggregation, paged), and the document count.
+ */
+export async function documentIds(
+  node: OpenSearchNode,
+  index: string,
+  field = 'id',
+): Promise<{ count: number; ids: number[] }> {
+  await node.request('POST', `/${index}/_refresh`);
+  const count = (await node.request('GET', `/${index}/_count`)).body.count as number;
+  const ids: number[] = [];
+  let afterKey: unknown;
+  do {
+    const res = await node.request('POST', `/${index}/_search`, {
+      size: 0,
+      aggs: {
+        ids: {
+          composite: {
+            size: 5_000,
+            sources: [{ id: { terms: { field } } }],
+            ...(afterKey ? { after: afterKey } : {}),
+          },
+        },
+      },
+    });
+    if (res.status !== 200) throw new Error(`search ${index}: ${res.status} ${JSON.stringify(res.body)}`);
+    const agg = res.body.aggregations.ids as {
+      buckets: Array<{ key: { id: number }; doc_count: number }>;
+      after_key?: unknown;
+    };
+    for (const b of agg.buckets) for (let i = 0; i < b.doc_count; i++) ids.push(b.key.id);
+    afterKey = agg.buckets.length > 0 ? agg.after_key : undefined;
+  } while (afterKey);
+  return { count, ids };
+}

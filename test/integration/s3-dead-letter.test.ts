@@ -86,7 +86,24 @@ describe('S3 dead-letter queue (s3rver)', () => {
     return (out.Contents ?? []).map((o) => o.Key!).sort();
   }
 
-  async function readLines(key: string): Promise<DeadLetterLine[]> {
+  /** Keys without their letters hash: `<prefix><stream>/<shard>/<first>_<last>`. */
+  async function ranges(prefix: string): Promise<string[]> {
+    return (await keys(prefix)).map((k) => {
+      const m = /^(.*)_[0-9a-f]{16}\.jsonl$/.exec(k);
+      assert.ok(m, `a dead-letter key ends with _<16 hex>.jsonl: ${k}`);
+      return m[1]!;
+    });
+  }
+
+  /** The one object of a range (`<prefix><stream>/<shard>/<first>_<last>`). */
+  async function keyOf(range: string): Promise<string> {
+    const found = (await keys(range)).filter((k) => k.startsWith(`${range}_`));
+    assert.equal(found.length, 1, `one object for ${range}: ${found.join(', ')}`);
+    return found[0]!;
+  }
+
+  async function readLines(keyOrRange: string): Promise<DeadLetterLine[]> {
+    const key = keyOrRange.endsWith('.jsonl') ? keyOrRange : await keyOf(keyOrRange);
     const out = await aws.s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
     const text = await out.Body!.transformToString('utf8');
     assert.ok(text.endsWith('\n'));
@@ -131,13 +148,13 @@ describe('S3 dead-letter queue (s3rver)', () => {
     assert.equal(await metricSum(registry, 'ksw_dlq_buffered_records'), 0);
     await queue.close();
 
-    assert.deepEqual(await keys('rt/'), [
-      `rt/${STREAM}/${SHARD_A}/${seq(5)}_${seq(7)}.jsonl`,
-      `rt/${STREAM}/${SHARD_B}/${seq(9)}_${seq(9)}.jsonl`,
+    assert.deepEqual(await ranges('rt/'), [
+      `rt/${STREAM}/${SHARD_A}/${seq(5)}_${seq(7)}`,
+      `rt/${STREAM}/${SHARD_B}/${seq(9)}_${seq(9)}`,
     ]);
     const lines = [
-      ...(await readLines(`rt/${STREAM}/${SHARD_A}/${seq(5)}_${seq(7)}.jsonl`)),
-      ...(await readLines(`rt/${STREAM}/${SHARD_B}/${seq(9)}_${seq(9)}.jsonl`)),
+      ...(await readLines(`rt/${STREAM}/${SHARD_A}/${seq(5)}_${seq(7)}`)),
+      ...(await readLines(`rt/${STREAM}/${SHARD_B}/${seq(9)}_${seq(9)}`)),
     ];
     assert.equal(lines.length, letters.length);
     lines.forEach((line, i) => {
@@ -189,9 +206,9 @@ describe('S3 dead-letter queue (s3rver)', () => {
     assert.equal(acks[2]!.completed, false);
     await queue.close();
     assert.ok(acks[2]!.completed);
-    assert.deepEqual(await keys('count/'), [
-      `count/${STREAM}/${SHARD_A}/${seq(10)}_${seq(11)}.jsonl`,
-      `count/${STREAM}/${SHARD_A}/${seq(12)}_${seq(12)}.jsonl`,
+    assert.deepEqual(await ranges('count/'), [
+      `count/${STREAM}/${SHARD_A}/${seq(10)}_${seq(11)}`,
+      `count/${STREAM}/${SHARD_A}/${seq(12)}_${seq(12)}`,
     ]);
 
     const aged = dlq({ prefix: 'aged/', maxBatchAgeMs: 50 }).queue;
@@ -199,7 +216,7 @@ describe('S3 dead-letter queue (s3rver)', () => {
     aged.put({ origin: origin(SHARD_B, 1), data: Buffer.from('a'), reason: 'x', component: 'decode' }, ack);
     await waitUntil(() => ack.completed, 'the age roll');
     await aged.close();
-    assert.deepEqual(await keys('aged/'), [`aged/${STREAM}/${SHARD_B}/${seq(1)}_${seq(1)}.jsonl`]);
+    assert.deepEqual(await ranges('aged/'), [`aged/${STREAM}/${SHARD_B}/${seq(1)}_${seq(1)}`]);
   });
 
   test('two batches with the same range do not overwrite each other', async () => {
@@ -222,6 +239,70 @@ describe('S3 dead-letter queue (s3rver)', () => {
       .flat()
       .map((l) => Buffer.from(l.data, 'base64').toString());
     assert.deepEqual(data.sort(), ['one', 'two']);
+  });
+
+  test('letters of the same record range written by two processes (a restart) never overwrite each other (finding 5)', async () => {
+    // The first process dead-letters record 3 in decode; after a restart the record is read again and a
+    // sink dead-letters another of its events. Before the fix both batches had the key <3>_<3>.jsonl: the
+    // second overwrote the first, acked, letter (a process remembered only its own last 10,000 keys).
+    const first = dlq({ prefix: 'restart/' }).queue;
+    const a = new Ack(() => {});
+    first.put(
+      { origin: origin(SHARD_A, 3), index: 0, data: Buffer.from('one'), reason: 'x', component: 'decode' },
+      a,
+    );
+    await first.close();
+    const second = dlq({ prefix: 'restart/' }).queue;
+    const b = new Ack(() => {});
+    second.put(
+      { origin: origin(SHARD_A, 3), index: 1, data: Buffer.from('two'), reason: 'y', component: 'sink:lake' },
+      b,
+    );
+    await second.close();
+    let written = await keys('restart/');
+    assert.equal(written.length, 2, `both letters kept: ${written.join(', ')}`);
+    // The first letter again, in a third process (a replay that batches the same way): it overwrites
+    // itself, nothing else.
+    const third = dlq({ prefix: 'restart/' }).queue;
+    const again = new Ack(() => {});
+    third.put(
+      { origin: origin(SHARD_A, 3), index: 0, data: Buffer.from('one'), reason: 'x', component: 'decode' },
+      again,
+    );
+    await third.close();
+    assert.ok(a.completed && b.completed && again.completed);
+    written = await keys('restart/');
+    assert.equal(written.length, 2, written.join(', '));
+    const data = (await Promise.all(written.map(readLines)))
+      .flat()
+      .map((l) => Buffer.from(l.data, 'base64').toString());
+    assert.deepEqual(data.sort(), ['one', 'two']);
+  });
+
+  test("letters of an ended tenure are not written; flushShard writes a tenure's letters now", async () => {
+    const { ShardTenure } = await import('../../src/core/tenure.js');
+    const { queue } = dlq({ prefix: 'tenure/' });
+    const ended = new ShardTenure(STREAM, SHARD_A, 'p.1');
+    const live = new ShardTenure(STREAM, SHARD_B, 'p.2');
+    queue.put(
+      { origin: origin(SHARD_A, 1), data: Buffer.from('a'), reason: 'r', component: 'decode' },
+      new Ack(() => {}, ended),
+    );
+    const liveAck = new Ack(() => {}, live);
+    queue.put(
+      { origin: origin(SHARD_B, 2), data: Buffer.from('b'), reason: 'r', component: 'decode' },
+      liveAck,
+    );
+    ended.end('lost');
+    await queue.closeShard(ended);
+    queue.put(
+      { origin: origin(SHARD_A, 5), data: Buffer.from('c'), reason: 'r', component: 'decode' },
+      new Ack(() => {}, ended),
+    );
+    await queue.flushShard(live);
+    assert.ok(liveAck.completed);
+    await queue.close();
+    assert.deepEqual(await ranges('tenure/'), [`tenure/${STREAM}/${SHARD_B}/${seq(2)}_${seq(2)}`]);
   });
 
   test('an S3 failure is retried and acks complete only after success', async () => {
@@ -255,7 +336,7 @@ describe('S3 dead-letter queue (s3rver)', () => {
     assert.ok(ack.completed);
     assert.equal(await metricSum(registry, 'ksw_dlq_write_errors_total'), 2);
     await queue.close();
-    const [line] = await readLines(`flaky/${STREAM}/${SHARD_A}/${seq(42)}_${seq(42)}.jsonl`);
+    const [line] = await readLines(`flaky/${STREAM}/${SHARD_A}/${seq(42)}_${seq(42)}`);
     assert.deepEqual([...Buffer.from(line!.data, 'base64')], [1, 2, 3]);
   });
 
@@ -287,6 +368,6 @@ describe('S3 dead-letter queue (s3rver)', () => {
     queue.put({ origin: origin(SHARD_B, 77), data: Buffer.from('z'), reason: 'r', component: 'decode' }, ack);
     await queue.close();
     assert.ok(ack.completed);
-    assert.deepEqual(await keys('def/'), [`def/${STREAM}/${SHARD_B}/${seq(77)}_${seq(77)}.jsonl`]);
+    assert.deepEqual(await ranges('def/'), [`def/${STREAM}/${SHARD_B}/${seq(77)}_${seq(77)}`]);
   });
 });

@@ -48,6 +48,20 @@ describe('document ids', () => {
     );
   });
 
+  it('origin for derived events (RED windows): named by their content, never by the record they borrow the position of (finding 8)', () => {
+    const id = compileDocumentId('origin');
+    const span = event({ traceId: 't', spanId: 's' }, 0);
+    const window = (requestCount: number): PipelineEvent => ({
+      ...event({ service: 'cart', windowStart: 'T0', requestCount }, 0),
+      derived: true,
+    });
+    // Before the fix all three had the span's id: `create` kept the first and dropped the others as 409s.
+    assert.notEqual(id(window(3)), id(span));
+    assert.notEqual(id(window(3)), id(window(4)), "another processor's window from the same record");
+    assert.equal(id(window(3)), id(window(3)), 'the same window written again is the same document');
+    assert.match(id(window(3)), /^derived-[A-Za-z0-9_-]{43}$/);
+  });
+
   it('field, with and without hashing; a missing or empty field is a DocumentError', () => {
     assert.equal(compileDocumentId({ field: 'span.id', hash: false })(event({ span: { id: 'abc' } })), 'abc');
     const hashed = compileDocumentId({ field: 'spanId', hash: true })(event({ spanId: 'abc' }));

@@ -54,6 +54,16 @@ describe('ShardTenure', () => {
     assert.match(String((t.signal.reason as Error).message), /ended \(fenced\)/);
   });
 
+  it('writes stop a write lead before the deadline; reading goes on until the deadline', () => {
+    const clock = new ManualClock();
+    const t = new ShardTenure('s', SHARD, 'p1.1', clock, 300);
+    t.setDeadline(clock.now() + 1_000);
+    (clock as unknown as { t: number }).t += 750;
+    assert.equal(t.active, true);
+    assert.equal(t.writable, false, 'within 300 ms of the deadline no write is started');
+    assert.equal(DETACHED_TENURE.writable, true);
+  });
+
   it('a successful lease write moves the deadline; the first end wins; fail() reports only while active', () => {
     const clock = new ManualClock();
     const t = tenure('p1.1', clock);

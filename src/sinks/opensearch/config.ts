@@ -11,7 +11,11 @@ const idTemplate = z
 
 export const documentIdSchema = z
   .union([
-    z.literal('origin').describe('`<stream>/<shardId>/<sequence>/<subSequence>/<eventIndex>` of the record.'),
+    z
+      .literal('origin')
+      .describe(
+        "`<stream>/<shardId>/<sequence>/<subSequence>/<eventIndex>` of the record. Derived events (RED windows) get `derived-<SHA-256 of the document>` instead: their origin is only the last record they counted, so it could equal that record's own id or another window's.",
+      ),
     z
       .object({
         field: z.string().min(1).describe('Dotted path of the field whose value is the id, e.g. "spanId".'),

@@ -65,10 +65,15 @@ export function compileDocumentId(config: DocumentIdConfig): (event: PipelineEve
     hash || Buffer.byteLength(id) > MAX_ID_BYTES ? hashId(id) : id;
   if (config === 'origin') {
     return (e) =>
-      finish(
-        `${e.origin.stream}/${e.origin.shardId}/${e.origin.sequenceNumber}/${e.origin.subSequenceNumber}/${e.index}`,
-        false,
-      );
+      // A derived event (a RED window) only borrows the position of the last record it counted: named by
+      // its origin it would share the id of that record's own event, or of another processor's window,
+      // and `create` would drop the later one as a 409. Its content names it instead.
+      e.derived
+        ? `derived-${hashId(canonicalJson(e.value))}`
+        : finish(
+            `${e.origin.stream}/${e.origin.shardId}/${e.origin.sequenceNumber}/${e.origin.subSequenceNumber}/${e.index}`,
+            false,
+          );
   }
   if ('field' in config) {
     return (e) => finish(renderPart(lookup(e.value, config.field), `field "${config.field}"`), config.hash);

@@ -5,11 +5,13 @@
  * field path, so a replay (same id, same index) overwrites its object instead of adding one. The object is
  * durable before the document that points to it is indexed.
  */
+
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import type { Counter } from 'prom-client';
 import { backoffDelay, sleep } from '../../core/backoff.js';
 import { pointerDocument, sha256Hex } from '../../core/s3-pointer.js';
+import { sendOnlyWhile } from '../../core/tenure.js';
 import { stringifyJson } from '../s3-parquet/index.js';
 import type { OpenSearchSinkConfig } from './config.js';
 
@@ -83,6 +85,8 @@ export class FieldOffloader {
     index: string,
     id: string,
     signal: AbortSignal = this.signal,
+    /** Checked right before each write goes on the wire (the event's tenure still active). */
+    proceed: () => boolean = () => true,
   ): Promise<Record<string, unknown> | undefined> {
     let out = doc;
     let pointers: Record<string, unknown> | undefined;
@@ -94,7 +98,7 @@ export class FieldOffloader {
       const dotted = path.join('.');
       const key = `${this.config.prefix}${index}/${id}/${dotted}.json`;
       const sha256 = sha256Hex(json);
-      if (!(await this.put(key, json, sha256, signal))) return undefined;
+      if (!(await this.put(key, json, sha256, signal, proceed))) return undefined;
       out = without(out, path);
       pointers ??= isObject(doc[this.config.pointerField])
         ? { ...(doc[this.config.pointerField] as object) }
@@ -112,22 +116,32 @@ export class FieldOffloader {
     return out;
   }
 
-  private async put(key: string, body: Buffer, sha256: string, signal: AbortSignal): Promise<boolean> {
-    for (let failures = 0; !signal.aborted; failures++) {
+  private async put(
+    key: string,
+    body: Buffer,
+    sha256: string,
+    signal: AbortSignal,
+    proceed: () => boolean,
+  ): Promise<boolean> {
+    for (let failures = 0; !signal.aborted && proceed(); failures++) {
       try {
         await this.s3.send(
-          new PutObjectCommand({
-            Bucket: this.config.bucket,
-            Key: key,
-            Body: body,
-            ContentType: 'application/json',
-            Metadata: { sha256 },
-          }),
+          sendOnlyWhile(
+            new PutObjectCommand({
+              Bucket: this.config.bucket,
+              Key: key,
+              Body: body,
+              ContentType: 'application/json',
+              Metadata: { sha256 },
+            }),
+            proceed,
+            'PutObject (offloaded field)',
+          ),
           { abortSignal: signal },
         );
         return true;
       } catch (err) {
-        if (signal.aborted) break;
+        if (signal.aborted || !proceed()) break;
         this.metrics.errors.inc(this.labels);
         const retryInMs = backoffDelay(failures, 200, 30_000);
         this.logger.warn(

@@ -335,7 +335,14 @@ export class OpenSearchSink implements Sink {
       return undefined;
     }
     if (this.offloader) {
-      doc = await this.offloader.apply(doc, index, id, withTenure(this.abort.signal, event.ack.tenure));
+      const tenure = event.ack.tenure;
+      doc = await this.offloader.apply(
+        doc,
+        index,
+        id,
+        withTenure(this.abort.signal, tenure),
+        () => tenure.writable,
+      );
       if (!doc) return undefined; // closed (or the tenure ended) while offloading: the event stays unacked
     }
     const action = this.config.dataStream ? 'create' : this.config.action;
@@ -423,10 +430,10 @@ export class OpenSearchSink implements Sink {
     // Checked right before the request: a tenure that ended (or passed its fencing deadline) while its
     // items waited for a slot or a backoff gets nothing more written.
     let batch = input;
-    if (!batch.every((item) => item.event.ack.tenure.active)) {
+    if (!batch.every((item) => item.event.ack.tenure.writable)) {
       batch = [];
       for (const item of input) {
-        if (item.event.ack.tenure.active) batch.push(item);
+        if (item.event.ack.tenure.writable) batch.push(item);
         else this.drop(item);
       }
       if (batch.length === 0) {

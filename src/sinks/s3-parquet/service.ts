@@ -1,7 +1,15 @@
 /**
  * The S3 side of the Parquet sink: uploading a finished file (one PUT, or a multipart upload streamed
  * from disk part by part for large files), writing and reading manifests, and listing a shard's
- * manifests; each retried with exponential backoff and full jitter until it succeeds or the sink is closed.
+ * manifests. Transient errors (throttling, 5xx, network) are retried with exponential backoff and full
+ * jitter until the call succeeds or its scope ends (the sink closes, or the lease tenure the file belongs
+ * to ends); an error that retrying cannot cure (AccessDenied, NoSuchBucket, a disabled KMS key: see
+ * src/core/retry.ts) is thrown at once as a `PermanentStorageError`.
+ *
+ * A CompleteMultipartUpload whose answer was lost and that is sent again answers NoSuchUpload: S3 forgot
+ * the upload because it completed. When a Complete fails after an earlier one was sent, the object is
+ * looked at (HEAD): if it carries this file's id, the upload is done; if not and S3 no longer knows the
+ * upload, it really is gone (aborted meanwhile) and is started again.
  */
 import { createReadStream } from 'node:fs';
 import { performance } from 'node:perf_hooks';
@@ -19,6 +27,8 @@ import {
 import type { Logger } from 'pino';
 import type { Counter, Histogram } from 'prom-client';
 import { backoffDelay, sleep } from '../../core/backoff.js';
+import { classifyError, describeError, type ErrorClass, errorName } from '../../core/retry.js';
+import { sendOnlyWhile } from '../../core/tenure.js';
 
 export interface BackoffOptions {
   readonly baseMs: number;
@@ -37,28 +47,60 @@ export function errorSummary(err: unknown): { name: string; message: string; sta
   };
 }
 
+/** An S3 call failed in a way retrying cannot cure; `cause` is the service's error. */
+export class PermanentStorageError extends Error {
+  constructor(
+    readonly what: string,
+    override readonly cause: unknown,
+  ) {
+    super(`${what}: ${describeError(cause)} (not retried: it cannot succeed until the cause is fixed)`);
+    this.name = 'PermanentStorageError';
+  }
+
+  /** The service's error name (AccessDenied, NoSuchBucket, ...). */
+  get errorName(): string {
+    return errorName(this.cause);
+  }
+}
+
+/**
+ * Where a call runs: aborted by `signal` (the sink's, combined with the tenure's for a file), and only
+ * while `proceed()` says so, checked right before every attempt (a tenure past its fencing deadline stops
+ * sending before its timer has even ended it).
+ */
+export interface RequestScope {
+  readonly signal: AbortSignal;
+  readonly proceed?: () => boolean;
+}
+
 /**
  * Runs `attempt` until it succeeds; each failure is counted, logged at warn and followed by a backoff.
- * Returns undefined when `signal` aborts first (the caller then must not treat the work as done).
+ * Returns undefined when the scope ends first (the caller then must not treat the work as done). An error
+ * that `classify` calls permanent is not retried: it is thrown as a PermanentStorageError.
  */
 export async function retryUntilAborted<T>(
   what: string,
   attempt: () => Promise<T>,
   opts: {
     readonly signal: AbortSignal;
+    readonly proceed?: () => boolean;
     readonly logger: Logger;
     readonly onError: () => void;
     readonly context?: Record<string, unknown>;
     readonly backoff?: BackoffOptions;
+    /** Default: every error is transient (local work such as encoding). */
+    readonly classify?: (err: unknown) => ErrorClass;
   },
 ): Promise<{ value: T } | undefined> {
+  const goOn = () => !opts.signal.aborted && (opts.proceed?.() ?? true);
   for (let failures = 0; ; failures++) {
-    if (opts.signal.aborted) return undefined;
+    if (!goOn()) return undefined;
     try {
       return { value: await attempt() };
     } catch (err) {
-      if (opts.signal.aborted) return undefined;
+      if (!goOn()) return undefined;
       opts.onError();
+      if (opts.classify?.(err) === 'permanent') throw new PermanentStorageError(what, err);
       const backoff = opts.backoff ?? DEFAULT_BACKOFF;
       const waitMs = backoffDelay(failures, backoff.baseMs, backoff.maxMs);
       opts.logger.warn(
@@ -74,6 +116,7 @@ export interface UploadRequest {
   readonly key: string;
   readonly path: string;
   readonly bytes: number;
+  /** Object metadata; `ksw-file-id` names the file (how a completed upload is recognised). */
   readonly metadata: Record<string, string>;
 }
 
@@ -97,121 +140,202 @@ export interface UploadServiceOptions {
 /** S3 allows at most 10,000 parts; larger files get proportionally larger parts. */
 const MAX_PARTS = 10_000;
 
+/** A multipart upload is started again at most this often when S3 no longer knows it (NoSuchUpload). */
+const MULTIPART_ROUNDS = 3;
+
+type MultipartOutcome = 'done' | 'stopped' | 'vanished';
+
+/** S3 no longer knows the upload id (it completed, or it was aborted). */
+class UploadVanished extends Error {}
+
 export class ParquetUploadService {
-  constructor(private readonly opts: UploadServiceOptions) {}
+  private readonly sinkScope: RequestScope;
+
+  constructor(private readonly opts: UploadServiceOptions) {
+    this.sinkScope = { signal: opts.signal };
+  }
+
+  /** A write command that is not sent once its scope may no longer write (checked right before the wire). */
+  private write<C extends Parameters<typeof sendOnlyWhile>[0]>(
+    command: C,
+    scope: RequestScope,
+    what: string,
+  ): C {
+    return scope.proceed ? sendOnlyWhile(command, scope.proceed, what) : command;
+  }
 
   private retry<T>(
     what: string,
     attempt: () => Promise<T>,
     context: Record<string, unknown>,
-    signal: AbortSignal = this.opts.signal,
+    scope: RequestScope,
+    classify: (err: unknown) => ErrorClass = classifyError,
   ) {
     return retryUntilAborted(what, attempt, {
-      signal,
+      signal: scope.signal,
+      ...(scope.proceed ? { proceed: scope.proceed } : {}),
       logger: this.opts.logger,
       onError: () => this.opts.uploadErrors.inc(this.opts.labels),
       context: { bucket: this.opts.bucket, ...context },
       backoff: this.opts.backoff,
+      classify,
     });
   }
 
   /**
-   * Uploads the file, retrying until it succeeds (true) or `signal` (default: the sink's) aborts (false).
+   * Uploads the file, retrying transient errors until it succeeds (true) or the scope ends (false).
+   * Throws PermanentStorageError when it cannot succeed.
    */
-  async upload(request: UploadRequest, signal: AbortSignal = this.opts.signal): Promise<boolean> {
+  async upload(request: UploadRequest, scope: RequestScope = this.sinkScope): Promise<boolean> {
     const multipart = this.opts.multipart;
-    if (multipart && request.bytes >= multipart.thresholdBytes)
-      return this.uploadMultipart(request, multipart, signal);
-    return this.uploadSingle(request, signal);
+    if (!multipart || request.bytes < multipart.thresholdBytes) return this.uploadSingle(request, scope);
+    for (let round = 1; ; round++) {
+      const outcome = await this.uploadMultipart(request, multipart, scope);
+      if (outcome !== 'vanished') return outcome === 'done';
+      if (round >= MULTIPART_ROUNDS) {
+        throw new PermanentStorageError(
+          'parquet multipart upload',
+          new Error(`${request.key}: S3 forgot the upload ${round} times (NoSuchUpload) before it completed`),
+        );
+      }
+      this.opts.logger.warn(
+        { key: request.key, round },
+        'multipart upload no longer known to S3 (NoSuchUpload) and the object is not there; starting it again',
+      );
+    }
   }
 
   /**
    * A multipart upload streamed from the file on disk: each part is read with its own stream and retried
    * alone, so a transient error costs one part, not the whole file. The object appears atomically at
-   * CompleteMultipartUpload. When the sink is closed mid-way the upload is aborted (best effort: an
-   * emulator may not implement AbortMultipartUpload; a bucket lifecycle rule cleans up after crashes).
+   * CompleteMultipartUpload. When the sink closes mid-way the upload is aborted (best effort: an emulator
+   * may not implement AbortMultipartUpload); when the file's tenure ended, nothing more is sent for it, not
+   * even the abort (the bucket's AbortIncompleteMultipartUpload lifecycle rule removes the parts).
    */
   private async uploadMultipart(
     request: UploadRequest,
     options: MultipartOptions,
-    signal: AbortSignal,
-  ): Promise<boolean> {
+    scope: RequestScope,
+  ): Promise<MultipartOutcome> {
     const { s3, bucket, uploadSeconds, labels } = this.opts;
+    const { signal } = scope;
     const started = performance.now();
     const partSize = Math.max(options.partSizeBytes, Math.ceil(request.bytes / MAX_PARTS));
     const created = await this.retry(
       'parquet multipart create',
       () =>
         s3.send(
-          new CreateMultipartUploadCommand({
-            Bucket: bucket,
-            Key: request.key,
-            ContentType: 'application/vnd.apache.parquet',
-            Metadata: request.metadata,
-          }),
+          this.write(
+            new CreateMultipartUploadCommand({
+              Bucket: bucket,
+              Key: request.key,
+              ContentType: 'application/vnd.apache.parquet',
+              Metadata: request.metadata,
+            }),
+            scope,
+            'CreateMultipartUpload',
+          ),
           { abortSignal: signal },
         ),
       { key: request.key },
-      signal,
+      scope,
     );
     const uploadId = created?.value.UploadId;
-    if (!uploadId) return false;
+    if (!uploadId) return 'stopped';
     const parts: Array<{ PartNumber: number; ETag: string }> = [];
-    for (let offset = 0, number = 1; offset < request.bytes; offset += partSize, number++) {
-      const length = Math.min(partSize, request.bytes - offset);
-      const part = await this.retry(
-        'parquet upload part',
-        async () => {
-          const body = createReadStream(request.path, { start: offset, end: offset + length - 1 });
-          try {
-            return await s3.send(
-              new UploadPartCommand({
+    try {
+      for (let offset = 0, number = 1; offset < request.bytes; offset += partSize, number++) {
+        const length = Math.min(partSize, request.bytes - offset);
+        const part = await this.retry(
+          'parquet upload part',
+          async () => {
+            const body = createReadStream(request.path, { start: offset, end: offset + length - 1 });
+            try {
+              return await s3.send(
+                this.write(
+                  new UploadPartCommand({
+                    Bucket: bucket,
+                    Key: request.key,
+                    UploadId: uploadId,
+                    PartNumber: number,
+                    Body: body,
+                    ContentLength: length,
+                  }),
+                  scope,
+                  'UploadPart',
+                ),
+                { abortSignal: signal },
+              );
+            } catch (err) {
+              if (errorName(err) === 'NoSuchUpload') throw new UploadVanished();
+              throw err;
+            } finally {
+              body.destroy();
+            }
+          },
+          { key: request.key, part: number },
+          scope,
+          vanishedIsFinal,
+        );
+        if (!part) {
+          await this.abortMultipart(request.key, uploadId, scope);
+          return 'stopped';
+        }
+        parts.push({ PartNumber: number, ETag: part.value.ETag ?? '' });
+      }
+    } catch (err) {
+      if (err instanceof PermanentStorageError && err.cause instanceof UploadVanished) return 'vanished';
+      throw err;
+    }
+    let sent = 0;
+    const completed = await this.retry(
+      'parquet multipart complete',
+      async () => {
+        try {
+          sent += 1;
+          await s3.send(
+            this.write(
+              new CompleteMultipartUploadCommand({
                 Bucket: bucket,
                 Key: request.key,
                 UploadId: uploadId,
-                PartNumber: number,
-                Body: body,
-                ContentLength: length,
+                MultipartUpload: { Parts: parts },
               }),
-              { abortSignal: signal },
-            );
-          } finally {
-            body.destroy();
-          }
-        },
-        { key: request.key, part: number },
-        signal,
-      );
-      if (!part) {
-        await this.abortMultipart(request.key, uploadId);
-        return false;
-      }
-      parts.push({ PartNumber: number, ETag: part.value.ETag ?? '' });
-    }
-    const completed = await this.retry(
-      'parquet multipart complete',
-      () =>
-        s3.send(
-          new CompleteMultipartUploadCommand({
-            Bucket: bucket,
-            Key: request.key,
-            UploadId: uploadId,
-            MultipartUpload: { Parts: parts },
-          }),
-          { abortSignal: signal },
-        ),
+              scope,
+              'CompleteMultipartUpload',
+            ),
+            { abortSignal: signal },
+          );
+          return 'done' as const;
+        } catch (err) {
+          // An earlier Complete may have gone through with its answer lost: S3 then no longer knows the
+          // upload (NoSuchUpload; s3rver answers 500). The object tells: it carries this file's id, or it
+          // does not (the upload was aborted meanwhile, or the earlier Complete did not happen).
+          const vanished = errorName(err) === 'NoSuchUpload';
+          if (!vanished && sent === 1) throw err;
+          const metadata = await this.headMetadata(request.key, scope);
+          if (metadata === undefined) throw err; // the scope ended: stop
+          const fileId = request.metadata['ksw-file-id'];
+          if (fileId !== undefined && metadata?.['ksw-file-id'] === fileId) return 'done' as const;
+          if (vanished) return 'vanished' as const;
+          throw err;
+        }
+      },
       { key: request.key },
-      signal,
+      scope,
     );
     if (!completed) {
-      await this.abortMultipart(request.key, uploadId);
-      return false;
+      await this.abortMultipart(request.key, uploadId, scope);
+      return 'stopped';
     }
+    if (completed.value === 'vanished') return 'vanished';
     uploadSeconds.observe(labels, (performance.now() - started) / 1000);
-    return true;
+    return 'done';
   }
 
-  private async abortMultipart(key: string, uploadId: string): Promise<void> {
+  private async abortMultipart(key: string, uploadId: string, scope: RequestScope): Promise<void> {
+    // The file's tenure ended (others may own the shard): nothing more is sent on its behalf.
+    if (scope.proceed && !scope.proceed()) return;
     try {
       // The sink's signal has fired already: this call gets its own short deadline instead.
       await this.opts.s3.send(
@@ -228,32 +352,36 @@ export class ParquetUploadService {
     }
   }
 
-  /** Writes a small JSON object (a manifest), retrying until it succeeds (true) or the sink is closed. */
-  async putJson(key: string, value: unknown, signal: AbortSignal = this.opts.signal): Promise<boolean> {
+  /** Writes a small JSON object (a manifest), retrying until it succeeds (true) or the scope ends. */
+  async putJson(key: string, value: unknown, scope: RequestScope = this.sinkScope): Promise<boolean> {
     const { s3, bucket } = this.opts;
     const body = JSON.stringify(value);
     const result = await this.retry(
       'parquet manifest write',
       () =>
         s3.send(
-          new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: 'application/json' }),
-          { abortSignal: signal },
+          this.write(
+            new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: 'application/json' }),
+            scope,
+            'PutObject (manifest)',
+          ),
+          { abortSignal: scope.signal },
         ),
       { key },
-      signal,
+      scope,
     );
     return result !== undefined;
   }
 
-  /** The object's text; null when it does not exist, undefined when the sink is closed. */
-  async getText(key: string, signal: AbortSignal = this.opts.signal): Promise<string | null | undefined> {
+  /** The object's text; null when it does not exist, undefined when the scope ended. */
+  async getText(key: string, scope: RequestScope = this.sinkScope): Promise<string | null | undefined> {
     const { s3, bucket } = this.opts;
     const result = await this.retry(
       'parquet manifest read',
       async () => {
         try {
           const out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }), {
-            abortSignal: signal,
+            abortSignal: scope.signal,
           });
           return { found: true as const, text: await out.Body!.transformToString() };
         } catch (err) {
@@ -262,16 +390,16 @@ export class ParquetUploadService {
         }
       },
       { key },
-      signal,
+      scope,
     );
     if (!result) return undefined;
     return result.value.found ? result.value.text : null;
   }
 
-  /** The user metadata of an object, null when it does not exist, undefined when the sink is closed. */
+  /** The user metadata of an object, null when it does not exist, undefined when the scope ended. */
   async headMetadata(
     key: string,
-    signal: AbortSignal = this.opts.signal,
+    scope: RequestScope = this.sinkScope,
   ): Promise<Record<string, string> | null | undefined> {
     const { s3, bucket } = this.opts;
     const result = await this.retry(
@@ -279,7 +407,7 @@ export class ParquetUploadService {
       async () => {
         try {
           const out = await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), {
-            abortSignal: signal,
+            abortSignal: scope.signal,
           });
           return out.Metadata ?? {};
         } catch (err) {
@@ -288,14 +416,14 @@ export class ParquetUploadService {
         }
       },
       { key },
-      signal,
+      scope,
     );
     return result?.value;
   }
 
-  private async uploadSingle(request: UploadRequest, signal: AbortSignal): Promise<boolean> {
+  private async uploadSingle(request: UploadRequest, scope: RequestScope): Promise<boolean> {
     const { s3, bucket, uploadSeconds, labels } = this.opts;
-    const result = await retryUntilAborted(
+    const result = await this.retry(
       'parquet upload',
       async () => {
         const started = performance.now();
@@ -303,40 +431,39 @@ export class ParquetUploadService {
         const body = createReadStream(request.path);
         try {
           await s3.send(
-            new PutObjectCommand({
-              Bucket: bucket,
-              Key: request.key,
-              Body: body,
-              ContentLength: request.bytes,
-              ContentType: 'application/vnd.apache.parquet',
-              Metadata: request.metadata,
-            }),
-            { abortSignal: signal },
+            this.write(
+              new PutObjectCommand({
+                Bucket: bucket,
+                Key: request.key,
+                Body: body,
+                ContentLength: request.bytes,
+                ContentType: 'application/vnd.apache.parquet',
+                Metadata: request.metadata,
+              }),
+              scope,
+              'PutObject',
+            ),
+            { abortSignal: scope.signal },
           );
         } finally {
           body.destroy();
         }
         uploadSeconds.observe(labels, (performance.now() - started) / 1000);
       },
-      {
-        signal,
-        logger: this.opts.logger,
-        onError: () => this.opts.uploadErrors.inc(labels),
-        context: { bucket, key: request.key },
-        backoff: this.opts.backoff,
-      },
+      { key: request.key },
+      scope,
     );
     return result !== undefined;
   }
 
-  /** Every key under `prefix` (all pages) after `startAfter`, or undefined when aborted. */
+  /** Every key under `prefix` (all pages) after `startAfter`, or undefined when the scope ended. */
   async listKeys(
     prefix: string,
     startAfter?: string,
-    signal: AbortSignal = this.opts.signal,
+    scope: RequestScope = this.sinkScope,
   ): Promise<string[] | undefined> {
     const { s3, bucket } = this.opts;
-    const result = await retryUntilAborted(
+    const result = await this.retry(
       'parquet replay listing',
       async () => {
         const keys: string[] = [];
@@ -349,23 +476,23 @@ export class ParquetUploadService {
               ContinuationToken: token,
               ...(startAfter && !token ? { StartAfter: startAfter } : {}),
             }),
-            { abortSignal: signal },
+            { abortSignal: scope.signal },
           );
           for (const object of page.Contents ?? []) if (object.Key) keys.push(object.Key);
           token = page.IsTruncated ? page.NextContinuationToken : undefined;
         } while (token);
         return keys;
       },
-      {
-        signal,
-        logger: this.opts.logger,
-        onError: () => this.opts.uploadErrors.inc(this.opts.labels),
-        context: { bucket, prefix },
-        backoff: this.opts.backoff,
-      },
+      { prefix },
+      scope,
     );
     return result?.value;
   }
+}
+
+/** A part upload S3 no longer knows the upload of: not retried, the whole upload starts again. */
+function vanishedIsFinal(err: unknown): ErrorClass {
+  return err instanceof UploadVanished ? 'permanent' : classifyError(err);
 }
 
 function isNotFound(err: unknown): boolean {
