@@ -507,6 +507,70 @@ describe('S3 Parquet data lake (s3rver)', () => {
     assert.deepEqual(leaf, [{ converted_type: 'TIMESTAMP_MILLIS' }]);
   });
 
+  test('roll.partitions: a matching partition rolls on its own limits (rows and age), the others on the defaults', async () => {
+    const { ctx } = context();
+    const lake = sink(
+      'per-partition',
+      {
+        prefix: 'perpart/',
+        partitioning: { template: 'svc={field:svc}' },
+        columns: [{ name: 'n', type: 'int64' }],
+        roll: {
+          maxFileRows: 100,
+          maxFileAgeMs: 600_000,
+          partitions: [
+            { match: '^svc=busy$', maxFileRows: 2 },
+            { match: '^svc=quick', maxFileAgeMs: 50 },
+          ],
+        },
+      },
+      ctx,
+    );
+    await lake.openShard(detachedTenure({ stream: STREAM, shardId: SHARD }), undefined);
+    const svcs = ['busy', 'calm', 'busy', 'calm', 'busy', 'quick', 'busy', 'busy'];
+    const events = svcs.map((svc, i) => makeEvent({ sequence: 300 + i, value: { svc, n: i } }));
+    await lake.write(events);
+    const ackedOf = (svc: string) => events.filter((e, i) => svcs[i] === svc && e.ack.completed).length;
+    const deadline = Date.now() + 10_000;
+    while (ackedOf('quick') < 1 || ackedOf('busy') < 4) {
+      if (Date.now() > deadline) throw new Error('per-partition rolls did not happen');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(ackedOf('calm'), 0, 'the default partition keeps its file open (age 600 s, 100 rows)');
+    assert.equal(ackedOf('busy'), 4, 'busy rolled at 2 rows twice; its 5th row is still buffered');
+    await lake.close();
+    const { keys } = await download('perpart/');
+    assert.deepEqual(keys, [
+      `perpart/svc=busy/${STREAM}_${SHARD}_${seq(300)}_${seq(302)}.parquet`,
+      `perpart/svc=busy/${STREAM}_${SHARD}_${seq(304)}_${seq(306)}.parquet`,
+      `perpart/svc=busy/${STREAM}_${SHARD}_${seq(307)}_${seq(307)}.parquet`,
+      `perpart/svc=calm/${STREAM}_${SHARD}_${seq(301)}_${seq(303)}.parquet`,
+      `perpart/svc=quick/${STREAM}_${SHARD}_${seq(305)}_${seq(305)}.parquet`,
+    ]);
+  });
+
+  test('roll.partitions needs partitioning, and a bad pattern fails at start-up naming the field', () => {
+    assert.throws(
+      () =>
+        parquetSinkConfigSchema.parse({
+          type: 's3_parquet',
+          bucket: BUCKET,
+          roll: { partitions: [{ match: 'a' }] },
+        }),
+      /needs `partitioning`/,
+    );
+    assert.throws(
+      () =>
+        parquetSinkConfigSchema.parse({
+          type: 's3_parquet',
+          bucket: BUCKET,
+          partitioning: { template: 'svc={field:svc}' },
+          roll: { partitions: [{ match: '(' }] },
+        }),
+      /not a valid regular expression/,
+    );
+  });
+
   test('open-partition cap: a new partition past the cap goes to the quarantine prefix with its partition; nothing lost', async () => {
     const { ctx, registry } = context();
     const registered: string[] = [];

@@ -326,6 +326,30 @@ export const parquetSinkConfigSchema = z
           .min(1)
           .default(300_000)
           .describe('Roll a file this long after its first event was buffered, however small it is.'),
+        partitions: z
+          .array(
+            z
+              .object({
+                match: z
+                  .string()
+                  .min(1)
+                  .refine(isRegExp, 'not a valid regular expression')
+                  .describe(
+                    'Regular expression tested against the partition path (e.g. `service=(batch|audit)(/|$)` for ' +
+                      '`day=2026-01-02/hour=03/service=batch`); the first entry that matches applies.',
+                  ),
+                maxFileBytes: z.number().int().min(1).optional().describe('Overrides roll.maxFileBytes.'),
+                maxFileRows: z.number().int().min(1).optional().describe('Overrides roll.maxFileRows.'),
+                maxFileAgeMs: z.number().int().min(1).optional().describe('Overrides roll.maxFileAgeMs.'),
+              })
+              .strict(),
+          )
+          .default([])
+          .describe(
+            'Roll limits per partition (needs `partitioning`): quiet partitions can stay open longer (fewer, larger ' +
+              'files, acked later), busy ones roll on size. Quarantine files use the defaults. A longer age holds ' +
+              'acks (and the checkpoint) back that long, and open files count against `memory.maxBufferedBytes`.',
+          ),
       })
       .prefault({})
       .describe(
@@ -440,7 +464,19 @@ export const parquetSinkConfigSchema = z
     for (const problem of columnNameProblems(resolveSchema(config), partitionNames)) {
       ctx.addIssue({ code: 'custom', ...problem });
     }
-    if (config.upload.partSizeBytes * 10_000 < config.roll.maxFileBytes) {
+    if (config.roll.partitions.length > 0 && !config.partitioning) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['roll', 'partitions'],
+        message:
+          'needs `partitioning` (without it there is only one partition: set the roll limits themselves)',
+      });
+    }
+    const largest = Math.max(
+      config.roll.maxFileBytes,
+      ...config.roll.partitions.map((p) => p.maxFileBytes ?? 0),
+    );
+    if (config.upload.partSizeBytes * 10_000 < largest) {
       ctx.addIssue({
         code: 'custom',
         path: ['upload', 'partSizeBytes'],
@@ -471,3 +507,50 @@ export const parquetSinkConfigSchema = z
   );
 
 export type ParquetSinkConfig = z.infer<typeof parquetSinkConfigSchema>;
+
+function isRegExp(source: string): boolean {
+  try {
+    new RegExp(source);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The roll limits of a file. */
+export interface RollLimits {
+  readonly maxFileBytes: number;
+  readonly maxFileRows: number;
+  readonly maxFileAgeMs: number;
+}
+
+/**
+ * The roll limits per partition path: `roll` with the first matching `roll.partitions` entry applied.
+ * Remembered per path (bounded: cleared when it grows past 10,000 paths).
+ */
+export function rollLimitsOf(roll: ParquetSinkConfig['roll']): (partition: string | null) => RollLimits {
+  const defaults: RollLimits = {
+    maxFileBytes: roll.maxFileBytes,
+    maxFileRows: roll.maxFileRows,
+    maxFileAgeMs: roll.maxFileAgeMs,
+  };
+  if (roll.partitions.length === 0) return () => defaults;
+  const rules = roll.partitions.map((p) => ({ re: new RegExp(p.match), p }));
+  const cache = new Map<string, RollLimits>();
+  return (partition) => {
+    if (partition === null) return defaults;
+    let limits = cache.get(partition);
+    if (limits) return limits;
+    const rule = rules.find((r) => r.re.test(partition))?.p;
+    limits = rule
+      ? {
+          maxFileBytes: rule.maxFileBytes ?? defaults.maxFileBytes,
+          maxFileRows: rule.maxFileRows ?? defaults.maxFileRows,
+          maxFileAgeMs: rule.maxFileAgeMs ?? defaults.maxFileAgeMs,
+        }
+      : defaults;
+    if (cache.size >= 10_000) cache.clear();
+    cache.set(partition, limits);
+    return limits;
+  };
+}

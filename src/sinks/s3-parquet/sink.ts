@@ -27,7 +27,12 @@ import { tenureKey, withTenure } from '../../core/tenure.js';
 import type { ShardPosition } from '../../core/watermark.js';
 import { RowBuilder, type TableColumn, tableColumnOf } from './columns.js';
 import { FileCommitter } from './committer.js';
-import { type ParquetSinkConfig, QUARANTINE_PARTITION_COLUMN } from './config.js';
+import {
+  type ParquetSinkConfig,
+  QUARANTINE_PARTITION_COLUMN,
+  type RollLimits,
+  rollLimitsOf,
+} from './config.js';
 import { ParquetEncoder } from './encoder.js';
 import { compareEventPosition, ReplayIndex } from './manifest.js';
 import { type ParquetSinkMetrics, parquetSinkMetrics } from './metrics.js';
@@ -82,6 +87,8 @@ export class S3ParquetSink implements Sink {
   private closed = false;
   private closing: Promise<void> | undefined;
   private readonly component: string;
+  /** Roll limits of a partition's files (`roll` with its `roll.partitions` override). */
+  private readonly rollLimits: (partition: string | null) => RollLimits;
 
   constructor(
     readonly name: string,
@@ -114,13 +121,17 @@ export class S3ParquetSink implements Sink {
             : undefined,
       });
     }
+    this.rollLimits = rollLimitsOf(config.roll);
     this.files = new OpenFiles(
       (files, partitions) => {
         this.metrics.openPartitions.set(this.labels, partitions);
         this.metrics.openFiles.set(this.labels, files);
       },
       (buffer) => {
-        const timer = setTimeout(() => this.roll(buffer, 'age'), this.config.roll.maxFileAgeMs);
+        const timer = setTimeout(
+          () => this.roll(buffer, 'age'),
+          this.rollLimits(buffer.partition).maxFileAgeMs,
+        );
         timer.unref();
         return timer;
       },
@@ -201,7 +212,6 @@ export class S3ParquetSink implements Sink {
   }
 
   private async writeEvents(events: PipelineEvent[]): Promise<void> {
-    const { maxFileRows, maxFileBytes } = this.config.roll;
     const partitioning = this.config.partitioning;
     for (const event of events) {
       const tenure = event.ack.tenure;
@@ -258,6 +268,7 @@ export class S3ParquetSink implements Sink {
       }
       let buffer = this.files.get(origin, tenure, derived, quarantine ? null : partition, quarantine);
       // Size limits are checked between records: the events of one record stay in one file.
+      const { maxFileRows, maxFileBytes } = this.rollLimits(buffer.partition);
       if (
         (buffer.rows.length >= maxFileRows || buffer.bytes >= maxFileBytes) &&
         !continuesRecord(buffer, origin)
