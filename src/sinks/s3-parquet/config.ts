@@ -271,6 +271,53 @@ export const registrationSchema = z
 
 export type RegistrationConfig = z.infer<typeof registrationSchema>;
 
+export const icebergSchema = z
+  .object({
+    catalog: z
+      .object({
+        type: z
+          .literal('glue')
+          .describe(
+            "glue: the AWS Glue Data Catalog (Iceberg table type), as Iceberg's GlueCatalog keeps it. REST catalogs " +
+              "(S3 Tables' endpoint with SigV4) are not implemented yet.",
+          ),
+        database: z.string().min(1).describe('Glue database (it must exist).'),
+        table: z
+          .string()
+          .min(1)
+          .describe(
+            'Glue table; created as an Iceberg table at `s3://<bucket>/<prefix>` on the first commit if missing.',
+          ),
+        catalogId: z.string().optional().describe("Catalog (account) id; default the caller's."),
+        endpoint: z.url().optional().describe('Glue endpoint override (tests, VPC endpoints).'),
+      })
+      .strict(),
+    commitIntervalMs: z
+      .number()
+      .int()
+      .min(10)
+      .default(10_000)
+      .describe(
+        'Uploaded files wait at most this long for the next table commit (one snapshot carries every file ' +
+          'uploaded meanwhile). Events are acked, and the checkpoint moves, only once their file is committed.',
+      ),
+    maxFilesPerCommit: z
+      .number()
+      .int()
+      .min(1)
+      .default(1_000)
+      .describe('Commit as soon as this many files wait.'),
+  })
+  .strict()
+  .describe(
+    'Optional: commit the data files to an Apache Iceberg v2 table (schema with field ids from the columns, ' +
+      'partition spec from `partitioning`: one time transform, the finest of {yyyy} {MM} {dd} {HH}, and identity for ' +
+      '{field:...}). Each snapshot summary lists the committed files per shard (`ksw.files`): after a crash a ' +
+      'file is never committed twice and no acked event is missing. Quarantine files stay outside the table.',
+  );
+
+export type IcebergConfig = z.infer<typeof icebergSchema>;
+
 export const parquetSinkConfigSchema = z
   .object({
     type: z.literal('s3_parquet'),
@@ -428,6 +475,7 @@ export const parquetSinkConfigSchema = z
           '(a struct column takes only its declared fields; objects left empty are dropped), so nothing is stored twice.',
       ),
     registration: registrationSchema.optional(),
+    iceberg: icebergSchema.optional(),
     uploadConcurrency: z
       .number()
       .int()
@@ -463,6 +511,13 @@ export const parquetSinkConfigSchema = z
     }
     for (const problem of columnNameProblems(resolveSchema(config), partitionNames)) {
       ctx.addIssue({ code: 'custom', ...problem });
+    }
+    if (config.iceberg && config.registration) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['registration'],
+        message: 'not with iceberg: the Iceberg table lists its files itself; remove registration',
+      });
     }
     if (config.roll.partitions.length > 0 && !config.partitioning) {
       ctx.addIssue({

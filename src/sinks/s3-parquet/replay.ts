@@ -20,6 +20,8 @@ export interface ReplayReadOptions {
   readonly metrics: ParquetSinkMetrics;
   readonly labels: { sink: string };
   readonly logger: Logger;
+  /** Iceberg mode: the data keys the table holds for the shard; a file outside it is not committed. */
+  readonly inTable?: ReadonlySet<string>;
 }
 
 /** The committed events after `checkpoint` of the tenure's shard; undefined when the scope ended first. */
@@ -61,7 +63,10 @@ export async function readReplayIndex(
             stopped = true;
             return;
           }
-          if (metadata?.['ksw-file-id'] !== manifest.fileId) {
+          if (
+            metadata?.['ksw-file-id'] !== manifest.fileId ||
+            (opts.inTable && !opts.inTable.has(manifest.dataKey))
+          ) {
             // Written before a crash (or a lost lease) that came before or during the data upload.
             uncommitted += 1;
             return;

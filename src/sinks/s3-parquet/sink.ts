@@ -19,6 +19,8 @@
  * tenure, and when the tenure ends (`closeShard`) its open files are dropped and its uploads aborted, so a
  * file of an ended tenure never lands beside the files of the tenure that reads the shard next.
  */
+
+import { GlueClient } from '@aws-sdk/client-glue';
 import type { Logger } from 'pino';
 import { settlesWithin } from '../../core/backoff.js';
 import type { ComponentContext, ShardRef, Sink, Tenure } from '../../core/component.js';
@@ -26,6 +28,7 @@ import type { PipelineEvent, RecordOrigin } from '../../core/records.js';
 import { tenureKey, withTenure } from '../../core/tenure.js';
 import type { ShardPosition } from '../../core/watermark.js';
 import { RowBuilder, type TableColumn, tableColumnOf } from './columns.js';
+import type { UploadedFile } from './committer.js';
 import { FileCommitter } from './committer.js';
 import {
   type ParquetSinkConfig,
@@ -34,11 +37,14 @@ import {
   rollLimitsOf,
 } from './config.js';
 import { ParquetEncoder } from './encoder.js';
+import { TableCommitter } from './iceberg/committer.js';
+import { icebergSchemaOf, type PartitionSpec, partitionSpecOf, transformValue } from './iceberg/schema.js';
+import { GlueIcebergCatalog, IcebergTable } from './iceberg/table.js';
 import { compareEventPosition, ReplayIndex } from './manifest.js';
 import { type ParquetSinkMetrics, parquetSinkMetrics } from './metrics.js';
 import { continuesRecord, type FileBuffer, OpenFiles } from './open-files.js';
 import { lazyGlueRegistrar, PartitionRegistrations } from './partition-registrations.js';
-import { Partitioner } from './partitioning.js';
+import { Partitioner, parseTemplate } from './partitioning.js';
 import type { PartitionRegistrar } from './registration.js';
 import { readReplayIndex } from './replay.js';
 import { DEFAULT_EVENT_TIME, resolveSchema } from './schemas.js';
@@ -87,6 +93,12 @@ export class S3ParquetSink implements Sink {
   private closed = false;
   private closing: Promise<void> | undefined;
   private readonly component: string;
+  /** Iceberg mode: the table, its committer, and the partition spec of the files. */
+  private readonly iceberg:
+    | { table: IcebergTable; committer: TableCommitter; spec: PartitionSpec; glue: GlueClient }
+    | undefined;
+  /** Rolled files whose upload is done and whose table commit is pending (no longer `pendingFiles`). */
+  private readonly handedOff = new WeakSet<object>();
   /** Roll limits of a partition's files (`roll` with its `roll.partitions` override). */
   private readonly rollLimits: (partition: string | null) => RollLimits;
 
@@ -161,6 +173,7 @@ export class S3ParquetSink implements Sink {
       this.labels,
       this.logger,
     );
+    this.iceberg = config.iceberg ? this.openTable(config, ctx, options) : undefined;
     this.committer = new FileCommitter({
       config,
       service: this.service,
@@ -177,7 +190,90 @@ export class S3ParquetSink implements Sink {
       ],
       manifestPrefix: this.manifestPrefix,
       ...(options.backoff ? { backoff: options.backoff } : {}),
+      ...(this.iceberg ? { handOff: (file: UploadedFile) => this.toTable(file) } : {}),
     });
+  }
+
+  private openTable(config: ParquetSinkConfig, ctx: ComponentContext, options: ParquetSinkOptions) {
+    const iceberg = config.iceberg!;
+    const schema = icebergSchemaOf(this.columns);
+    let spec: PartitionSpec;
+    try {
+      const time = config.partitioning?.time;
+      const defaults = DEFAULT_EVENT_TIME[config.schema];
+      const source = time?.source ?? (defaults ? 'event' : 'arrival');
+      spec = partitionSpecOf(
+        config.partitioning ? parseTemplate(config.partitioning.template) : undefined,
+        source === 'event' ? { source, field: time?.field ?? defaults!.field } : { source },
+        schema,
+        this.columns,
+      );
+    } catch (err) {
+      throw new Error(`sinks.${this.name}.partitioning (iceberg): ${(err as Error).message}`);
+    }
+    const s3 = ctx.aws.s3;
+    const glue = new GlueClient({
+      region: s3.config.region,
+      credentials: s3.config.credentials,
+      ...(iceberg.catalog.endpoint ? { endpoint: iceberg.catalog.endpoint } : {}),
+    });
+    const location = `s3://${config.bucket}/${config.prefix.replace(/\/$/, '')}`.replace(/\/$/, '');
+    const table = new IcebergTable({
+      s3,
+      location,
+      catalog: new GlueIcebergCatalog(
+        glue,
+        iceberg.catalog.database,
+        iceberg.catalog.table,
+        location,
+        iceberg.catalog.catalogId,
+      ),
+      schema,
+      spec,
+    });
+    const committer = new TableCommitter({
+      table,
+      commitIntervalMs: iceberg.commitIntervalMs,
+      maxFilesPerCommit: iceberg.maxFilesPerCommit,
+      logger: this.logger,
+      signal: this.abort.signal,
+      ...(options.backoff ? { backoff: options.backoff } : {}),
+      onError: () => this.metrics.uploadErrors.inc(this.labels),
+    });
+    return { table, committer, spec, glue };
+  }
+
+  /** Iceberg mode: an uploaded file waits for the next table commit; its events are acked after it. */
+  private toTable(file: UploadedFile): Promise<void> | undefined {
+    const iceberg = this.iceberg!;
+    // Quarantine files have an extra column and no partition: they stay outside the table.
+    if (file.quarantine) return undefined;
+    this.handedOff.add(file.source);
+    this.pendingFiles -= 1;
+    this.wakeCapacityWaiters();
+    const hive = new Map<string, string>();
+    for (const segment of (file.partition ?? '').split('/')) {
+      const eq = segment.indexOf('=');
+      if (eq > 0) hive.set(segment.slice(0, eq), segment.slice(eq + 1));
+    }
+    const micros = BigInt(Math.trunc(file.minTimeMs)) * 1000n;
+    const partition = iceberg.spec.fields.map((f) => {
+      if (f.transform !== 'identity') return transformValue(f.transform, micros);
+      const raw = hive.get(f.name);
+      return raw === undefined || raw === '__HIVE_DEFAULT_PARTITION__' ? null : decodeURIComponent(raw);
+    });
+    return iceberg.committer.add(
+      {
+        path: `s3://${this.config.bucket}/${file.key}`,
+        name: file.key,
+        shard: `${file.stream}/${file.shardId}`,
+        sizeBytes: file.bytes,
+        records: file.rows,
+        partition,
+      },
+      file.tenure,
+      file.acks,
+    );
   }
 
   /**
@@ -189,7 +285,13 @@ export class S3ParquetSink implements Sink {
     const state: ShardState = { replay: new ReplayIndex(), tenure };
     const key = tenureKey(tenure, tenure);
     this.shardStates.set(key, state);
+    // Iceberg mode: a file is committed when the table holds it, not when its object exists.
+    let inTable: Set<string> | undefined;
+    if (this.iceberg) {
+      inTable = await this.iceberg.table.committedFiles(`${tenure.stream}/${tenure.shardId}`);
+    }
     const replay = await readReplayIndex(tenure, checkpoint, {
+      ...(inTable ? { inTable } : {}),
       service: this.service,
       manifestPrefix: this.manifestPrefix,
       scope: { signal: withTenure(this.abort.signal, tenure), proceed: () => tenure.active },
@@ -296,14 +398,24 @@ export class S3ParquetSink implements Sink {
   }
 
   async flush(): Promise<void> {
-    for (const buffer of this.files.all()) this.roll(buffer, 'flush');
-    await Promise.all([...this.inflight]);
+    this.iceberg?.committer.hurry(1);
+    try {
+      for (const buffer of this.files.all()) this.roll(buffer, 'flush');
+      await Promise.all([...this.inflight]);
+    } finally {
+      this.iceberg?.committer.hurry(-1);
+    }
   }
 
   /** Rolls and uploads the tenure's open files now (graceful end of its lease). */
   async flushShard(tenure: Tenure): Promise<void> {
-    for (const buffer of this.files.ofTenure(tenure)) this.roll(buffer, 'flush');
-    await Promise.all([...(this.inflightByTenure.get(tenure) ?? [])]);
+    this.iceberg?.committer.hurry(1);
+    try {
+      for (const buffer of this.files.ofTenure(tenure)) this.roll(buffer, 'flush');
+      await Promise.all([...(this.inflightByTenure.get(tenure) ?? [])]);
+    } finally {
+      this.iceberg?.committer.hurry(-1);
+    }
   }
 
   /**
@@ -313,6 +425,7 @@ export class S3ParquetSink implements Sink {
    */
   async closeShard(tenure: Tenure): Promise<void> {
     for (const buffer of this.files.ofTenure(tenure)) this.files.discard(buffer);
+    this.iceberg?.committer.closeShard(tenure);
     this.metrics.bufferedBytes.set(this.labels, this.files.bytes + this.pendingBytes);
     for (const [id, state] of [...this.shardStates]) if (state.tenure === tenure) this.shardStates.delete(id);
     if (this.lastShardState?.tenure === tenure) this.lastShardState = undefined;
@@ -344,6 +457,8 @@ export class S3ParquetSink implements Sink {
     this.files.clearTimers();
     await this.encoder.close();
     this.registrations.close();
+    this.iceberg?.committer.close();
+    this.iceberg?.glue.destroy();
     await this.committer.close();
   }
 
@@ -415,7 +530,7 @@ export class S3ParquetSink implements Sink {
         );
       })
       .finally(() => {
-        this.pendingFiles -= 1;
+        if (!this.handedOff.has(file)) this.pendingFiles -= 1;
         this.inflight.delete(committed);
         tenureCommits.delete(committed);
         if (tenureCommits.size === 0) this.inflightByTenure.delete(buffer.tenure);
