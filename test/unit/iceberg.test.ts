@@ -19,13 +19,10 @@ import {
   partitionSpecOf,
   transformValue,
 } from '../../src/sinks/s3-parquet/iceberg/schema.js';
-import {
-  type CatalogPointer,
-  type IcebergCatalog,
-  IcebergTable,
-} from '../../src/sinks/s3-parquet/iceberg/table.js';
+import { IcebergTable } from '../../src/sinks/s3-parquet/iceberg/table.js';
 import { parseTemplate } from '../../src/sinks/s3-parquet/partitioning.js';
 import { resolveSchema } from '../../src/sinks/s3-parquet/schemas.js';
+import { memoryCatalog } from '../helpers/iceberg.js';
 
 function columnsOf(config: Record<string, unknown>) {
   const parsed = parquetSinkConfigSchema.parse({ type: 's3_parquet', bucket: 'lake', ...config });
@@ -288,30 +285,6 @@ function memoryS3() {
     },
   };
   return { s3: s3 as unknown as S3Client, objects };
-}
-
-/** A catalog in memory; `loseNext` makes the next swaps fail as if another writer had moved the pointer. */
-function memoryCatalog() {
-  const state = { pointer: undefined as CatalogPointer | undefined, loseNext: 0, swaps: 0 };
-  const catalog: IcebergCatalog = {
-    load: async () => state.pointer,
-    create: async (metadataLocation) => {
-      if (state.pointer) return false;
-      state.pointer = { metadataLocation, version: '1' };
-      return true;
-    },
-    swap: async (expected, next) => {
-      if (state.loseNext > 0) {
-        state.loseNext -= 1;
-        return false;
-      }
-      if (state.pointer?.metadataLocation !== expected.metadataLocation) return false;
-      state.swaps += 1;
-      state.pointer = { metadataLocation: next, version: String(Number(state.pointer.version) + 1) };
-      return true;
-    },
-  };
-  return { catalog, state };
 }
 
 describe('IcebergTable commits', () => {

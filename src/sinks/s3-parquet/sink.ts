@@ -39,7 +39,7 @@ import {
 import { ParquetEncoder } from './encoder.js';
 import { TableCommitter } from './iceberg/committer.js';
 import { icebergSchemaOf, type PartitionSpec, partitionSpecOf, transformValue } from './iceberg/schema.js';
-import { GlueIcebergCatalog, IcebergTable } from './iceberg/table.js';
+import { GlueIcebergCatalog, type IcebergCatalog, IcebergTable } from './iceberg/table.js';
 import { compareEventPosition, ReplayIndex } from './manifest.js';
 import { type ParquetSinkMetrics, parquetSinkMetrics } from './metrics.js';
 import { continuesRecord, type FileBuffer, OpenFiles } from './open-files.js';
@@ -65,6 +65,8 @@ export interface ParquetSinkOptions {
   readonly backoff?: BackoffOptions;
   /** Replaces the registrar built from `registration` (tests). */
   readonly registrar?: PartitionRegistrar;
+  /** Replaces the Iceberg catalog built from `iceberg.catalog` (tests). */
+  readonly catalog?: IcebergCatalog;
 }
 
 export class S3ParquetSink implements Sink {
@@ -221,13 +223,15 @@ export class S3ParquetSink implements Sink {
     const table = new IcebergTable({
       s3,
       location,
-      catalog: new GlueIcebergCatalog(
-        glue,
-        iceberg.catalog.database,
-        iceberg.catalog.table,
-        location,
-        iceberg.catalog.catalogId,
-      ),
+      catalog:
+        options.catalog ??
+        new GlueIcebergCatalog(
+          glue,
+          iceberg.catalog.database,
+          iceberg.catalog.table,
+          location,
+          iceberg.catalog.catalogId,
+        ),
       schema,
       spec,
     });
