@@ -136,7 +136,7 @@ describe('Parquet sink, iceberg mode (s3rver, catalog in memory)', () => {
 
   test('size trigger and flush commit; acks follow the commit; partition values and counts in the manifests', async () => {
     const { catalog, state } = memoryCatalog();
-    const { sink } = make('sized', catalog, {
+    const { sink, registry } = make('sized', catalog, {
       iceberg: {
         catalog: { type: 'glue', database: 'lake', table: 'sized' },
         commitIntervalMs: 600_000,
@@ -175,6 +175,14 @@ describe('Parquet sink, iceberg mode (s3rver, catalog in memory)', () => {
       ],
     );
     assert.equal(meta.snapshots.at(-1)!.summary['total-records'], '7');
+    const metric = async (name: string) =>
+      (await registry.getSingleMetric(name)?.get())?.values
+        .filter((v) => !('metricName' in v) || v.metricName === undefined || v.metricName === name)
+        .reduce((n, v) => n + v.value, 0);
+    assert.equal(await metric('ksw_parquet_iceberg_committed_files_total'), 5);
+    assert.equal(await metric('ksw_parquet_iceberg_commits_total'), meta.snapshots.length);
+    assert.equal(await metric('ksw_parquet_iceberg_waiting_files'), 0);
+    assert.equal(await metric('ksw_parquet_iceberg_commit_conflicts_total'), 0);
     await sink.close();
   });
 

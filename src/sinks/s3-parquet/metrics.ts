@@ -88,6 +88,37 @@ export function parquetSinkMetrics(ctx: Pick<ComponentContext, 'metrics'>) {
       help: 'Partitions registered in the catalog (registration hook).',
       labelNames,
     }),
+    icebergCommits: counter(ctx.metrics, {
+      name: 'ksw_parquet_iceberg_commits_total',
+      help: 'Iceberg table commits (snapshots) made by this sink.',
+      labelNames,
+    }),
+    icebergCommitSeconds: histogram(ctx.metrics, {
+      name: 'ksw_parquet_iceberg_commit_seconds',
+      help: 'Duration of successful Iceberg commits (manifests, metadata, catalog swap; retries included).',
+      labelNames,
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    }),
+    icebergCommittedFiles: counter(ctx.metrics, {
+      name: 'ksw_parquet_iceberg_committed_files_total',
+      help: 'Data files added to the Iceberg table.',
+      labelNames,
+    }),
+    icebergConflicts: counter(ctx.metrics, {
+      name: 'ksw_parquet_iceberg_commit_conflicts_total',
+      help: 'Iceberg commits lost to another writer (the catalog pointer moved) and done again on top of it.',
+      labelNames,
+    }),
+    icebergCommitErrors: counter(ctx.metrics, {
+      name: 'ksw_parquet_iceberg_commit_errors_total',
+      help: 'Failed Iceberg commit attempts (retried with backoff; the files stay unacked meanwhile).',
+      labelNames,
+    }),
+    icebergWaitingFiles: gauge(ctx.metrics, {
+      name: 'ksw_parquet_iceberg_waiting_files',
+      help: 'Uploaded data files waiting for the next Iceberg commit (their events are not acked yet).',
+      labelNames,
+    }),
     registrationErrors: counter(ctx.metrics, {
       name: 'ksw_parquet_partition_registration_errors_total',
       help: "Failed partition registrations (retried with the partition's next file).",

@@ -242,7 +242,14 @@ export class S3ParquetSink implements Sink {
       logger: this.logger,
       signal: this.abort.signal,
       ...(options.backoff ? { backoff: options.backoff } : {}),
-      onError: () => this.metrics.uploadErrors.inc(this.labels),
+      onError: () => this.metrics.icebergCommitErrors.inc(this.labels),
+      onCommit: (c) => {
+        this.metrics.icebergCommits.inc(this.labels);
+        this.metrics.icebergCommitSeconds.observe(this.labels, c.seconds);
+        this.metrics.icebergCommittedFiles.inc(this.labels, c.files);
+        this.metrics.icebergConflicts.inc(this.labels, c.conflicts);
+      },
+      onWaiting: (n) => this.metrics.icebergWaitingFiles.set(this.labels, n),
     });
     return { table, committer, spec, glue };
   }

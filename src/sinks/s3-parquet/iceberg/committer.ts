@@ -28,6 +28,8 @@ export interface TableCommitterOptions {
   /** Told after each commit (metrics). */
   readonly onCommit?: (c: { files: number; skipped: number; conflicts: number; seconds: number }) => void;
   readonly onError?: () => void;
+  /** Told the number of waiting files whenever it changes (gauge). */
+  readonly onWaiting?: (files: number) => void;
 }
 
 export class TableCommitter {
@@ -42,6 +44,7 @@ export class TableCommitter {
   add(file: CommitFile, tenure: Tenure, acks: readonly { done(): void }[]): Promise<void> {
     return new Promise<void>((done) => {
       this.waiting.push({ file, tenure, acks, done });
+      this.opts.onWaiting?.(this.waiting.length);
       this.schedule();
     });
   }
@@ -85,6 +88,7 @@ export class TableCommitter {
 
   private async commitWaiting(): Promise<void> {
     const batch = this.waiting.splice(0, this.opts.maxFilesPerCommit);
+    this.opts.onWaiting?.(this.waiting.length);
     const live = batch.filter((w) => w.tenure.writable);
     for (const w of batch) if (!live.includes(w)) w.done();
     if (live.length === 0) return;
@@ -131,6 +135,7 @@ export class TableCommitter {
       else keep.push(w);
     }
     this.waiting = keep;
+    this.opts.onWaiting?.(this.waiting.length);
   }
 
   /** Commits what waits now and resolves when nothing is left or running. */
