@@ -34,7 +34,12 @@ function file(name: string): CommitFile {
 }
 
 function acks() {
-  const a = { acked: 0, done: () => void (a.acked += 1) };
+  const a = {
+    acked: 0,
+    done: () => {
+      a.acked += 1;
+    },
+  };
   return a;
 }
 
@@ -90,7 +95,11 @@ describe('TableCommitter', () => {
   it('retries a failed commit; an ended tenure drops its waiting files unacked', async () => {
     const { table, commits, state } = fakeTable();
     let errors = 0;
-    const c = committer(table, { onError: () => void (errors += 1) });
+    const c = committer(table, {
+      onError: () => {
+        errors += 1;
+      },
+    });
     const live = tenure();
     const ended = new ShardTenure('s', 'shardId-1', 'p2', new ManualClock());
     const a = acks();
