@@ -391,7 +391,7 @@ export class ShardCoordinator {
       metrics: this.deps.metrics,
       watermark,
       deliver: (records) => chain.deliver(records),
-      onBackpressure: () => chain.relievePressure(),
+      onBackpressure: () => chain.relievePressure(tenure),
       ...(this.deps.dlq ? { dlq: this.deps.dlq } : {}),
       ...(range ? { hashKeyRange: { start: BigInt(range.start), end: BigInt(range.end) } } : {}),
     });

@@ -114,8 +114,11 @@ export interface ShardChain {
   flushShard(tenure: Tenure): Promise<void>;
   /** The tenure ended: processors, decoder, sinks and the DLQ drop what they still hold of it. */
   closeShard(tenure: Tenure): Promise<void>;
-  /** A shard waits on backpressure: ask the sinks to flush early (at most now and then). */
-  relievePressure(): void;
+  /**
+   * A shard waits on backpressure: ask the sinks holding that tenure's events to flush them early (at
+   * most now and then); sinks without its data and other shards' buffers are left alone.
+   */
+  relievePressure(tenure: Tenure): void;
 }
 
 /** Why a record or event could not be processed, as stored in the DLQ. */

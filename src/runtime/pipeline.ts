@@ -29,8 +29,11 @@ export interface EventRouter {
 export const DELIVER_STAGE = 'deliver';
 
 export class Pipeline implements ShardChain {
-  private lastPressureFlush = 0;
+  /** When each backpressured tenure last asked the sinks to flush early (at most once a second each). */
+  private readonly lastPressureFlush = new WeakMap<Tenure, number>();
   private readonly sinkIndex = new Map<string, number>();
+  /** Per sink: the tenures it has been handed events of (dropped when the tenure is closed). */
+  private readonly tenuresOfSink: Array<Set<Tenure>>;
 
   constructor(
     private readonly decoder: EventSource,
@@ -45,6 +48,7 @@ export class Pipeline implements ShardChain {
     sinks.forEach((s, i) => {
       this.sinkIndex.set(s.name, i);
     });
+    this.tenuresOfSink = sinks.map(() => new Set<Tenure>());
     processors.forEach((p, i) => {
       p.start?.((events) => this.runFrom(i + 1, events));
     });
@@ -101,6 +105,7 @@ export class Pipeline implements ShardChain {
   private async route(events: PipelineEvent[]): Promise<void> {
     this.router?.route(events);
     if (this.sinks.length === 1 && events.every((e) => e.sinks === undefined)) {
+      this.noteTenures(0, events);
       await this.sinks[0]!.write(events);
       return;
     }
@@ -122,9 +127,22 @@ export class Pipeline implements ShardChain {
         perSink[this.sinkOf(targets[t]!)]!.push({ ...event, ack: parts[t]! });
       }
     }
+    for (let i = 0; i < perSink.length; i++) if (perSink[i]!.length > 0) this.noteTenures(i, perSink[i]!);
     await Promise.all(
       this.sinks.map((sink, i) => (perSink[i]!.length > 0 ? sink.write(perSink[i]!) : undefined)),
     );
+  }
+
+  /** Remembers that sink `i` holds (or held) events of these tenures, for `relievePressure`. */
+  private noteTenures(i: number, events: readonly PipelineEvent[]): void {
+    const seen = this.tenuresOfSink[i]!;
+    let last: Tenure | undefined;
+    for (const e of events) {
+      const t = e.ack.tenure;
+      if (t === last) continue;
+      last = t;
+      seen.add(t);
+    }
   }
 
   private sinkOf(name: string): number {
@@ -160,18 +178,27 @@ export class Pipeline implements ShardChain {
   async closeShard(tenure: Tenure): Promise<void> {
     this.decoder.closeShard?.(tenure);
     for (const processor of this.processors) await processor.closeShard?.(tenure);
+    for (const seen of this.tenuresOfSink) seen.delete(tenure);
     await Promise.all([...this.sinks.map((s) => s.closeShard?.(tenure)), this.dlq?.closeShard?.(tenure)]);
   }
 
   /**
    * A shard is paused on backpressure: what it waits for is probably buffered in a sink that would only
-   * roll on age. Flush now (at most once a second) so the watermark can move.
+   * roll on age. The sinks that were handed events of that tenure flush that tenure's data now (at most
+   * once a second per tenure) so its watermark can move; other sinks, and other shards' open files, keep
+   * filling up to their roll limits (flushing everything here made many small files). A sink without
+   * `flushShard` flushes everything.
    */
-  relievePressure(): void {
+  relievePressure(tenure: Tenure): void {
     const now = Date.now();
-    if (now - this.lastPressureFlush < 1_000) return;
-    this.lastPressureFlush = now;
-    void this.flushSinks().catch(() => undefined);
+    if (now - (this.lastPressureFlush.get(tenure) ?? 0) < 1_000) return;
+    this.lastPressureFlush.set(tenure, now);
+    const flushes: Promise<void>[] = [];
+    this.sinks.forEach((sink, i) => {
+      if (!this.tenuresOfSink[i]!.has(tenure)) return;
+      flushes.push(sink.flushShard ? sink.flushShard(tenure) : sink.flush());
+    });
+    void Promise.all(flushes).catch(() => undefined);
   }
 
   /** Releases what processors hold back (in chain order), then makes every sink durable. */

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
-import type { Processor, Sink } from '../../src/core/component.js';
+import type { Processor, Sink, Tenure } from '../../src/core/component.js';
 import type { RedWindowDocument } from '../../src/core/documents.js';
 import type { PipelineEvent, SourceRecord } from '../../src/core/records.js';
 import {
@@ -433,5 +433,55 @@ describe('pipeline: tenures through the chain', () => {
     assert.equal(sinkFlushed, t);
     await pipeline.closeShard(t);
     assert.deepEqual(closed, [t]);
+  });
+  it("backpressure on one shard flushes only that shard's data, and only in the sinks that hold it", async () => {
+    const dlq = new MemoryDeadLetterQueue();
+    const decoder = new RecordDecoder(decodeConfigSchema.parse({}), dlq, createRegistry(false));
+    const a = tenure('p1.1');
+    const b = new ShardTenure('s', 'shardId-000000000001', 'p1.2', new ManualClock());
+    const calls: string[] = [];
+    const recording = (name: string, withFlushShard: boolean): Sink => ({
+      name,
+      async write() {},
+      async flush() {
+        calls.push(`${name}:flush`);
+      },
+      ...(withFlushShard
+        ? {
+            async flushShard(x: Tenure) {
+              calls.push(`${name}:flushShard:${x === a ? 'a' : 'b'}`);
+            },
+          }
+        : {}),
+      async close() {},
+    });
+    // Shard a's events go to "lake" only, shard b's to "search" and "archive" (no flushShard).
+    const router = {
+      route(events: PipelineEvent[]) {
+        for (const e of events) e.sinks = e.ack.tenure === a ? ['lake'] : ['search', 'archive'];
+      },
+    };
+    const sinks = [recording('lake', true), recording('search', true), recording('archive', false)];
+    const pipeline = new Pipeline(decoder, [], sinks, router);
+    await pipeline.deliver(records(a, 2));
+    await pipeline.deliver(records(b, 2, 10));
+    pipeline.relievePressure(a);
+    await Promise.resolve();
+    assert.deepEqual(calls, ['lake:flushShard:a'], 'the other sinks keep their buffers');
+    pipeline.relievePressure(a);
+    assert.equal(calls.length, 1, 'at most once a second per tenure');
+    calls.length = 0;
+    pipeline.relievePressure(b);
+    assert.deepEqual(
+      calls.sort(),
+      ['archive:flush', 'search:flushShard:b'],
+      'a sink without flushShard flushes all',
+    );
+    calls.length = 0;
+    a.end('lost');
+    await pipeline.closeShard(a);
+    const c = new ShardTenure('s', SHARD, 'p1.3', new ManualClock());
+    pipeline.relievePressure(c);
+    assert.deepEqual(calls, [], 'a tenure no sink holds anything of flushes nothing');
   });
 });
