@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { EntityNotFoundException, type GlueClient } from '@aws-sdk/client-glue';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { describe, it } from 'vitest';
 import { RowBuilder } from '../../src/sinks/s3-parquet/columns.js';
@@ -19,7 +20,7 @@ import {
   partitionSpecOf,
   transformValue,
 } from '../../src/sinks/s3-parquet/iceberg/schema.js';
-import { IcebergTable } from '../../src/sinks/s3-parquet/iceberg/table.js';
+import { GlueIcebergCatalog, IcebergTable } from '../../src/sinks/s3-parquet/iceberg/table.js';
 import { parseTemplate } from '../../src/sinks/s3-parquet/partitioning.js';
 import { resolveSchema } from '../../src/sinks/s3-parquet/schemas.js';
 import { memoryCatalog } from '../helpers/iceberg.js';
@@ -362,6 +363,85 @@ describe('IcebergTable commits', () => {
         file('z.parquet'),
       ]),
       /lost 4 times in a row/,
+    );
+  });
+});
+
+describe('GlueIcebergCatalog', () => {
+  function glueWith(answers: Array<unknown | Error>) {
+    const sent: Array<{ name: string; input: Record<string, unknown> }> = [];
+    const glue = {
+      send: async (command: { constructor: { name: string }; input: Record<string, unknown> }) => {
+        sent.push({ name: command.constructor.name, input: command.input });
+        const next = answers.shift();
+        if (next instanceof Error) throw next;
+        return next;
+      },
+    } as unknown as GlueClient;
+    return { glue, sent };
+  }
+  const named = (name: string) => Object.assign(new Error(name), { name });
+
+  it('loads the pointer, treats a missing table as none, and refuses a non-Iceberg table', async () => {
+    const { glue } = glueWith([
+      { Table: { Parameters: { metadata_location: 's3://b/t/m1.json' }, VersionId: '3' } },
+      new EntityNotFoundException({ message: 'no', $metadata: {} }),
+      { Table: { Parameters: {} } },
+    ]);
+    const catalog = new GlueIcebergCatalog(glue, 'db', 't', 's3://b/t');
+    assert.deepEqual(await catalog.load(), { metadataLocation: 's3://b/t/m1.json', version: '3' });
+    assert.equal(await catalog.load(), undefined);
+    await assert.rejects(catalog.load(), /not an Iceberg table/);
+  });
+
+  it('creates (an existing table is a lost race) and swaps on the VersionId (a moved pointer is a conflict)', async () => {
+    const { glue, sent } = glueWith([
+      {},
+      named('AlreadyExistsException'),
+      { Table: { Parameters: { metadata_location: 's3://b/t/m1.json' }, VersionId: '3' } },
+      {},
+      { Table: { Parameters: { metadata_location: 's3://b/t/m2.json' }, VersionId: '4' } },
+      { Table: { Parameters: { metadata_location: 's3://b/t/m1.json' }, VersionId: '4' } },
+      named('ConcurrentModificationException'),
+      named('AccessDeniedException'),
+    ]);
+    const catalog = new GlueIcebergCatalog(glue, 'db', 't', 's3://b/t');
+    assert.equal(await catalog.create('s3://b/t/m1.json'), true);
+    assert.equal(await catalog.create('s3://b/t/m1.json'), false);
+    const expected = { metadataLocation: 's3://b/t/m1.json', version: '3' };
+    assert.equal(await catalog.swap(expected, 's3://b/t/m2.json'), true);
+    const update = sent.find((s) => s.name === 'UpdateTableCommand')!.input as {
+      VersionId: string;
+      TableInput: { Parameters: Record<string, string> };
+    };
+    assert.equal(update.VersionId, '3');
+    assert.deepEqual(update.TableInput.Parameters, {
+      table_type: 'ICEBERG',
+      metadata_location: 's3://b/t/m2.json',
+      previous_metadata_location: 's3://b/t/m1.json',
+    });
+    assert.equal(await catalog.swap(expected, 's3://b/t/m3.json'), false, 'the pointer moved');
+    assert.equal(await catalog.swap(expected, 's3://b/t/m3.json'), false, 'Glue saw a concurrent update');
+    await assert.rejects(
+      new GlueIcebergCatalog(glueWith([named('AccessDeniedException')]).glue, 'db', 't', 's3://b/t').create(
+        'x',
+      ),
+      /AccessDenied/,
+    );
+  });
+
+  it('a table location must be s3://bucket/prefix', () => {
+    const { catalog } = memoryCatalog();
+    assert.throws(
+      () =>
+        new IcebergTable({
+          s3: memoryS3().s3,
+          location: 'file:///x',
+          catalog,
+          schema: icebergSchemaOf([]),
+          spec: { 'spec-id': 0, fields: [] },
+        }),
+      /is not s3:\/\/bucket\/prefix/,
     );
   });
 });
