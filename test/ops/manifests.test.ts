@@ -138,6 +138,18 @@ for (const dir of ['k8s/base', 'k8s/overlays/local']) {
       const [monitor] = byKind('ServiceMonitor');
       assert.ok(matches(monitor!.spec.selector.matchLabels, service!.metadata.labels));
       assert.equal(monitor!.spec.endpoints[0].port, service!.spec.ports[0].name);
+      // prometheus-operator names the job after the Service's jobLabel label (else after the Service):
+      // the alert rules ask for job="ksw", so the label must exist on the Service and say so.
+      const rules = readFileSync(path.join(ROOT, 'deploy/prometheus/alerts.yaml'), 'utf8');
+      const jobs = new Set([...rules.matchAll(/\bjob="([^"]+)"/g)].map((m) => m[1]!));
+      assert.deepEqual([...jobs], ['ksw']);
+      assert.ok(monitor!.spec.jobLabel, 'ServiceMonitor needs jobLabel, or the job is the Service name');
+      assert.equal(service!.metadata.labels?.[monitor!.spec.jobLabel], 'ksw');
+      // kube-prometheus-stack's Prometheus selects ServiceMonitors by their `release` label.
+      assert.ok(monitor!.metadata.labels?.release, 'ServiceMonitor needs a release label');
+      // The ServiceMonitor scrapes the pods; prometheus.io annotations as well would scrape them twice.
+      const annotations = deployment!.spec.template.metadata.annotations ?? {};
+      assert.equal(annotations['prometheus.io/scrape'], undefined);
       const [hpa] = byKind('HorizontalPodAutoscaler');
       assert.equal(hpa!.spec.scaleTargetRef.name, deployment!.metadata.name);
       assert.ok(hpa!.spec.minReplicas <= hpa!.spec.maxReplicas);
