@@ -117,7 +117,10 @@ export class ShardCoordinator {
     this.renewIntervalMs = this.timing.renewIntervalMs;
     this.takeIntervalMs = this.timing.takeIntervalMs;
     this.handoffTimeoutMs = this.timing.handoffTimeoutMs;
-    this.m = coordinatorMetrics(deps.metrics);
+    this.m = coordinatorMetrics(
+      deps.metrics,
+      consumers.map((c) => c.stream),
+    );
     this.syncer = new ShardSyncer(
       consumers,
       this.keys,
@@ -348,6 +351,7 @@ export class ShardCoordinator {
       return;
     }
     this.m.leaseTakes.inc({ reason });
+    this.m.checkpointErrors.inc({ stream: held.stream, shard: held.shardId }, 0);
     try {
       await this.deps.chain.openShard(tenure, position);
     } catch (err) {

@@ -18,6 +18,18 @@ export function counter<L extends string>(registry: Registry, opts: Named & { la
   );
 }
 
+/**
+ * Creates the given series of a labelled counter at 0. A labelled series otherwise appears on its first
+ * increment, and `rate()`/`increase()` need a sample before the burst to see it: the first burst of errors
+ * after start would read as 0 and its alert would never fire.
+ */
+export function zeroSeries<L extends string>(
+  c: Counter<L>,
+  labelSets: ReadonlyArray<Partial<Record<L, string>>>,
+): void {
+  for (const labels of labelSets) c.inc(labels, 0);
+}
+
 export function gauge<L extends string>(registry: Registry, opts: Named & { labelNames?: readonly L[] }) {
   return (
     (registry.getSingleMetric(opts.name) as Gauge<L> | undefined) ??

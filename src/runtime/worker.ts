@@ -7,13 +7,13 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
-import type { Registry } from 'prom-client';
+import type { Counter, Registry } from 'prom-client';
 import type { WorkerConfig } from '../config/schema.js';
 import { ShardCoordinator, type ShardStatus } from '../consumers/coordinator.js';
 import { LeaseTable } from '../consumers/lease-table.js';
 import { type AwsClients, countSdkRetries, createAwsClients } from '../core/aws.js';
 import type { ComponentContext, DeadLetterQueue, Sink } from '../core/component.js';
-import { createRegistry, gauge } from '../metrics/registry.js';
+import { createRegistry, gauge, zeroSeries } from '../metrics/registry.js';
 import { type OpsServer, startOpsServer } from '../metrics/server.js';
 import { RecordDecoder } from '../processors/decode.js';
 import { HotKeyDetector } from '../processors/hot-keys.js';
@@ -98,6 +98,11 @@ export class Worker {
       router,
       hotKeys && ((r) => hotKeys.observe(r)),
       dlq,
+    );
+    zeroDeadLetterSeries(
+      metrics,
+      config.processors.flatMap((p, i) => (p.type === 'otel_spans' ? [`processor:${names[i]}`] : [])),
+      Object.keys(config.sinks).map((name) => `sink:${name}`),
     );
     const coordinator = new ShardCoordinator(config.consumers, config.checkpoints, {
       kinesis: aws.kinesis,
@@ -200,6 +205,20 @@ export class Worker {
     );
     return { drained };
   }
+}
+
+/**
+ * `ksw_dlq_records_total` at 0 for every component that may dead-letter, so the first burst of letters is
+ * seen by increase() (see zeroSeries): the decoder, chunk reassembly, KPL de-aggregation, span processors
+ * and sinks. The DLQ owns the counter; a DLQ that exports none (a test's) leaves nothing to do.
+ */
+function zeroDeadLetterSeries(metrics: Registry, processors: string[], sinks: string[]): void {
+  const letters = metrics.getSingleMetric('ksw_dlq_records_total') as Counter<'component'> | undefined;
+  if (!letters) return;
+  zeroSeries(
+    letters,
+    ['decode', 'decode.chunks', 'kpl', ...processors, ...sinks].map((component) => ({ component })),
+  );
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
