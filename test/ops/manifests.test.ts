@@ -211,6 +211,7 @@ function iamActions(service: string, command: string): string[] {
       UploadPart: ['s3:PutObject'],
       CompleteMultipartUpload: ['s3:PutObject'],
       HeadObject: ['s3:GetObject'],
+      HeadBucket: ['s3:ListBucket'],
     };
     return map[command] ?? [`s3:${command}`];
   }
