@@ -8,14 +8,20 @@
  *    shutdown deadline.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, it } from 'vitest';
+import { stringify } from 'yaml';
 import { validateConfig } from '../../src/config/load.js';
 import { StartAbortedError, Worker } from '../../src/runtime/worker.js';
 import { amzTarget, awsJsonError, FaultProxy, s3XmlError } from '../helpers/fault-proxy.js';
 import { createStream, silentLogger, startTestStack, type TestStack, waitFor } from '../helpers/stack.js';
 
 const BUCKET = 'startup-checks-lake';
+const ROOT = path.resolve(import.meta.dirname, '../..');
+const CLI = path.join(ROOT, 'src/cli/main.ts');
 
 describe('start-up checks and readiness', () => {
   let t: TestStack;
@@ -40,7 +46,11 @@ describe('start-up checks and readiness', () => {
   });
 
   function config(over: { stream?: string; bucket?: string; table: string; deadlineMs?: number }) {
-    return validateConfig({
+    return validateConfig(rawConfig(over));
+  }
+
+  function rawConfig(over: { stream?: string; bucket?: string; table: string; deadlineMs?: number }) {
+    return {
       app: { name: 'startup-checks', workerId: `sc-${over.table}` },
       aws: {
         ...t.stack.awsConfig,
@@ -59,7 +69,7 @@ describe('start-up checks and readiness', () => {
       dlq: { type: 's3', bucket: BUCKET, prefix: 'dlq/' },
       server: { port: 0 },
       shutdown: { deadlineMs: over.deadlineMs ?? 5_000 },
-    });
+    };
   }
 
   /** Worker.start's rejection within `ms`, or a failure saying it did not come. */
@@ -167,6 +177,49 @@ describe('start-up checks and readiness', () => {
       assert.ok(outcome instanceof StartAbortedError, `start-up did not stop: ${String(outcome)}`);
       assert.ok(Date.now() - asked <= 3_000 + 1_000, `stopped after ${Date.now() - asked} ms`);
     } finally {
+      dynamodb.setRules([]);
+    }
+  });
+
+  it('ksw run: SIGTERM while start-up hangs is logged and the process exits 0 within the deadline', async () => {
+    dynamodb.setRules([
+      {
+        name: 'frozen-cli',
+        rate: 1,
+        matches: amzTarget('DescribeTable'),
+        fault: { kind: 'delay', ms: 60_000 },
+      },
+    ]);
+    const cfgFile = path.join(t.dir, 'startup-signal.yaml');
+    writeFileSync(cfgFile, stringify(rawConfig({ table: 'sc-cli', deadlineMs: 3_000 })));
+    const logFile = path.join(t.dir, 'startup-signal.log');
+    let out = '';
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'run', '-c', cfgFile], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout.on('data', (d) => (out += String(d)));
+    child.stderr.on('data', (d) => (out += String(d)));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      await waitFor(
+        () => (dynamodb.injected.get('frozen-cli') ?? 0) > 0,
+        20_000,
+        'the CLI waiting on DynamoDB',
+      );
+      const asked = Date.now();
+      child.kill('SIGTERM');
+      const code = await Promise.race([
+        exited,
+        new Promise<string>((r) => setTimeout(() => r('running'), 8_000)),
+      ]);
+      writeFileSync(logFile, out);
+      assert.equal(code, 0, `exit ${code} after SIGTERM during start-up; log in ${logFile}`);
+      assert.ok(Date.now() - asked <= 3_000 + 2_000);
+      assert.match(out, /signal received/);
+      assert.match(out, /stop requested during start-up/);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
       dynamodb.setRules([]);
     }
   });
