@@ -153,6 +153,22 @@ for (const dir of ['k8s/base', 'k8s/overlays/local']) {
       const [hpa] = byKind('HorizontalPodAutoscaler');
       assert.equal(hpa!.spec.scaleTargetRef.name, deployment!.metadata.name);
       assert.ok(hpa!.spec.minReplicas <= hpa!.spec.maxReplicas);
+      assert.equal(
+        deployment!.spec.replicas,
+        undefined,
+        'no fixed replicas beside an autoscaler: every apply would reset the count',
+      );
+    });
+
+    it('the V8 heap stays well below the container memory limit', () => {
+      const [deployment] = byKind('Deployment');
+      const container = deployment!.spec.template.spec.containers[0];
+      const options = container.env.find((e: { name: string }) => e.name === 'NODE_OPTIONS').value;
+      const heapMiB = Number(/--max-old-space-size=(\d+)/.exec(options)![1]);
+      const limit = /^(\d+)(Mi|Gi)$/.exec(container.resources.limits.memory)!;
+      const limitMiB = Number(limit[1]) * (limit[2] === 'Gi' ? 1024 : 1);
+      // Room for DuckDB's native memory, buffers and the code: at most 60 % of the limit for the heap.
+      assert.ok(heapMiB <= 0.6 * limitMiB, `heap ${heapMiB} MiB in a ${limitMiB} MiB limit`);
     });
   });
 }
@@ -246,10 +262,13 @@ describe('IAM task role policy', () => {
       for (const m of text.matchAll(/new ([A-Z][A-Za-z0-9]+)Command\(/g)) {
         // Creating buckets and streams is for tests and the demo; the worker never does.
         if (m[1] === 'CreateBucket' || m[1] === 'CreateStream') continue;
-        const service = clients.find((c) => c !== 'opensearch') ?? clients[0];
+        // The client whose import names the command, else the file's only (non-OpenSearch) client.
+        const importing = [
+          ...text.matchAll(/import\s*(?:type\s*)?\{([^}]*)\}\s*from '@aws-sdk\/client-([a-z0-9-]+)'/g),
+        ].find((i) => new RegExp(`\\b${m[1]}Command\\b`).test(i[1]!))?.[2];
+        const service = importing ?? clients.find((c) => c !== 'opensearch') ?? clients[0];
         assert.ok(service, `${file}: ${m[1]}Command without an @aws-sdk client import`);
-        const fromImport = clients.length > 1 ? undefined : service;
-        for (const action of iamActions(fromImport ?? service!, m[1]!)) needed.add(action);
+        for (const action of iamActions(service, m[1]!)) needed.add(action);
       }
     }
     assert.ok(
