@@ -153,7 +153,13 @@ describe('start-up checks and readiness', () => {
   it('a stop requested while start-up hangs ends the start within the shutdown deadline', async () => {
     // The lease table answers nothing for a minute: start-up waits in DescribeTable.
     dynamodb.setRules([
-      { name: 'frozen', rate: 1, matches: amzTarget('DescribeTable'), fault: { kind: 'delay', ms: 60_000 } },
+      {
+        name: 'frozen',
+        rate: 1,
+        // Only this test's table: a worker of an earlier test may still be calling.
+        matches: (req) => amzTarget('DescribeTable')(req) && req.body.toString().includes('sc-signal'),
+        fault: { kind: 'delay', ms: 60_000 },
+      },
     ]);
     try {
       const stop = new AbortController();
@@ -186,7 +192,7 @@ describe('start-up checks and readiness', () => {
       {
         name: 'frozen-cli',
         rate: 1,
-        matches: amzTarget('DescribeTable'),
+        matches: (req) => amzTarget('DescribeTable')(req) && req.body.toString().includes('sc-cli'),
         fault: { kind: 'delay', ms: 60_000 },
       },
     ]);
