@@ -46,27 +46,35 @@ async function run(args: string[]): Promise<number> {
     return 2;
   }
   const { loadConfig } = await import('../config/load.js');
-  const { Worker } = await import('../runtime/worker.js');
+  const { Worker, StartAbortedError } = await import('../runtime/worker.js');
+  const { createLogger } = await import('../runtime/logger.js');
   const config = loadConfig(values.config);
-  // Handlers before start: taking leases (and sinks opening shards) happens inside start, and a SIGTERM
-  // arriving then must still end in a graceful stop, not in the default action (killed by the signal).
+  // The logger and handlers come before start: taking leases (and sinks opening shards) happens inside
+  // start, and a SIGTERM arriving then must stop the start-up within shutdown.deadlineMs (Worker.start's
+  // signal), be logged, and not end in the default action (killed by the signal).
+  const logger = createLogger(config.log.level, config.app.name);
+  const stop = new AbortController();
   let signals = 0;
-  let worker: Awaited<ReturnType<typeof Worker.start>> | undefined;
-  const stopRequested = new Promise<void>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      signals += 1;
-      if (signals > 1) {
-        worker?.logger.warn({ signal }, 'second signal: exiting now; unacked records will be read again');
-        process.exit(1);
-      }
-      worker?.logger.info({ signal }, 'signal received');
-      resolve();
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-  });
-  worker = await Worker.start(config);
-  await stopRequested;
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals += 1;
+    if (signals > 1) {
+      logger.warn({ signal }, 'second signal: exiting now; unacked records will be read again');
+      process.exit(1);
+    }
+    logger.info({ signal }, 'signal received');
+    stop.abort();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  let worker: Awaited<ReturnType<typeof Worker.start>>;
+  try {
+    worker = await Worker.start(config, { logger, signal: stop.signal });
+  } catch (err) {
+    if (err instanceof StartAbortedError) process.exit(0);
+    throw err;
+  }
+  if (!stop.signal.aborted)
+    await new Promise((resolve) => stop.signal.addEventListener('abort', resolve, { once: true }));
   await worker.stop();
   // stop() has flushed and checkpointed what it could within shutdown.deadlineMs; a sink still retrying
   // an upload past that must not keep the process alive (its records are unacked and will be read again).

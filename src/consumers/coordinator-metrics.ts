@@ -1,6 +1,6 @@
 /** The lease and shard metrics of the coordinator's modules (one place, so names and help stay one). */
 import type { Registry } from 'prom-client';
-import { counter, gauge, histogram } from '../metrics/registry.js';
+import { counter, gauge, histogram, zeroSeries } from '../metrics/registry.js';
 
 /** Per-shard series this worker exports; removed when the shard leaves it so stale values do not linger. */
 export const PER_SHARD_METRICS = [
@@ -9,9 +9,30 @@ export const PER_SHARD_METRICS = [
   'ksw_shard_in_flight_records',
   'ksw_shard_oldest_unacked_age_seconds',
   'ksw_lease_fencing_slack_seconds',
+  'ksw_kinesis_last_answer_timestamp_seconds',
 ];
 
-export function coordinatorMetrics(r: Registry) {
+/** Stages of `ksw_shard_failures_total`. */
+export const SHARD_FAILURE_STAGES = ['sink_open', 'deliver', 'sink', 'reader'] as const;
+/** Reasons of `ksw_lease_losses_total`. */
+export const LEASE_LOSS_REASONS = ['taken', 'deleted', 'fenced'] as const;
+
+export function coordinatorMetrics(r: Registry, streams: readonly string[] = []) {
+  const m = createCoordinatorMetrics(r);
+  // Every series an alert takes increase() of exists from the start (see zeroSeries).
+  zeroSeries(
+    m.leaseLosses,
+    LEASE_LOSS_REASONS.map((reason) => ({ reason })),
+  );
+  zeroSeries(m.leaseWriteErrors, [{ error: 'LeaseLost' }, { error: 'TimeoutError' }]);
+  zeroSeries(
+    m.shardFailures,
+    streams.flatMap((stream) => SHARD_FAILURE_STAGES.map((stage) => ({ stream, stage }))),
+  );
+  return m;
+}
+
+function createCoordinatorMetrics(r: Registry) {
   const shardLabels = ['stream', 'shard'] as const;
   return {
     leasesHeld: gauge(r, { name: 'ksw_leases_held', help: 'Leases held by this worker' }),
@@ -105,4 +126,4 @@ export function coordinatorMetrics(r: Registry) {
   };
 }
 
-export type CoordinatorMetrics = ReturnType<typeof coordinatorMetrics>;
+export type CoordinatorMetrics = ReturnType<typeof createCoordinatorMetrics>;

@@ -89,6 +89,9 @@ export class ShardCoordinator {
   /** Periodic tasks by name, each with its stop function. */
   private readonly timers = new Map<string, () => void>();
   private stopping = false;
+  /** Whether the last shard sync and the last lease scan succeeded (readiness). */
+  private syncOk = false;
+  private scanOk = false;
   private readonly abort = new AbortController();
   private readonly tokens: TenureTokens;
   private readonly keys: LeaseKeys;
@@ -117,7 +120,10 @@ export class ShardCoordinator {
     this.renewIntervalMs = this.timing.renewIntervalMs;
     this.takeIntervalMs = this.timing.takeIntervalMs;
     this.handoffTimeoutMs = this.timing.handoffTimeoutMs;
-    this.m = coordinatorMetrics(deps.metrics);
+    this.m = coordinatorMetrics(
+      deps.metrics,
+      consumers.map((c) => c.stream),
+    );
     this.syncer = new ShardSyncer(
       consumers,
       this.keys,
@@ -185,6 +191,8 @@ export class ShardCoordinator {
     };
     for (const consumer of this.consumers)
       this.opened.set(consumer.stream, await openConsumer(consumer, ctx));
+    // Stopped during start-up (a signal): start no periodic task that would outlive the stop.
+    if (this.stopping) return;
     // Renewals first: a lease taken by the first scan below is renewed on time however long the scan and
     // the sinks' openShard take. Each shard's renewal runs on its own (one slow call does not hold the
     // others back), once renewIntervalMs passed since its last successful lease write.
@@ -196,15 +204,19 @@ export class ShardCoordinator {
     // sync and lease scan below try again within their intervals, as the KCL's do. Anything else (access
     // denied, a missing stream) still fails the start with its error.
     try {
-      await this.syncer.sync().catch((err) => this.retryLater(err, 'shard sync'));
+      await this.sync().catch((err) => this.retryLater(err, 'shard sync'));
       await this.takeLeases().catch((err) => this.retryLater(err, 'lease scan'));
     } catch (err) {
       this.stopTimers();
       throw err;
     }
+    if (this.stopping) {
+      this.stopTimers();
+      return;
+    }
     this.every('scan', this.timing.takeIntervalMs, () => this.takeLeases());
     this.every('checkpoint', this.config.intervalMs, () => this.checkpointer.checkpointAll());
-    this.every('sync', this.config.shardSyncIntervalMs, () => this.syncer.sync());
+    this.every('sync', this.config.shardSyncIntervalMs, () => this.sync());
     this.every('gauges', 1_000, async () => this.exportGauges());
   }
 
@@ -265,12 +277,33 @@ export class ShardCoordinator {
 
   /** Lists every stream's shards, creates missing leases and deletes finished leases of vanished shards. */
   sync(): Promise<void> {
-    return this.stopping ? Promise.resolve() : this.syncer.sync();
+    return this.stopping ? Promise.resolve() : this.tracked(this.syncer.sync(), (ok) => (this.syncOk = ok));
   }
 
   /** Scans the lease table; takes, balances and notices handoffs. One scan at a time. */
   takeLeases(): Promise<void> {
-    return this.stopping ? Promise.resolve() : this.taker.scan();
+    return this.stopping ? Promise.resolve() : this.tracked(this.taker.scan(), (ok) => (this.scanOk = ok));
+  }
+
+  private async tracked(run: Promise<void>, set: (ok: boolean) => void): Promise<void> {
+    try {
+      await run;
+      set(true);
+    } catch (err) {
+      set(false);
+      throw err;
+    }
+  }
+
+  /**
+   * Why this worker is not ready, or undefined when it is: ready means it holds leases or may take them
+   * (its last lease scan succeeded), and its last shard sync succeeded (it can see the streams).
+   */
+  get notReadyReason(): string | undefined {
+    if (this.stopping) return 'stopping';
+    if (!this.syncOk) return 'the last shard sync failed';
+    if (this.heldCount === 0 && !this.scanOk) return 'no lease held and the last lease scan failed';
+    return undefined;
   }
 
   /** Writes each shard's watermark if it moved since the last checkpoint. */
@@ -348,6 +381,7 @@ export class ShardCoordinator {
       return;
     }
     this.m.leaseTakes.inc({ reason });
+    this.m.checkpointErrors.inc({ stream: held.stream, shard: held.shardId }, 0);
     try {
       await this.deps.chain.openShard(tenure, position);
     } catch (err) {

@@ -39,6 +39,7 @@ import {
   type ShardReaderDeps,
   type StartingPoint,
   shardReadMetrics,
+  startShardReadMetrics,
 } from './shard-reader.js';
 
 export const efoConsumerConfigSchema = z
@@ -173,6 +174,7 @@ export class EfoShardReader implements ShardReader {
       }),
     };
     this.converter = new RecordConverter(config, shardId, deps, start);
+    startShardReadMetrics(this.m, this.labels);
   }
 
   stop(): void {
@@ -234,6 +236,7 @@ export class EfoShardReader implements ShardReader {
             });
           }
           attempt = 0;
+          this.m.lastAnswer.set(this.labels, Date.now() / 1000);
           log.trace({ records: e.Records?.length, continuation: e.ContinuationSequenceNumber }, 'event');
           const records = this.converter.convert(e.Records ?? []);
           if (e.MillisBehindLatest !== undefined) this.m.millisBehind.set(this.labels, e.MillisBehindLatest);

@@ -27,6 +27,7 @@ import {
   type ShardReaderDeps,
   type StartingPoint,
   shardReadMetrics,
+  startShardReadMetrics,
 } from './shard-reader.js';
 
 export const pollingConsumerConfigSchema = z
@@ -83,6 +84,7 @@ export class PollingShardReader implements ShardReader {
       labelNames: ['stream', 'shard'],
     });
     this.converter = new RecordConverter(config, shardId, deps, start);
+    startShardReadMetrics(this.read, this.labels);
   }
 
   /** Stops fetching; the promise of `run()` resolves soon after. */
@@ -121,6 +123,7 @@ export class PollingShardReader implements ShardReader {
         );
         attempt = 0;
         this.lastPollAt = new Date();
+        this.read.lastAnswer.set(this.labels, this.lastPollAt.getTime() / 1000);
         const records = this.converter.convert(out.Records ?? []);
         if (out.MillisBehindLatest !== undefined)
           this.read.millisBehind.set(this.labels, out.MillisBehindLatest);

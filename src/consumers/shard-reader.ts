@@ -28,7 +28,21 @@ export function shardReadMetrics(registry: Registry) {
       help: 'Failed GetRecords/GetShardIterator calls by error name (throttling included)',
       labelNames: ['stream', 'shard', 'error'],
     }),
+    lastAnswer: gauge(registry, {
+      name: 'ksw_kinesis_last_answer_timestamp_seconds',
+      help: 'Unix time of the last answer Kinesis gave the shard reader (GetRecords, or a SubscribeToShard event); set when the reader starts. time() minus it grows while a held shard is not read, which the lag gauge cannot show (it changes only on answers).',
+      labelNames: ['stream', 'shard'],
+    }),
   };
+}
+
+/** The read series of a shard whose reader starts: answered "now", no throttling yet (see zeroSeries). */
+export function startShardReadMetrics(
+  m: ReturnType<typeof shardReadMetrics>,
+  labels: { stream: string; shard: string },
+): void {
+  m.lastAnswer.set(labels, Date.now() / 1000);
+  m.readErrors.inc({ ...labels, error: 'ProvisionedThroughputExceededException' }, 0);
 }
 
 /** Fields every consumer type has, whatever its `type:`. */

@@ -1,7 +1,7 @@
 /**
  * The operations port: /metrics (Prometheus text format by default; OpenMetrics, with exemplars, when the
  * scraper's Accept header prefers it, as Prometheus does), /healthz (the process is alive and its event
- * loop turns) and /readyz (the worker started and is not shutting down). Kept apart from any data path.
+ * loop turns) and /readyz (the worker is ready; when not, the body says why). Kept apart from any data path.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -18,6 +18,8 @@ export async function startOpsServer(opts: {
   port: number;
   registry: Registry;
   ready: () => boolean;
+  /** Why the worker is not ready, shown in the 503 body of /readyz. */
+  notReadyReason?: () => string | undefined;
 }): Promise<OpsServer> {
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
@@ -45,7 +47,7 @@ export async function startOpsServer(opts: {
       const ready = opts.ready();
       res
         .writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' })
-        .end(ready ? 'ready\n' : 'not ready\n');
+        .end(ready ? 'ready\n' : `not ready: ${opts.notReadyReason?.() ?? 'not started'}\n`);
     } else {
       res
         .writeHead(404, { 'content-type': 'text/plain' })

@@ -67,6 +67,8 @@ export interface HotKey {
 export class HotKeyDetector {
   private readonly windows = new Map<string, ShardWindow>();
   private readonly lastLogged = new Map<string, number>();
+  /** Shards whose hot-key series exists (created at 0 on the first record, so increase() sees the first). */
+  private readonly seen = new Set<string>();
   private readonly hot: Counter<'stream' | 'shard'>;
   private readonly topShare: Gauge<'stream' | 'shard'>;
 
@@ -97,6 +99,10 @@ export class HotKeyDetector {
       if (!w) {
         w = { start, keys: new Map() };
         this.windows.set(shardKey, w);
+        if (!this.seen.has(shardKey)) {
+          this.seen.add(shardKey);
+          this.hot.inc({ stream: r.origin.stream, shard: r.origin.shardId }, 0);
+        }
       } else if (start > w.start) {
         this.close(r.origin.stream, r.origin.shardId, w);
         w.start = start;

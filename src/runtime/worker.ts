@@ -7,13 +7,13 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
-import type { Registry } from 'prom-client';
+import { type Counter, Gauge, type Registry } from 'prom-client';
 import type { WorkerConfig } from '../config/schema.js';
 import { ShardCoordinator, type ShardStatus } from '../consumers/coordinator.js';
 import { LeaseTable } from '../consumers/lease-table.js';
 import { type AwsClients, countSdkRetries, createAwsClients } from '../core/aws.js';
 import type { ComponentContext, DeadLetterQueue, Sink } from '../core/component.js';
-import { createRegistry, gauge } from '../metrics/registry.js';
+import { createRegistry, zeroSeries } from '../metrics/registry.js';
 import { type OpsServer, startOpsServer } from '../metrics/server.js';
 import { RecordDecoder } from '../processors/decode.js';
 import { HotKeyDetector } from '../processors/hot-keys.js';
@@ -22,6 +22,7 @@ import { PartitionKeyRouter } from '../processors/router.js';
 import { createDeadLetterQueue, createSink } from '../sinks/registry.js';
 import { createLogger } from './logger.js';
 import { Pipeline } from './pipeline.js';
+import { preflight } from './preflight.js';
 
 export interface WorkerStatus {
   readonly ready: boolean;
@@ -29,12 +30,20 @@ export interface WorkerStatus {
   readonly shards: ShardStatus[];
 }
 
+/** Worker.start was asked to stop (its signal aborted) before start-up finished; the worker is stopped. */
+export class StartAbortedError extends Error {
+  constructor() {
+    super('stop requested during start-up');
+    this.name = 'StartAbortedError';
+  }
+}
+
 export function defaultWorkerId(): string {
   return `${hostname()}-${randomBytes(4).toString('hex')}`;
 }
 
 export class Worker {
-  private ready = false;
+  private started = false;
   private stopping: Promise<{ drained: boolean }> | undefined;
 
   private constructor(
@@ -62,6 +71,8 @@ export class Worker {
       registry?: Registry;
       /** Wraps each configured sink (embedding, fault injection in tests); default: the sink itself. */
       wrapSink?: (name: string, sink: Sink) => Sink;
+      /** Aborting it during start-up stops the worker (within shutdown.deadlineMs) and rejects with StartAbortedError. */
+      signal?: AbortSignal;
     } = {},
   ): Promise<Worker> {
     const logger = opts.logger ?? createLogger(config.log.level, config.app.name);
@@ -99,6 +110,11 @@ export class Worker {
       hotKeys && ((r) => hotKeys.observe(r)),
       dlq,
     );
+    zeroDeadLetterSeries(
+      metrics,
+      config.processors.flatMap((p, i) => (p.type === 'otel_spans' ? [`processor:${names[i]}`] : [])),
+      Object.keys(config.sinks).map((name) => `sink:${name}`),
+    );
     const coordinator = new ShardCoordinator(config.consumers, config.checkpoints, {
       kinesis: aws.kinesis,
       kinesisSubscribe: aws.kinesisSubscribe,
@@ -116,21 +132,50 @@ export class Worker {
       port: config.server.port,
       registry: metrics,
       ready: () => worker?.ready ?? false,
+      notReadyReason: () => (worker ? worker.notReadyReason : 'starting'),
     });
     worker = new Worker(config, workerId, logger, metrics, aws, dlq, sinks, pipeline, coordinator, server);
-    gauge(metrics, {
+    const w = worker;
+    new Gauge({
       name: 'ksw_worker_ready',
-      help: '1 while the worker is ready (started, not shutting down)',
-    }).set(0);
-    try {
+      help: '1 while the worker is ready: started, not shutting down, its last shard sync succeeded, and it holds leases or its last lease scan succeeded (what /readyz answers)',
+      registers: [metrics],
+      collect() {
+        this.set(w.ready ? 1 : 0);
+      },
+    });
+    const signal = opts.signal;
+    const aborted = () => {
+      logger.warn('stop requested during start-up; stopping within shutdown.deadlineMs');
+      return w.stop();
+    };
+    if (signal?.aborted) {
+      await aborted();
+      throw new StartAbortedError();
+    }
+    const onAbort = new Promise<'aborted'>((resolve) =>
+      signal?.addEventListener('abort', () => resolve('aborted'), { once: true }),
+    );
+    const starting = (async () => {
+      await preflight(config, aws, logger);
       await coordinator.start();
+      return 'started' as const;
+    })();
+    let outcome: 'started' | 'aborted';
+    try {
+      outcome = await Promise.race([starting, onAbort]);
     } catch (err) {
       await server.close();
       aws.destroy();
       throw err;
     }
-    worker.ready = true;
-    gauge(metrics, { name: 'ksw_worker_ready', help: '' }).set(1);
+    if (outcome === 'aborted') {
+      // The start-up still running fails once stop() destroys the AWS clients; nothing waits for it.
+      starting.catch(() => undefined);
+      await aborted();
+      throw new StartAbortedError();
+    }
+    worker.started = true;
     logger.info(
       {
         workerId,
@@ -141,6 +186,17 @@ export class Worker {
       'worker started',
     );
     return worker;
+  }
+
+  /** Ready: started, not stopping, and the coordinator's conditions hold (see notReadyReason). */
+  get ready(): boolean {
+    return this.notReadyReason === undefined;
+  }
+
+  get notReadyReason(): string | undefined {
+    if (!this.started) return 'starting';
+    if (this.stopping) return 'shutting down';
+    return this.coordinator.notReadyReason;
   }
 
   status(): WorkerStatus {
@@ -155,8 +211,6 @@ export class Worker {
 
   private async doStop(): Promise<{ drained: boolean }> {
     const deadline = Date.now() + this.config.shutdown.deadlineMs;
-    this.ready = false;
-    gauge(this.metrics, { name: 'ksw_worker_ready', help: '' }).set(0);
     this.logger.info('shutting down: stop fetching, flush, checkpoint');
     const remaining = () => deadline - Date.now();
     // Leave a slice of the deadline for the final checkpoint and lease release.
@@ -200,6 +254,20 @@ export class Worker {
     );
     return { drained };
   }
+}
+
+/**
+ * `ksw_dlq_records_total` at 0 for every component that may dead-letter, so the first burst of letters is
+ * seen by increase() (see zeroSeries): the decoder, chunk reassembly, KPL de-aggregation, span processors
+ * and sinks. The DLQ owns the counter; a DLQ that exports none (a test's) leaves nothing to do.
+ */
+function zeroDeadLetterSeries(metrics: Registry, processors: string[], sinks: string[]): void {
+  const letters = metrics.getSingleMetric('ksw_dlq_records_total') as Counter<'component'> | undefined;
+  if (!letters) return;
+  zeroSeries(
+    letters,
+    ['decode', 'decode.chunks', 'kpl', ...processors, ...sinks].map((component) => ({ component })),
+  );
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {

@@ -138,9 +138,37 @@ for (const dir of ['k8s/base', 'k8s/overlays/local']) {
       const [monitor] = byKind('ServiceMonitor');
       assert.ok(matches(monitor!.spec.selector.matchLabels, service!.metadata.labels));
       assert.equal(monitor!.spec.endpoints[0].port, service!.spec.ports[0].name);
+      // prometheus-operator names the job after the Service's jobLabel label (else after the Service):
+      // the alert rules ask for job="ksw", so the label must exist on the Service and say so.
+      const rules = readFileSync(path.join(ROOT, 'deploy/prometheus/alerts.yaml'), 'utf8');
+      const jobs = new Set([...rules.matchAll(/\bjob="([^"]+)"/g)].map((m) => m[1]!));
+      assert.deepEqual([...jobs], ['ksw']);
+      assert.ok(monitor!.spec.jobLabel, 'ServiceMonitor needs jobLabel, or the job is the Service name');
+      assert.equal(service!.metadata.labels?.[monitor!.spec.jobLabel], 'ksw');
+      // kube-prometheus-stack's Prometheus selects ServiceMonitors by their `release` label.
+      assert.ok(monitor!.metadata.labels?.release, 'ServiceMonitor needs a release label');
+      // The ServiceMonitor scrapes the pods; prometheus.io annotations as well would scrape them twice.
+      const annotations = deployment!.spec.template.metadata.annotations ?? {};
+      assert.equal(annotations['prometheus.io/scrape'], undefined);
       const [hpa] = byKind('HorizontalPodAutoscaler');
       assert.equal(hpa!.spec.scaleTargetRef.name, deployment!.metadata.name);
       assert.ok(hpa!.spec.minReplicas <= hpa!.spec.maxReplicas);
+      assert.equal(
+        deployment!.spec.replicas,
+        undefined,
+        'no fixed replicas beside an autoscaler: every apply would reset the count',
+      );
+    });
+
+    it('the V8 heap stays well below the container memory limit', () => {
+      const [deployment] = byKind('Deployment');
+      const container = deployment!.spec.template.spec.containers[0];
+      const options = container.env.find((e: { name: string }) => e.name === 'NODE_OPTIONS').value;
+      const heapMiB = Number(/--max-old-space-size=(\d+)/.exec(options)![1]);
+      const limit = /^(\d+)(Mi|Gi)$/.exec(container.resources.limits.memory)!;
+      const limitMiB = Number(limit[1]) * (limit[2] === 'Gi' ? 1024 : 1);
+      // Room for DuckDB's native memory, buffers and the code: at most 60 % of the limit for the heap.
+      assert.ok(heapMiB <= 0.6 * limitMiB, `heap ${heapMiB} MiB in a ${limitMiB} MiB limit`);
     });
   });
 }
@@ -199,6 +227,7 @@ function iamActions(service: string, command: string): string[] {
       UploadPart: ['s3:PutObject'],
       CompleteMultipartUpload: ['s3:PutObject'],
       HeadObject: ['s3:GetObject'],
+      HeadBucket: ['s3:ListBucket'],
     };
     return map[command] ?? [`s3:${command}`];
   }
@@ -233,10 +262,13 @@ describe('IAM task role policy', () => {
       for (const m of text.matchAll(/new ([A-Z][A-Za-z0-9]+)Command\(/g)) {
         // Creating buckets and streams is for tests and the demo; the worker never does.
         if (m[1] === 'CreateBucket' || m[1] === 'CreateStream') continue;
-        const service = clients.find((c) => c !== 'opensearch') ?? clients[0];
+        // The client whose import names the command, else the file's only (non-OpenSearch) client.
+        const importing = [
+          ...text.matchAll(/import\s*(?:type\s*)?\{([^}]*)\}\s*from '@aws-sdk\/client-([a-z0-9-]+)'/g),
+        ].find((i) => new RegExp(`\\b${m[1]}Command\\b`).test(i[1]!))?.[2];
+        const service = importing ?? clients.find((c) => c !== 'opensearch') ?? clients[0];
         assert.ok(service, `${file}: ${m[1]}Command without an @aws-sdk client import`);
-        const fromImport = clients.length > 1 ? undefined : service;
-        for (const action of iamActions(fromImport ?? service!, m[1]!)) needed.add(action);
+        for (const action of iamActions(service, m[1]!)) needed.add(action);
       }
     }
     assert.ok(

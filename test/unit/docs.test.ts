@@ -131,3 +131,44 @@ describe('documentation', () => {
     assert.deepEqual(missing, []);
   });
 });
+
+describe('alert rules and their runbooks', () => {
+  type Rule = { alert: string; for?: string; annotations: Record<string, string> };
+  const rules: Rule[] = parse(read('deploy/prometheus/alerts.yaml')).groups.flatMap(
+    (g: { rules: Rule[] }) => g.rules,
+  );
+  const tests: Array<{ alert_rule_test: Array<{ alertname: string; exp_alerts?: unknown[] }> }> = parse(
+    read('deploy/prometheus/alerts.test.yaml'),
+  ).tests;
+  const cases = tests.flatMap((t) => t.alert_rule_test);
+
+  it('every alert links its own runbook section of docs/operations.md', () => {
+    const headings = anchors(prose(read('docs/operations.md')));
+    assert.ok(rules.length >= 25);
+    for (const rule of rules) {
+      const url = rule.annotations.runbook_url ?? '';
+      const m = /\/docs\/operations\.md#([a-z0-9-]+)$/.exec(url);
+      assert.ok(m, `${rule.alert}: runbook_url ${url || '(none)'} does not point into docs/operations.md`);
+      assert.ok(headings.has(m[1]!), `${rule.alert}: no heading #${m[1]} in docs/operations.md`);
+      assert.match(
+        read('docs/operations.md'),
+        new RegExp(`^### .*\\b${rule.alert}\\b`, 'm'),
+        `${rule.alert} is not named in a runbook heading`,
+      );
+    }
+  });
+
+  it('every alert has a promtool case where it fires and one where it stays silent', () => {
+    for (const rule of rules) {
+      const mine = cases.filter((c) => c.alertname === rule.alert);
+      assert.ok(
+        mine.some((c) => (c.exp_alerts ?? []).length > 0),
+        `${rule.alert}: no case where it fires`,
+      );
+      assert.ok(
+        mine.some((c) => (c.exp_alerts ?? []).length === 0),
+        `${rule.alert}: no case where it stays silent`,
+      );
+    }
+  });
+});

@@ -171,6 +171,9 @@ export class OpenSearchSink implements Sink {
     this.metrics.concurrency.set(this.labels, this.limit.limit);
     this.metrics.inFlightBytes.set(this.labels, 0);
     this.metrics.inFlightDocuments.set(this.labels, 0);
+    for (const reason of ['rejected', 'retry_budget', 'invalid'])
+      this.metrics.deadLetters.inc({ ...this.labels, reason }, 0);
+    this.metrics.offloadErrors.inc(this.labels, 0);
     if (config.offload) {
       this.offloader = new FieldOffloader(
         config.offload,

@@ -117,6 +117,13 @@ export class S3ParquetSink implements Sink {
     this.metrics.bufferedBytes.set(this.labels, 0);
     this.metrics.openPartitions.set(this.labels, 0);
     this.metrics.openFiles.set(this.labels, 0);
+    for (const c of [
+      this.metrics.uploadErrors,
+      this.metrics.quarantined,
+      this.metrics.deadLetters,
+      this.metrics.registrationErrors,
+    ])
+      c.inc(this.labels, 0);
     const schema = resolveSchema(config);
     this.rowBuilder = new RowBuilder(schema.columns, schema.recordColumn, schema.recordContent);
     this.columns = this.rowBuilder.columns;
