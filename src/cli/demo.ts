@@ -7,7 +7,6 @@
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import {
   CreateStreamCommand,
   DescribeStreamSummaryCommand,
@@ -30,6 +29,7 @@ import { type LocalStack, startLocalStack } from '../local/emulators.js';
 import { KinesisProducer } from '../producer/kinesis-producer.js';
 import { generateSpans, spanRecord } from '../producer/synthetic-spans.js';
 import { Worker } from '../runtime/worker.js';
+import { parseCommandArgs } from './args.js';
 
 const USAGE = `usage: ksw demo [--records N] [--shards N] [--dir PATH] [--keep]
 
@@ -247,27 +247,14 @@ function verifyDlq(files: string[]): { check: Check; letters: number } {
 }
 
 export async function demoCommand(args: string[]): Promise<number> {
-  let values: { records: string; shards: string; dir: string; keep: boolean; help: boolean };
-  try {
-    values = parseArgs({
-      args,
-      options: {
-        records: { type: 'string', default: '20000' },
-        shards: { type: 'string', default: '4' },
-        dir: { type: 'string', default: '.local/demo' },
-        keep: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-      allowPositionals: false,
-    }).values;
-  } catch (err) {
-    process.stderr.write(`demo: ${(err as Error).message}\n\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const parsed = parseCommandArgs('demo', USAGE, args, {
+    records: { type: 'string', default: '20000' },
+    shards: { type: 'string', default: '4' },
+    dir: { type: 'string', default: '.local/demo' },
+    keep: { type: 'boolean', default: false },
+  });
+  if (!parsed) return 0;
+  const { values } = parsed;
   const total = Number(values.records);
   const shards = Number(values.shards);
   if (!Number.isInteger(total) || total < 1 || !Number.isInteger(shards) || shards < 1 || shards > 100) {

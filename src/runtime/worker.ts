@@ -64,7 +64,8 @@ export class Worker {
       wrapSink?: (name: string, sink: Sink) => Sink;
     } = {},
   ): Promise<Worker> {
-    const logger = opts.logger ?? createLogger(config.log.level, config.app.name);
+    const logger =
+      opts.logger ?? createLogger(config.log.level, config.app.name, undefined, config.log.format);
     const workerId = opts.workerId ?? config.app.workerId ?? defaultWorkerId();
     const metrics = opts.registry ?? createRegistry();
     metrics.setDefaultLabels({ app: config.app.name });

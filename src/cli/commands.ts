@@ -1,0 +1,231 @@
+/**
+ * The subcommands of `ksw` and the dispatcher: `ksw <command> --help` prints a command's usage; `--debug`
+ * anywhere prints stack traces. User errors print one line with the fix (src/cli/errors.ts).
+ */
+import { parseCommandArgs, required, UsageError } from './args.js';
+import { reportError } from './errors.js';
+
+interface Command {
+  /** One line for `ksw --help`. */
+  readonly summary: string;
+  readonly usage: string;
+  readonly run: (args: string[]) => Promise<number>;
+}
+
+const RUN_USAGE = `usage: ksw run -c FILE [--log-format json|pretty]
+
+Runs the worker until SIGTERM/SIGINT, then stops fetching, flushes the sinks, checkpoints, releases its
+leases and exits 0 (a second signal exits at once; unacked records are read again by the next owner).
+
+  -c, --config FILE      the worker config (YAML; see docs/configuration.md)
+  --log-format F         json (default when stdout is not a terminal) or pretty
+  --debug                print stack traces of errors
+`;
+
+const VALIDATE_USAGE = `usage: ksw validate -c FILE [--strict]
+
+Checks a config without connecting anywhere: every problem with its field path, position and a fix,
+then warnings for settings that validate but cannot do what was meant. Exit 0 when valid.
+
+  -c, --config FILE      the worker config
+  --strict               exit 1 when there are warnings
+`;
+
+const DDL_USAGE = `usage: ksw ddl -c FILE [--sink NAME] [--table T] [--database D] [--projection-start YYYY-MM-DD]
+
+Prints the Athena/Glue CREATE EXTERNAL TABLE (with partition projection) for an s3_parquet sink.
+
+  -c, --config FILE      the worker config
+  --sink NAME            the s3_parquet sink (may be left out when there is only one)
+  --table T              table name (default: the sink's name)
+  --database D           database to qualify the table with
+  --projection-start D   first day of the date partition projection
+`;
+
+const CONFIG_DOCS_USAGE = `usage: ksw config-docs
+
+Prints the configuration reference (Markdown, the content of docs/config.md) generated from the schemas.
+`;
+
+async function run(args: string[]): Promise<number> {
+  const parsed = parseCommandArgs('run', RUN_USAGE, args, {
+    config: { type: 'string', short: 'c' },
+    'log-format': { type: 'string' },
+  });
+  if (!parsed) return 0;
+  const file = required('run', parsed.values.config, '-c/--config FILE');
+  const { loadConfig } = await import('../config/load.js');
+  const { Worker } = await import('../runtime/worker.js');
+  const { createLogger } = await import('../runtime/logger.js');
+  const format = parsed.values['log-format'];
+  if (format !== undefined && format !== 'json' && format !== 'pretty' && format !== 'auto')
+    throw new UsageError('run', `--log-format is json, pretty or auto (got "${format}")`);
+  const config = loadConfig(file);
+  const logger = createLogger(config.log.level, config.app.name, undefined, format ?? config.log.format);
+  // Handlers before start: taking leases (and sinks opening shards) happens inside start, and a SIGTERM
+  // arriving then must still end in a graceful stop, not in the default action (killed by the signal).
+  let signals = 0;
+  const stopRequested = new Promise<void>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      signals += 1;
+      if (signals > 1) {
+        logger.warn({ signal }, 'second signal: exiting now; unacked records will be read again');
+        process.exit(1);
+      }
+      logger.info({ signal }, 'signal received');
+      resolve();
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+  if (Number(process.versions.node.split('.')[0]) < 22)
+    logger.warn(
+      { node: process.versions.node },
+      'Node.js 22 or later is recommended: AWS SDK releases after early January 2027 need it (the pinned SDK works on 20)',
+    );
+  const worker = await Worker.start(config, { logger });
+  await stopRequested;
+  await worker.stop();
+  // stop() has flushed and checkpointed what it could within shutdown.deadlineMs; a sink still retrying
+  // an upload past that must not keep the process alive (its records are unacked and will be read again).
+  process.exit(0);
+}
+
+async function validate(args: string[]): Promise<number> {
+  const parsed = parseCommandArgs('validate', VALIDATE_USAGE, args, {
+    config: { type: 'string', short: 'c' },
+    strict: { type: 'boolean', default: false },
+  });
+  if (!parsed) return 0;
+  const file = required('validate', parsed.values.config, '-c/--config FILE');
+  const { loadConfig } = await import('../config/load.js');
+  const { semanticWarnings } = await import('../config/warnings.js');
+  const config = loadConfig(file);
+  const warnings = semanticWarnings(config);
+  for (const w of warnings) process.stderr.write(`${file}: warning: ${w.path}: ${w.message}\n`);
+  const sinks = Object.entries(config.sinks)
+    .map(([name, s]) => `${name} (${s.type})`)
+    .join(', ');
+  process.stdout.write(
+    `${file}: OK${warnings.length ? ` (${warnings.length} warning${warnings.length > 1 ? 's' : ''})` : ''}\n  consumers: ${config.consumers.map((c) => `${c.stream} (${c.type}${'startPosition' in c ? `, ${c.startPosition}` : ''})`).join(', ')}\n  sinks: ${sinks}\n  lease table: ${config.checkpoints.table}\n`,
+  );
+  return parsed.values.strict && warnings.length > 0 ? 1 : 0;
+}
+
+async function ddl(args: string[]): Promise<number> {
+  const parsed = parseCommandArgs('ddl', DDL_USAGE, args, {
+    config: { type: 'string', short: 'c' },
+    sink: { type: 'string' },
+    table: { type: 'string' },
+    database: { type: 'string' },
+    'projection-start': { type: 'string' },
+  });
+  if (!parsed) return 0;
+  const { values } = parsed;
+  const file = required('ddl', values.config, '-c/--config FILE');
+  const { loadConfig } = await import('../config/load.js');
+  const { createTableDdl } = await import('../sinks/s3-parquet/ddl.js');
+  const config = loadConfig(file);
+  const parquet = Object.entries(config.sinks).flatMap(([n, s]) =>
+    s.type === 's3_parquet' ? [[n, s] as const] : [],
+  );
+  const name = values.sink ?? (parquet.length === 1 ? parquet[0]![0] : undefined);
+  const sink = parquet.find(([n]) => n === name)?.[1];
+  if (!sink) {
+    process.stderr.write(
+      `ddl: name an s3_parquet sink with --sink (${parquet.map(([n]) => n).join(', ') || 'none configured'})\n`,
+    );
+    return 2;
+  }
+  process.stdout.write(
+    createTableDdl(sink, {
+      table: values.table ?? name!,
+      database: values.database,
+      projectionStart: values['projection-start'],
+    }),
+  );
+  return 0;
+}
+
+async function configDocs(args: string[]): Promise<number> {
+  if (!parseCommandArgs('config-docs', CONFIG_DOCS_USAGE, args, {})) return 0;
+  const { configReference } = await import('../config/docs.js');
+  process.stdout.write(configReference());
+  return 0;
+}
+
+/** Loads a subcommand module only when it runs (the worker does not load DuckDB for `validate`). */
+function lazy(load: () => Promise<(args: string[]) => Promise<number>>) {
+  return async (args: string[]) => (await load())(args);
+}
+
+export const COMMANDS: Record<string, Command> = {
+  run: { summary: 'run -c FILE          run the worker until SIGTERM/SIGINT', usage: RUN_USAGE, run },
+  validate: {
+    summary: 'validate -c FILE     check a config: problems with positions and fixes, warnings',
+    usage: VALIDATE_USAGE,
+    run: validate,
+  },
+  demo: {
+    summary: 'demo                 local emulators, synthetic spans, the worker, a verified summary',
+    usage: '',
+    run: lazy(async () => (await import('./demo.js')).demoCommand),
+  },
+  produce: {
+    summary: 'produce --stream S   put records from a file or stdin (large ones via S3 or chunks)',
+    usage: '',
+    run: lazy(async () => (await import('./produce.js')).produceCommand),
+  },
+  inspect: {
+    summary: 'inspect -c FILE      the lease table: owner, checkpoint, lag per shard',
+    usage: '',
+    run: lazy(async () => (await import('./inspect.js')).inspectCommand),
+  },
+  ddl: {
+    summary: 'ddl -c FILE          the Athena/Glue CREATE EXTERNAL TABLE of a Parquet sink',
+    usage: DDL_USAGE,
+    run: ddl,
+  },
+  redrive: {
+    summary: 'redrive -c FILE --sink NAME   replay dead letters from the S3 DLQ into a sink',
+    usage: '',
+    run: lazy(async () => (await import('./redrive.js')).redriveCommand),
+  },
+  'config-docs': {
+    summary: 'config-docs          print the configuration reference (docs/config.md)',
+    usage: CONFIG_DOCS_USAGE,
+    run: configDocs,
+  },
+};
+
+function usage(): string {
+  const lines = Object.values(COMMANDS).map((c) => `  ${c.summary}`);
+  return `usage: ksw <command> [options]    (ksw <command> --help for a command's options)
+
+commands:
+${lines.join('\n')}
+
+--debug (any command) prints stack traces. Documentation: docs/getting-started.md
+`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const debug = argv.includes('--debug');
+  const [command, ...rest] = argv.filter((a) => a !== '--debug');
+  if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
+    process.stdout.write(usage());
+    return command === undefined ? 2 : 0;
+  }
+  const cmd = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
+  if (!cmd) {
+    process.stderr.write(`ksw: unknown command "${command}"; see ksw --help\n`);
+    return 2;
+  }
+  try {
+    return await cmd.run(rest);
+  } catch (err) {
+    const report = reportError(command, err, debug);
+    process.stderr.write(`${report.text}\n`);
+    return report.exitCode;
+  }
+}
