@@ -181,6 +181,11 @@ export const COMMANDS: Record<string, Command> = {
     usage: '',
     run: lazy(async () => (await import('./inspect.js')).inspectCommand),
   },
+  local: {
+    summary: 'local up|down        the emulators as a local stack, and the environment for any config',
+    usage: '',
+    run: lazy(async () => (await import('./local.js')).localCommand),
+  },
   ddl: {
     summary: 'ddl -c FILE          the Athena/Glue CREATE EXTERNAL TABLE of a Parquet sink',
     usage: DDL_USAGE,

@@ -7,17 +7,7 @@
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import {
-  CreateStreamCommand,
-  DescribeStreamSummaryCommand,
-  type KinesisClient,
-} from '@aws-sdk/client-kinesis';
-import {
-  CreateBucketCommand,
-  GetObjectCommand,
-  ListObjectsV2Command,
-  type S3Client,
-} from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { DuckDBInstance } from '@duckdb/node-api';
 import pino from 'pino';
 import type { Registry } from 'prom-client';
@@ -26,6 +16,7 @@ import { loadConfig, validateConfig } from '../config/load.js';
 import { awsConfigSchema, createAwsClients } from '../core/aws.js';
 import { sleep } from '../core/backoff.js';
 import { type LocalStack, startLocalStack } from '../local/emulators.js';
+import { provision } from '../local/provision.js';
 import { KinesisProducer } from '../producer/kinesis-producer.js';
 import { generateSpans, spanRecord } from '../producer/synthetic-spans.js';
 import { Worker } from '../runtime/worker.js';
@@ -113,16 +104,6 @@ async function downloadPrefix(s3: S3Client, prefix: string, dir: string): Promis
     token = page.IsTruncated ? page.NextContinuationToken : undefined;
   } while (token);
   return files;
-}
-
-async function createStreamAndWait(kinesis: KinesisClient, shards: number, signal: AbortSignal) {
-  await kinesis.send(new CreateStreamCommand({ StreamName: STREAM, ShardCount: shards }));
-  for (let i = 0; i < 300 && !signal.aborted; i++) {
-    const d = await kinesis.send(new DescribeStreamSummaryCommand({ StreamName: STREAM }));
-    if (d.StreamDescriptionSummary?.StreamStatus === 'ACTIVE') return;
-    await sleep(100, signal);
-  }
-  if (!signal.aborted) throw new Error(`stream ${STREAM} did not become ACTIVE within 30 s`);
 }
 
 /**
@@ -302,10 +283,12 @@ export async function demoCommand(args: string[]): Promise<number> {
     out(`starting kinesalite, dynalite and s3rver on 127.0.0.1 (data and logs in ${dir}/emulators)`);
     stack = await startLocalStack({ dataDir: path.join(dir, 'emulators') });
     aws = createAwsClients(awsConfigSchema.parse(stack.awsConfig));
-    await aws.s3.send(new CreateBucketCommand({ Bucket: BUCKET })).catch((err: Error) => {
-      if (!values.keep || !/BucketAlready/.test(err.name)) throw err;
-    });
-    await createStreamAndWait(aws.kinesis, shards, interrupt.signal);
+    // The same stack and provisioning as `ksw local up`, stopped at the end of the run.
+    await provision(
+      aws,
+      { streams: [{ name: STREAM, shards }], buckets: [BUCKET], tables: [] },
+      interrupt.signal,
+    );
     if (interrupt.signal.aborted) return 130;
 
     const raw = {

@@ -62,7 +62,7 @@ export function userError(command: string, raw: unknown): ErrorReport | undefine
     };
   if (err.$metadata !== undefined && err.name === 'ResourceNotFoundException')
     return {
-      text: `${command}: ${message}; create it (for the local stack: \`ksw local up --stream NAME\`) or check the name, aws.region and aws.endpoints`,
+      text: `${command}: ${message.replace(/\.$/, '')}; create it (for the local stack: \`ksw local up --stream NAME\`) or check the name, aws.region and aws.endpoints`,
       exitCode: 1,
     };
   if (

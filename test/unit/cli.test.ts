@@ -120,7 +120,7 @@ dlq: { type: s3, bucket: bkt-d }
           name: 'ResourceNotFoundException',
           $metadata: {},
         }),
-        /^run: Stream s1 under account 0 not found\.; create it \(for the local stack: `ksw local up --stream NAME`\)/,
+        /^run: Stream s1 under account 0 not found; create it \(for the local stack: `ksw local up --stream NAME`\)/,
       ],
       [
         Object.assign(

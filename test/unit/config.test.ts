@@ -162,7 +162,10 @@ describe('config', () => {
       () => loadConfig(bad, {}),
       (err: unknown) => err instanceof ConfigError && /YAML syntax error/.test(err.message),
     );
-    assert.throws(() => loadConfig(path.join(dir, 'missing.yaml'), {}), /cannot read the config file: no such file; check the path/);
+    assert.throws(
+      () => loadConfig(path.join(dir, 'missing.yaml'), {}),
+      /cannot read the config file: no such file; check the path/,
+    );
   });
 });
 
