@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, it, vi } from 'vitest';
@@ -155,6 +155,38 @@ describe('ksw local', () => {
     assert.ok(
       objects.some((f) => /\.parquet\._S3rver_object$/.test(f)),
       objects.join('\n'),
+    );
+
+    // A file consumer against the same stack: no stream involved, exits 0 once the input is consumed and
+    // acked, with the bad line in the DLQ.
+    const input = path.join(dir, 'in.ndjson');
+    writeFileSync(input, '{"traceId":"t1","n":1}\nnot json\n{"traceId":"t2","n":2}\n');
+    const fileConfig = path.join(dir, 'file.yaml');
+    writeFileSync(
+      fileConfig,
+      `consumers: [{ type: file, path: ${input}, stream: from-file, partitionKeyField: traceId }]
+sinks: { lake: { type: s3_parquet, bucket: it-lake, prefix: from-file/ } }
+dlq: { type: s3, bucket: it-lake, prefix: file-dlq/ }
+server: { port: 0 }
+`,
+    );
+    const fileRun = spawnSync(process.execPath, ['--import', 'tsx', CLI, 'run', '-c', fileConfig], {
+      cwd: ROOT,
+      env,
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    assert.equal(fileRun.status, 0, fileRun.stdout + fileRun.stderr);
+    assert.match(fileRun.stdout, /"lines":3,"records":3,"drained":true,"msg":"input consumed"/);
+    const lake = path.join(dir, 's3', 'it-lake');
+    assert.ok(
+      existsSync(path.join(lake, 'from-file', 'from-file_shardId-000000000000_1_3.parquet._S3rver_object')),
+    );
+    assert.equal(
+      readdirSync(path.join(lake, 'file-dlq', 'from-file', 'shardId-000000000000')).filter((f) =>
+        f.endsWith('.jsonl._S3rver_object'),
+      ).length,
+      1,
     );
 
     const down = await ksw('local', 'down', '--dir', dir);

@@ -26,7 +26,7 @@ function problems(raw: unknown, env: NodeJS.ProcessEnv = {}): Array<{ path: stri
 describe('config', () => {
   it('fills defaults for everything that has one', () => {
     const c = validateConfig(minimal, 'test.yaml', {});
-    assert.equal(c.consumers[0]!.startPosition, 'TRIM_HORIZON');
+    assert.equal((c.consumers[0] as { startPosition?: string }).startPosition, 'TRIM_HORIZON');
     assert.equal(c.checkpoints.intervalMs, 10_000);
     assert.equal(c.checkpoints.failoverMs, 10_000);
     assert.equal(c.server.host, '127.0.0.1');
