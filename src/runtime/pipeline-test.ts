@@ -11,7 +11,6 @@
 import { Readable } from 'node:stream';
 import pino from 'pino';
 import { z } from 'zod';
-import { validateConfig } from '../config/load.js';
 import type { WorkerConfig } from '../config/schema.js';
 import { FileSource, fieldPathSchema, fileConsumerConfigSchema } from '../consumers/file.js';
 import type { Ack } from '../core/ack.js';
@@ -50,8 +49,7 @@ export const pipelineTestSchema = z
       .min(1)
       .optional()
       .describe("The records' stream name (default: the first consumer's)."),
-    partitionKeyField: z
-      .string()
+    partitionKeyField: fieldPathSchema
       .optional()
       .describe('Field of each input record used as its partition key.'),
     input: z
@@ -85,7 +83,7 @@ export const pipelineTestFileSchema = z
     env: z
       .record(z.string(), z.union([z.string(), z.number(), z.boolean()]))
       .default({})
-      .describe('Variables for ${VAR} in the config (on top of the environment).'),
+      .describe('Variables for the config'"'"'s VAR references (on top of the environment).'),
     tests: z.array(pipelineTestSchema).min(1),
   })
   .strict();
@@ -235,17 +233,4 @@ export async function runPipelineTest(config: WorkerConfig, test: PipelineTest):
     else used.add(i);
   }
   return { name: test.name, failures, events, deadLetters: dlq.letters };
-}
-
-/** Validates the config of a test file (with its `env`), for `ksw test`. */
-export function testConfig(
-  raw: unknown,
-  file: string,
-  env: Record<string, string | number | boolean>,
-): WorkerConfig {
-  const merged = {
-    ...process.env,
-    ...Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])),
-  };
-  return validateConfig(raw, file, merged);
 }
