@@ -83,7 +83,7 @@ export const pipelineTestFileSchema = z
     env: z
       .record(z.string(), z.union([z.string(), z.number(), z.boolean()]))
       .default({})
-      .describe('Variables for the config'"'"'s VAR references (on top of the environment).'),
+      .describe("Variables for the config's VAR references (on top of the environment)."),
     tests: z.array(pipelineTestSchema).min(1),
   })
   .strict();
