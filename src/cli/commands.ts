@@ -150,6 +150,32 @@ async function ddl(args: string[]): Promise<number> {
   return 0;
 }
 
+const CONFIG_SCHEMA_USAGE = `usage: ksw config-schema [--tests] [-o FILE]
+
+Prints the JSON Schema of the worker config (or with --tests, of \`ksw test\` files) for editor completion.
+In a YAML file, the first line \`# yaml-language-server: $schema=PATH\` makes VS Code (YAML extension),
+Neovim and others use it. The committed copies are docs/schema/*.schema.json (npm run docs:schema).
+
+  --tests        the schema of pipeline test files instead
+  -o, --output F write it to F instead of stdout
+`;
+
+async function configSchema(args: string[]): Promise<number> {
+  const parsed = parseCommandArgs('config-schema', CONFIG_SCHEMA_USAGE, args, {
+    tests: { type: 'boolean', default: false },
+    output: { type: 'string', short: 'o' },
+  });
+  if (!parsed) return 0;
+  const { configJsonSchema, testFileJsonSchema } = await import('../config/json-schema.js');
+  const text = `${JSON.stringify(parsed.values.tests ? testFileJsonSchema() : configJsonSchema(), null, 2)}\n`;
+  if (parsed.values.output) {
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(parsed.values.output, text);
+    process.stderr.write(`wrote ${parsed.values.output}\n`);
+  } else process.stdout.write(text);
+  return 0;
+}
+
 async function configDocs(args: string[]): Promise<number> {
   if (!parseCommandArgs('config-docs', CONFIG_DOCS_USAGE, args, {})) return 0;
   const { configReference } = await import('../config/docs.js');
@@ -208,6 +234,11 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'config-docs          print the configuration reference (docs/config.md)',
     usage: CONFIG_DOCS_USAGE,
     run: configDocs,
+  },
+  'config-schema': {
+    summary: 'config-schema        print the JSON Schema of the config, for editor completion',
+    usage: CONFIG_SCHEMA_USAGE,
+    run: configSchema,
   },
 };
 
