@@ -20,8 +20,10 @@ import { createRegistry, gauge } from '../metrics/registry.js';
 import { type OpsServer, startOpsServer } from '../metrics/server.js';
 import { createDeadLetterQueue, createSink } from '../sinks/registry.js';
 import { createPipeline } from './chain.js';
+import { DeadLetterWarnings } from './dlq-warnings.js';
 import { createLogger } from './logger.js';
 import type { Pipeline } from './pipeline.js';
+import { ProgressLog } from './progress-log.js';
 
 export interface WorkerStatus {
   readonly ready: boolean;
@@ -51,6 +53,8 @@ export class Worker {
     private readonly server: OpsServer,
     private readonly files: readonly FileSource[],
   ) {}
+
+  private progress: ProgressLog | undefined;
 
   /** Results of the file consumers, once each has consumed its input and its acks are done. */
   private fileRuns: Promise<FileRunResult[]> = Promise.resolve([]);
@@ -87,7 +91,12 @@ export class Worker {
     const aws = createAwsClients(config.aws);
     countSdkRetries(aws, metrics);
     const base = { logger, metrics, aws };
-    const dlq = createDeadLetterQueue(config.dlq, base);
+    const dlq = new DeadLetterWarnings(
+      createDeadLetterQueue(config.dlq, base),
+      logger.child({ component: 'dlq' }),
+      config.log.dlqWarnIntervalMs,
+      `s3://${config.dlq.bucket}/${config.dlq.prefix}`,
+    );
     const ctx: ComponentContext = { ...base, dlq };
     const sinks = Object.entries(config.sinks).map(([name, sinkConfig]) => {
       const sink = createSink(name, sinkConfig, { ...ctx, logger: logger.child({ sink: name }) });
@@ -153,6 +162,16 @@ export class Worker {
     worker.ready = true;
     gauge(metrics, { name: 'ksw_worker_ready', help: '' }).set(1);
     worker.fileRuns = Promise.all(files.map((f) => f.run()));
+    worker.progress = new ProgressLog(metrics, logger, () => {
+      const shards = worker!.status().shards;
+      const all = [...shards, ...files];
+      return {
+        inFlightRecords: all.reduce((n, s) => n + s.inFlightRecords, 0),
+        oldestUnackedAgeMs: Math.max(0, ...all.map((s) => s.oldestUnackedAgeMs)),
+        shards: shards.length + files.length,
+      };
+    });
+    worker.progress.start(config.log.progressIntervalMs);
     logger.info(
       {
         workerId,
@@ -180,6 +199,7 @@ export class Worker {
     const deadline = Date.now() + this.config.shutdown.deadlineMs;
     this.ready = false;
     gauge(this.metrics, { name: 'ksw_worker_ready', help: '' }).set(0);
+    this.progress?.stop();
     this.logger.info('shutting down: stop fetching, flush, checkpoint');
     const remaining = () => deadline - Date.now();
     // Leave a slice of the deadline for the final checkpoint and lease release.
