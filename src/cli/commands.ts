@@ -220,6 +220,11 @@ export const COMMANDS: Record<string, Command> = {
     usage: '',
     run: lazy(async () => (await import('./test.js')).testCommand),
   },
+  sql: {
+    summary: 'sql "SQL"            query Parquet output (or anything) with the embedded DuckDB',
+    usage: '',
+    run: lazy(async () => (await import('./sql.js')).sqlCommand),
+  },
   ddl: {
     summary: 'ddl -c FILE          the Athena/Glue CREATE EXTERNAL TABLE of a Parquet sink',
     usage: DDL_USAGE,
