@@ -13,7 +13,7 @@ import { afterAll, describe, it } from 'vitest';
 const ROOT = path.resolve(import.meta.dirname, '../..');
 
 /** The ```bash blocks of a Markdown page (```sh and ```text blocks are shown, not run). */
-export function bashBlocks(markdown: string): string[] {
+function bashBlocks(markdown: string): string[] {
   return [...markdown.matchAll(/^```bash\n([\s\S]*?)^```$/gm)].map((m) => m[1]!);
 }
 
