@@ -54,14 +54,17 @@ async function run(args: string[]): Promise<number> {
   });
   if (!parsed) return 0;
   const file = required('run', parsed.values.config, '-c/--config FILE');
-  const { loadConfig } = await import('../config/load.js');
+  const { loadConfigSource } = await import('../config/load.js');
   const { Worker } = await import('../runtime/worker.js');
   const { createLogger } = await import('../runtime/logger.js');
   const format = parsed.values['log-format'];
   if (format !== undefined && format !== 'json' && format !== 'pretty' && format !== 'auto')
     throw new UsageError('run', `--log-format is json, pretty or auto (got "${format}")`);
-  const config = loadConfig(file);
+  const { semanticWarnings } = await import('../config/warnings.js');
+  const { config, locate } = loadConfigSource(file);
   const logger = createLogger(config.log.level, config.app.name, undefined, format ?? config.log.format);
+  for (const w of semanticWarnings(config))
+    logger.warn({ field: w.path, at: locate(w.path) }, `config: ${w.message}`);
   // Handlers before start: taking leases (and sinks opening shards) happens inside start, and a SIGTERM
   // arriving then must still end in a graceful stop, not in the default action (killed by the signal).
   let signals = 0;
@@ -101,11 +104,12 @@ async function validate(args: string[]): Promise<number> {
   });
   if (!parsed) return 0;
   const file = required('validate', parsed.values.config, '-c/--config FILE');
-  const { loadConfig } = await import('../config/load.js');
+  const { loadConfigSource } = await import('../config/load.js');
   const { semanticWarnings } = await import('../config/warnings.js');
-  const config = loadConfig(file);
+  const { config, locate } = loadConfigSource(file);
   const warnings = semanticWarnings(config);
-  for (const w of warnings) process.stderr.write(`${file}: warning: ${w.path}: ${w.message}\n`);
+  for (const w of warnings)
+    process.stderr.write(`${locate(w.path) ?? file}: warning: ${w.path}: ${w.message}\n`);
   const sinks = Object.entries(config.sinks)
     .map(([name, s]) => `${name} (${s.type})`)
     .join(', ');
