@@ -91,7 +91,7 @@ describe('semantic warnings', () => {
       {
         path: 'routing.routes.0.where.0',
         message: expect.stringMatching(
-          /^span events have no field "statusCode", so route "errors" never matches; span fields: traceId, ,
+          /^span events have no field "statusCode", so route "errors" never matches; span fields: traceId, /,
         ),
       },
     ]);
