@@ -7,18 +7,7 @@
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import {
-  CreateStreamCommand,
-  DescribeStreamSummaryCommand,
-  type KinesisClient,
-} from '@aws-sdk/client-kinesis';
-import {
-  CreateBucketCommand,
-  GetObjectCommand,
-  ListObjectsV2Command,
-  type S3Client,
-} from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { DuckDBInstance } from '@duckdb/node-api';
 import pino from 'pino';
 import type { Registry } from 'prom-client';
@@ -27,9 +16,11 @@ import { loadConfig, validateConfig } from '../config/load.js';
 import { awsConfigSchema, createAwsClients } from '../core/aws.js';
 import { sleep } from '../core/backoff.js';
 import { type LocalStack, startLocalStack } from '../local/emulators.js';
+import { provision } from '../local/provision.js';
 import { KinesisProducer } from '../producer/kinesis-producer.js';
 import { generateSpans, spanRecord } from '../producer/synthetic-spans.js';
 import { Worker } from '../runtime/worker.js';
+import { parseCommandArgs } from './args.js';
 
 const USAGE = `usage: ksw demo [--records N] [--shards N] [--dir PATH] [--keep]
 
@@ -113,16 +104,6 @@ async function downloadPrefix(s3: S3Client, prefix: string, dir: string): Promis
     token = page.IsTruncated ? page.NextContinuationToken : undefined;
   } while (token);
   return files;
-}
-
-async function createStreamAndWait(kinesis: KinesisClient, shards: number, signal: AbortSignal) {
-  await kinesis.send(new CreateStreamCommand({ StreamName: STREAM, ShardCount: shards }));
-  for (let i = 0; i < 300 && !signal.aborted; i++) {
-    const d = await kinesis.send(new DescribeStreamSummaryCommand({ StreamName: STREAM }));
-    if (d.StreamDescriptionSummary?.StreamStatus === 'ACTIVE') return;
-    await sleep(100, signal);
-  }
-  if (!signal.aborted) throw new Error(`stream ${STREAM} did not become ACTIVE within 30 s`);
 }
 
 /**
@@ -247,27 +228,14 @@ function verifyDlq(files: string[]): { check: Check; letters: number } {
 }
 
 export async function demoCommand(args: string[]): Promise<number> {
-  let values: { records: string; shards: string; dir: string; keep: boolean; help: boolean };
-  try {
-    values = parseArgs({
-      args,
-      options: {
-        records: { type: 'string', default: '20000' },
-        shards: { type: 'string', default: '4' },
-        dir: { type: 'string', default: '.local/demo' },
-        keep: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-      allowPositionals: false,
-    }).values;
-  } catch (err) {
-    process.stderr.write(`demo: ${(err as Error).message}\n\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const parsed = parseCommandArgs('demo', USAGE, args, {
+    records: { type: 'string', default: '20000' },
+    shards: { type: 'string', default: '4' },
+    dir: { type: 'string', default: '.local/demo' },
+    keep: { type: 'boolean', default: false },
+  });
+  if (!parsed) return 0;
+  const { values } = parsed;
   const total = Number(values.records);
   const shards = Number(values.shards);
   if (!Number.isInteger(total) || total < 1 || !Number.isInteger(shards) || shards < 1 || shards > 100) {
@@ -315,10 +283,12 @@ export async function demoCommand(args: string[]): Promise<number> {
     out(`starting kinesalite, dynalite and s3rver on 127.0.0.1 (data and logs in ${dir}/emulators)`);
     stack = await startLocalStack({ dataDir: path.join(dir, 'emulators') });
     aws = createAwsClients(awsConfigSchema.parse(stack.awsConfig));
-    await aws.s3.send(new CreateBucketCommand({ Bucket: BUCKET })).catch((err: Error) => {
-      if (!values.keep || !/BucketAlready/.test(err.name)) throw err;
-    });
-    await createStreamAndWait(aws.kinesis, shards, interrupt.signal);
+    // The same stack and provisioning as `ksw local up`, stopped at the end of the run.
+    await provision(
+      aws,
+      { streams: [{ name: STREAM, shards }], buckets: [BUCKET], tables: [] },
+      interrupt.signal,
+    );
     if (interrupt.signal.aborted) return 130;
 
     const raw = {

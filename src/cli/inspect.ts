@@ -9,15 +9,16 @@
  * and `oldestUncheckpointedAgeMs` the age of the first record after the checkpoint. It costs one of the
  * shard's 5 GetRecords calls per second; `--no-lag` skips it.
  */
-import { parseArgs } from 'node:util';
 import {
   GetRecordsCommand,
   GetShardIteratorCommand,
   type GetShardIteratorCommandInput,
   type KinesisClient,
 } from '@aws-sdk/client-kinesis';
+
 import { isSequenceCheckpoint, type Lease, LeaseTable, SHARD_END } from '../consumers/lease-table.js';
 import { createAwsClients } from '../core/aws.js';
+import { parseCommandArgs, required } from './args.js';
 
 export interface LeaseReport {
   readonly leaseKey: string;
@@ -126,21 +127,26 @@ function table(rows: string[][]): string {
     .join('\n');
 }
 
+const INSPECT_USAGE = `usage: ksw inspect -c FILE [--json] [--no-lag]
+
+Prints the lease table of a config's application: owner, lease counter, checkpoint, lag per shard (one
+GetRecords per shard at its checkpoint), parents and children, leases per worker and the fair share.
+
+  -c, --config FILE   the worker config (its aws: and checkpoints: sections are used)
+  --json              print the report as JSON
+  --no-lag            skip the GetRecords calls (no lag column)
+`;
+
 export async function inspectCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      config: { type: 'string', short: 'c' },
-      json: { type: 'boolean', default: false },
-      'no-lag': { type: 'boolean', default: false },
-    },
-    allowPositionals: false,
+  const parsed = parseCommandArgs('inspect', INSPECT_USAGE, args, {
+    config: { type: 'string', short: 'c' },
+    json: { type: 'boolean', default: false },
+    'no-lag': { type: 'boolean', default: false },
   });
-  if (!values.config) {
-    process.stderr.write('inspect: missing -c/--config FILE\n');
-    return 2;
-  }
-  const report = await inspectLeases({ configFile: values.config, lag: !values['no-lag'] });
+  if (!parsed) return 0;
+  const { values } = parsed;
+  const configFile = required('inspect', values.config, '-c/--config FILE');
+  const report = await inspectLeases({ configFile, lag: !values['no-lag'] });
   if (values.json) {
     process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
     return 0;

@@ -10,7 +10,6 @@
 
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { parseDocument } from 'yaml';
 import { interpolate } from '../config/load.js';
 import { awsConfigSchema, createAwsClients } from '../core/aws.js';
@@ -19,6 +18,7 @@ import { getPath, parseFieldPath } from '../processors/conditions.js';
 import { ClaimCheckProducer, claimCheckConfigSchema } from '../producer/claim-check.js';
 import { KinesisProducer, type ProducerRecord } from '../producer/kinesis-producer.js';
 import { generateSpans, spanRecord } from '../producer/synthetic-spans.js';
+import { parseCommandArgs } from './args.js';
 
 export const PRODUCE_USAGE = `usage: ksw produce --stream NAME [options]
 
@@ -44,41 +44,28 @@ AWS:
 `;
 
 export async function produceCommand(args: string[]): Promise<number> {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    values = parseArgs({
-      args,
-      options: {
-        stream: { type: 'string' },
-        file: { type: 'string' },
-        'synthetic-spans': { type: 'string' },
-        'every-ms': { type: 'string' },
-        format: { type: 'string', default: 'lines' },
-        'partition-key': { type: 'string' },
-        'partition-key-field': { type: 'string' },
-        'offload-bucket': { type: 'string' },
-        'offload-prefix': { type: 'string' },
-        threshold: { type: 'string' },
-        large: { type: 'string' },
-        'chunk-bytes': { type: 'string' },
-        gzip: { type: 'boolean', default: false },
-        config: { type: 'string', short: 'c' },
-        region: { type: 'string' },
-        'kinesis-endpoint': { type: 'string' },
-        's3-endpoint': { type: 'string' },
-        concurrency: { type: 'string' },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-      allowPositionals: false,
-    }).values;
-  } catch (err) {
-    process.stderr.write(`produce: ${(err as Error).message}\n\n${PRODUCE_USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    process.stdout.write(PRODUCE_USAGE);
-    return 0;
-  }
+  const parsed = parseCommandArgs('produce', PRODUCE_USAGE, args, {
+    stream: { type: 'string' },
+    file: { type: 'string' },
+    'synthetic-spans': { type: 'string' },
+    'every-ms': { type: 'string' },
+    format: { type: 'string', default: 'lines' },
+    'partition-key': { type: 'string' },
+    'partition-key-field': { type: 'string' },
+    'offload-bucket': { type: 'string' },
+    'offload-prefix': { type: 'string' },
+    threshold: { type: 'string' },
+    large: { type: 'string' },
+    'chunk-bytes': { type: 'string' },
+    gzip: { type: 'boolean', default: false },
+    config: { type: 'string', short: 'c' },
+    region: { type: 'string' },
+    'kinesis-endpoint': { type: 'string' },
+    's3-endpoint': { type: 'string' },
+    concurrency: { type: 'string' },
+  });
+  if (!parsed) return 0;
+  const values: Record<string, string | boolean | undefined> = parsed.values;
   const fail = (message: string) => {
     process.stderr.write(`produce: ${message}\n`);
     return 2;

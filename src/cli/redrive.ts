@@ -7,7 +7,6 @@
  * An object left with no letters is deleted, otherwise rewritten in place. Safe to re-run.
  */
 
-import { parseArgs } from 'node:util';
 import { gunzipSync } from 'node:zlib';
 import {
   DeleteObjectCommand,
@@ -16,6 +15,7 @@ import {
   PutObjectCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
+
 import pino, { type Logger } from 'pino';
 import type { WorkerConfig } from '../config/schema.js';
 import { Ack } from '../core/ack.js';
@@ -32,6 +32,7 @@ import {
   formatDeadLetter,
   parseDeadLetterLine,
 } from '../sinks/s3-dead-letter.js';
+import { parseCommandArgs } from './args.js';
 
 const HELP = `usage: ksw redrive -c FILE --sink NAME [--bucket B] [--prefix P] [--component C] [--dry-run]
 
@@ -230,23 +231,16 @@ export async function redrive(
 }
 
 export async function redriveCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      config: { type: 'string', short: 'c' },
-      sink: { type: 'string' },
-      bucket: { type: 'string' },
-      prefix: { type: 'string' },
-      component: { type: 'string' },
-      'dry-run': { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    allowPositionals: false,
+  const parsed = parseCommandArgs('redrive', HELP, args, {
+    config: { type: 'string', short: 'c' },
+    sink: { type: 'string' },
+    bucket: { type: 'string' },
+    prefix: { type: 'string' },
+    component: { type: 'string' },
+    'dry-run': { type: 'boolean', default: false },
   });
-  if (values.help) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+  if (!parsed) return 0;
+  const { values } = parsed;
   if (!values.config || !values.sink) {
     process.stderr.write(`redrive: -c FILE and --sink NAME are required\n\n${HELP}`);
     return 2;

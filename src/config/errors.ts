@@ -4,6 +4,8 @@ import type { z } from 'zod';
 export interface ConfigProblem {
   readonly path: string;
   readonly message: string;
+  /** `file:line:column` of the field in the YAML source, when the config came from a file. */
+  readonly at?: string;
 }
 
 export class ConfigError extends Error {
@@ -12,7 +14,7 @@ export class ConfigError extends Error {
     readonly problems: readonly ConfigProblem[],
   ) {
     super(
-      `${file}: invalid configuration\n${problems.map((p) => `  - ${p.path || '(root)'}: ${p.message}`).join('\n')}`,
+      `${file}: invalid configuration\n${problems.map((p) => `  - ${p.at ? `${p.at} ` : ''}${p.path || '(root)'}: ${p.message}`).join('\n')}`,
     );
     this.name = 'ConfigError';
   }

@@ -3,7 +3,7 @@
  * with zod. Every problem is reported at once with its field path and a hint; nothing starts on a bad config.
  */
 import { readFileSync } from 'node:fs';
-import { parseDocument } from 'yaml';
+import { type Document, LineCounter, parseDocument } from 'yaml';
 import { ConfigError, type ConfigProblem, describeIssue, formatPath, keysAt } from './errors.js';
 import { type WorkerConfig, workerConfigSchema } from './schema.js';
 
@@ -73,20 +73,78 @@ export function validateConfig(
   return parsed.data;
 }
 
-/** Reads, interpolates and validates a YAML config file. */
-export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): WorkerConfig {
+/** Splits `a.b[2].c` (or `a.b.2.c`) into its parts. */
+export function pathParts(path: string): Array<string | number> {
+  return path
+    .split(/\.|\[(\d+)\]/)
+    .filter((p) => p !== undefined && p !== '')
+    .map((p) => (/^\d+$/.test(p) ? Number(p) : p));
+}
+
+/** `file:line:column` of the deepest node of `path` present in the document (or undefined). */
+export function locate(doc: Document, lines: LineCounter, file: string, path: string): string | undefined {
+  const parts = pathParts(path);
+  for (let n = parts.length; n >= 0; n--) {
+    const node = (n === 0 ? doc.contents : doc.getIn(parts.slice(0, n), true)) as
+      | { range?: [number, number, number] }
+      | undefined;
+    if (node?.range) {
+      const { line, col } = lines.linePos(node.range[0]);
+      return `${file}:${line}:${col}`;
+    }
+  }
+  return undefined;
+}
+
+export interface LoadedConfig {
+  readonly config: WorkerConfig;
+  /** `file:line:column` of a field path (for warnings). */
+  locate(path: string): string | undefined;
+}
+
+/** Reads, interpolates and validates a YAML config file, and keeps where each field is in it. */
+export function loadConfigSource(file: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(file, [{ path: '', message: `cannot read the file: ${(err as Error).message}` }]);
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'ENOENT' ? 'no such file; check the path' : e.message;
+    throw new ConfigError(file, [{ path: '', message: `cannot read the config file: ${why}` }]);
   }
-  const doc = parseDocument(text, { prettyErrors: true });
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { prettyErrors: true, lineCounter: lines });
   if (doc.errors.length > 0) {
+    // The first syntax error is the cause; the ones after it are usually its consequences.
+    const e = doc.errors[0]!;
+    const at = e.linePos?.[0] ? `${file}:${e.linePos[0].line}:${e.linePos[0].col}` : undefined;
+    const more = doc.errors.length > 1 ? ' (later syntax errors are usually caused by this one)' : '';
+    throw new ConfigError(file, [
+      {
+        path: '',
+        message: `YAML syntax error: ${e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}; check the indentation and quoting here and just above${more}`,
+        ...(at ? { at } : {}),
+      },
+    ]);
+  }
+  const where = (path: string) => locate(doc, lines, file, path);
+  try {
+    return { config: validateConfig(doc.toJS(), file, env), locate: where };
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
     throw new ConfigError(
       file,
-      doc.errors.map((e) => ({ path: '', message: `YAML syntax error: ${e.message.split('\n')[0]}` })),
+      err.problems.map((p) => {
+        // An unknown field is at its own key, not at the object that has it.
+        const key = /^unknown field "([^"]+)"/.exec(p.message)?.[1];
+        const at = where(key ? (p.path ? `${p.path}.${key}` : key) : p.path);
+        return at ? { ...p, at } : p;
+      }),
     );
   }
-  return validateConfig(doc.toJS(), file, env);
+}
+
+/** Reads, interpolates and validates a YAML config file. */
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): WorkerConfig {
+  return loadConfigSource(file, env).config;
 }

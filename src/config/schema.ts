@@ -80,9 +80,31 @@ export const workerConfigSchema = z
           .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace'])
           .default('info')
           .describe('pino log level.'),
+        format: z
+          .enum(['auto', 'json', 'pretty'])
+          .default('auto')
+          .describe(
+            'json: one JSON object per line (for log collectors); pretty: readable lines; auto: pretty when stdout is a terminal, else json. `ksw run --log-format` overrides it.',
+          ),
+        progressIntervalMs: z
+          .number()
+          .int()
+          .min(0)
+          .default(30_000)
+          .describe(
+            'Every this many ms the worker logs one info line with record rates, lag, unacked records and acks since the last line (0 = never).',
+          ),
+        dlqWarnIntervalMs: z
+          .number()
+          .int()
+          .min(0)
+          .default(10_000)
+          .describe(
+            'Records sent to the DLQ are reported by a warning at most once per this many ms, with the count and the last reason (0 = a warning per letter).',
+          ),
       })
       .strict()
-      .default({ level: 'info' }),
+      .default({ level: 'info', format: 'auto', progressIntervalMs: 30_000, dlqWarnIntervalMs: 10_000 }),
     shutdown: z
       .object({
         deadlineMs: z

@@ -42,7 +42,12 @@ import {
   type LeaseTable,
 } from './lease-table.js';
 import { LeaseTaker } from './lease-taker.js';
-import { type ConsumerConfig, type ConsumerContext, openConsumer, type StreamConsumer } from './registry.js';
+import {
+  type ConsumerContext,
+  type KinesisConsumerConfig,
+  openConsumer,
+  type StreamConsumer,
+} from './registry.js';
 import { finishClosedShard } from './shard-end.js';
 import { DeliveryError, type ReaderEnd, type StartingPoint } from './shard-reader.js';
 import { ShardSyncer } from './shard-sync.js';
@@ -108,7 +113,7 @@ export class ShardCoordinator {
   readonly handoffTimeoutMs: number;
 
   constructor(
-    private readonly consumers: readonly ConsumerConfig[],
+    private readonly consumers: readonly KinesisConsumerConfig[],
     private readonly config: CheckpointConfig,
     private readonly deps: CoordinatorDeps,
   ) {

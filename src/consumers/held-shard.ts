@@ -21,7 +21,7 @@ import type { ShardTenure } from '../core/tenure.js';
 import type { ShardPosition, ShardWatermark } from '../core/watermark.js';
 import type { CoordinatorMetrics } from './coordinator-metrics.js';
 import { type CallOptions, type Lease, LeaseLostError } from './lease-table.js';
-import type { ConsumerConfig } from './registry.js';
+import type { KinesisConsumerConfig } from './registry.js';
 import type { ShardReader } from './shard-reader.js';
 
 /**
@@ -67,7 +67,7 @@ export class HeldShard {
 
   constructor(
     readonly key: string,
-    readonly consumer: ConsumerConfig,
+    readonly consumer: KinesisConsumerConfig,
     readonly shardId: string,
     public lease: Lease,
     readonly tenure: ShardTenure,

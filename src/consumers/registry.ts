@@ -10,6 +10,7 @@ import {
   efoConsumerConfigSchema,
   registerStreamConsumer,
 } from './efo.js';
+import { type FileConsumerConfig, fileConsumerConfigSchema } from './file.js';
 import { type PollingConsumerConfig, PollingShardReader, pollingConsumerConfigSchema } from './polling.js';
 import type { ShardReader, ShardReaderDeps, StartingPoint } from './shard-reader.js';
 
@@ -19,9 +20,20 @@ export const consumerRegistry = {
     schema: efoConsumerConfigSchema,
     description: 'Enhanced fan-out consumer (RegisterStreamConsumer + SubscribeToShard)',
   },
+  file: {
+    schema: fileConsumerConfigSchema,
+    description: 'Records from a local file or stdin, one per line (no Kinesis, no lease table)',
+  },
 } as const;
 
-export type ConsumerConfig = PollingConsumerConfig | EfoConsumerConfig;
+export type ConsumerConfig = PollingConsumerConfig | EfoConsumerConfig | FileConsumerConfig;
+
+/** The consumers that read Kinesis shards through the lease coordinator. */
+export type KinesisConsumerConfig = PollingConsumerConfig | EfoConsumerConfig;
+
+export function isKinesisConsumer(config: ConsumerConfig): config is KinesisConsumerConfig {
+  return config.type !== 'file';
+}
 
 export interface ConsumerContext {
   readonly kinesis: KinesisClient;
@@ -35,11 +47,14 @@ export interface ConsumerContext {
 
 /** A consumer opened for one stream: makes a reader per shard. */
 export interface StreamConsumer {
-  readonly config: ConsumerConfig;
+  readonly config: KinesisConsumerConfig;
   createReader(shardId: string, start: StartingPoint, deps: ShardReaderDeps): ShardReader;
 }
 
-export async function openConsumer(config: ConsumerConfig, ctx: ConsumerContext): Promise<StreamConsumer> {
+export async function openConsumer(
+  config: KinesisConsumerConfig,
+  ctx: ConsumerContext,
+): Promise<StreamConsumer> {
   switch (config.type) {
     case 'polling':
       return {

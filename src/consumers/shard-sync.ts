@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import type { CoordinatorMetrics } from './coordinator-metrics.js';
 import type { LeaseKeys } from './lease-keys.js';
 import { type InitialPosition, type Lease, type LeaseTable, SHARD_END } from './lease-table.js';
-import type { ConsumerConfig } from './registry.js';
+import type { KinesisConsumerConfig } from './registry.js';
 
 export interface ShardSyncOptions {
   readonly deleteFinishedLeases: boolean;
@@ -23,7 +23,7 @@ export class ShardSyncer {
   private stopped = false;
 
   constructor(
-    private readonly consumers: readonly ConsumerConfig[],
+    private readonly consumers: readonly KinesisConsumerConfig[],
     private readonly keys: LeaseKeys,
     private readonly kinesis: KinesisClient,
     private readonly leases: LeaseTable,
@@ -105,7 +105,7 @@ export class ShardSyncer {
   }
 
   private async deleteFinished(
-    consumer: ConsumerConfig,
+    consumer: KinesisConsumerConfig,
     leases: ReadonlyMap<string, Lease>,
     byId: ReadonlyMap<string, Shard>,
   ): Promise<void> {
@@ -128,7 +128,7 @@ export class ShardSyncer {
    * ListShards) before SHARD_END is written, so no child is ever without a lease. Returns their ids.
    */
   async createChildLeases(
-    consumer: ConsumerConfig,
+    consumer: KinesisConsumerConfig,
     shardId: string,
     reported: readonly { shardId: string; parentShardIds: readonly string[] }[] | undefined,
   ): Promise<string[]> {

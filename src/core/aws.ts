@@ -74,6 +74,14 @@ export interface AwsClientOverrides {
   readonly subscribeRequestHandler?: KinesisClientConfig['requestHandler'];
 }
 
+/** The S3 endpoint override: the config's, else the SDK's environment variables for it. */
+export function s3EndpointOverride(
+  config: AwsConfig,
+  env: NodeJS.ProcessEnv = process.env,
+): string | undefined {
+  return config.endpoints.s3 ?? (env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || undefined);
+}
+
 export function createAwsClients(config: AwsConfig, overrides: AwsClientOverrides = {}): AwsClients {
   const base = {
     region: config.region,
@@ -100,12 +108,22 @@ export function createAwsClients(config: AwsConfig, overrides: AwsClientOverride
         : new NodeHttpHandler({ connectionTimeout: 5_000, requestTimeout: 0 })),
     maxAttempts: 1,
   });
-  const checksum = config.s3ChecksumMode === 'when_required' ? 'WHEN_REQUIRED' : 'WHEN_SUPPORTED';
+  // when_supported is the SDK's default: leave it unset then, so that the SDK's own variables
+  // (AWS_REQUEST_CHECKSUM_CALCULATION / AWS_RESPONSE_CHECKSUM_VALIDATION, as `ksw local up` prints) apply.
+  const checksum =
+    config.s3ChecksumMode === 'when_required'
+      ? {
+          requestChecksumCalculation: 'WHEN_REQUIRED' as const,
+          responseChecksumValidation: 'WHEN_REQUIRED' as const,
+        }
+      : {};
+  const s3Endpoint = s3EndpointOverride(config);
   const s3 = new S3Client({
     ...base,
-    ...(config.endpoints.s3 ? { endpoint: config.endpoints.s3, forcePathStyle: true } : {}),
-    requestChecksumCalculation: checksum,
-    responseChecksumValidation: checksum,
+    // An endpoint override (in the config or the SDK's AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL) means an
+    // emulator or a VPC endpoint: path-style addressing, which both serve.
+    ...(s3Endpoint ? { endpoint: s3Endpoint, forcePathStyle: true } : {}),
+    ...checksum,
     maxAttempts: config.maxAttempts,
     requestHandler: new NodeHttpHandler({ connectionTimeout: 5_000, requestTimeout: 120_000 }),
   });

@@ -76,6 +76,8 @@ async function startNodeEmulator(
     logDir?: string;
     port?: number;
     env?: (port: number) => Record<string, string>;
+    /** Outlives this process (`ksw local up`): not killed at exit, stopped later by PID (./state.ts). */
+    persistent?: boolean;
   } = {},
 ): Promise<Emulator> {
   const port = opts.port ?? (await freePort());
@@ -100,6 +102,10 @@ async function startNodeEmulator(
     child.kill('SIGKILL');
     throw err;
   }
+  if (opts.persistent) {
+    running.delete(child);
+    child.unref();
+  }
   return {
     name,
     port,
@@ -123,7 +129,9 @@ export function stopChild(child: ChildProcess, graceMs = 3_000): Promise<void> {
 }
 
 /** kinesalite: fast (about 12k puts/s), supports split/merge; no ChildShards, no EFO, never throttles. */
-export function startKinesalite(opts: { logDir?: string; port?: number } = {}): Promise<Emulator> {
+export function startKinesalite(
+  opts: { logDir?: string; port?: number; persistent?: boolean } = {},
+): Promise<Emulator> {
   return startNodeEmulator(
     'kinesalite',
     require.resolve('kinesalite/cli.js'),
@@ -150,7 +158,7 @@ export function startKinesalite(opts: { logDir?: string; port?: number } = {}): 
  * with SIGKILL after 3 s.
  */
 export async function startKinesisLocal(
-  opts: { logDir?: string; port?: number; operationMs?: number } = {},
+  opts: { logDir?: string; port?: number; operationMs?: number; persistent?: boolean } = {},
 ): Promise<Emulator> {
   const main = require.resolve('kinesis-local/main.js');
   const duration = `${opts.operationMs ?? 200}ms`;
@@ -177,7 +185,9 @@ export async function startKinesisLocal(
 }
 
 /** dynalite: DynamoDB with working conditional writes; no transactions, no TTL. */
-export function startDynalite(opts: { logDir?: string; port?: number } = {}): Promise<Emulator> {
+export function startDynalite(
+  opts: { logDir?: string; port?: number; persistent?: boolean } = {},
+): Promise<Emulator> {
   return startNodeEmulator(
     'dynalite',
     require.resolve('dynalite/cli.js'),
@@ -191,7 +201,12 @@ export function startDynalite(opts: { logDir?: string; port?: number } = {}): Pr
  * S3RVER/S3RVER, path-style addressing and WHEN_REQUIRED checksums (see AwsConfig.s3ChecksumMode).
  * Its PutObject is made atomic by a preload; the staging files sit in `<dir>.staging`.
  */
-export function startS3rver(opts: { dir: string; logDir?: string; port?: number }): Promise<Emulator> {
+export function startS3rver(opts: {
+  dir: string;
+  logDir?: string;
+  port?: number;
+  persistent?: boolean;
+}): Promise<Emulator> {
   mkdirSync(opts.dir, { recursive: true });
   return startNodeEmulator(
     's3rver',
@@ -224,14 +239,27 @@ export interface LocalStack {
 export async function startLocalStack(opts: {
   dataDir: string;
   kinesis?: 'kinesalite' | 'kinesis-local';
+  /** The emulators outlive this process (`ksw local up`); stop them by PID. */
+  persistent?: boolean;
 }): Promise<LocalStack> {
   const logDir = path.join(opts.dataDir, 'logs');
   const kinesisLocal = opts.kinesis === 'kinesis-local';
-  const [kinesis, dynamodb, s3] = await Promise.all([
-    kinesisLocal ? startKinesisLocal({ logDir }) : startKinesalite({ logDir }),
-    startDynalite({ logDir }),
-    startS3rver({ dir: path.join(opts.dataDir, 's3'), logDir }),
+  const common = { logDir, ...(opts.persistent ? { persistent: true } : {}) };
+  const started = await Promise.allSettled([
+    kinesisLocal ? startKinesisLocal(common) : startKinesalite(common),
+    startDynalite(common),
+    startS3rver({ dir: path.join(opts.dataDir, 's3'), ...common }),
   ]);
+  const failed = started.find((r) => r.status === 'rejected');
+  if (failed) {
+    await Promise.all(started.map((r) => (r.status === 'fulfilled' ? r.value.stop() : undefined)));
+    throw failed.reason;
+  }
+  const [kinesis, dynamodb, s3] = started.map((r) => (r as PromiseFulfilledResult<Emulator>).value) as [
+    Emulator,
+    Emulator,
+    Emulator,
+  ];
   return {
     kinesis,
     dynamodb,

@@ -6,23 +6,26 @@
  */
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
+import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { type Counter, Gauge, type Registry } from 'prom-client';
 import type { WorkerConfig } from '../config/schema.js';
 import { ShardCoordinator, type ShardStatus } from '../consumers/coordinator.js';
+import { type FileConsumerConfig, type FileRunResult, FileSource } from '../consumers/file.js';
 import { LeaseTable } from '../consumers/lease-table.js';
+import { isKinesisConsumer } from '../consumers/registry.js';
 import { type AwsClients, countSdkRetries, createAwsClients } from '../core/aws.js';
 import type { ComponentContext, DeadLetterQueue, Sink } from '../core/component.js';
 import { createRegistry, zeroSeries } from '../metrics/registry.js';
 import { type OpsServer, startOpsServer } from '../metrics/server.js';
-import { RecordDecoder } from '../processors/decode.js';
-import { HotKeyDetector } from '../processors/hot-keys.js';
-import { createProcessor, processorNames } from '../processors/registry.js';
-import { PartitionKeyRouter } from '../processors/router.js';
+import { processorNames } from '../processors/registry.js';
 import { createDeadLetterQueue, createSink } from '../sinks/registry.js';
+import { createPipeline } from './chain.js';
+import { DeadLetterWarnings } from './dlq-warnings.js';
 import { createLogger } from './logger.js';
-import { Pipeline } from './pipeline.js';
+import type { Pipeline } from './pipeline.js';
 import { preflight } from './preflight.js';
+import { ProgressLog } from './progress-log.js';
 
 export interface WorkerStatus {
   readonly ready: boolean;
@@ -55,9 +58,24 @@ export class Worker {
     private readonly dlq: DeadLetterQueue,
     private readonly sinks: Sink[],
     private readonly pipeline: Pipeline,
-    private readonly coordinator: ShardCoordinator,
+    /** Absent when every consumer is a file consumer (no Kinesis, no lease table). */
+    private readonly coordinator: ShardCoordinator | undefined,
     private readonly server: OpsServer,
+    private readonly files: readonly FileSource[],
   ) {}
+
+  private progress: ProgressLog | undefined;
+
+  /** Results of the file consumers, once each has consumed its input and its acks are done. */
+  private fileRuns: Promise<FileRunResult[]> = Promise.resolve([]);
+
+  /**
+   * Resolves when the worker has nothing more to read: every consumer is a file consumer and all of them
+   * consumed their input with every record acked. Never resolves while a Kinesis consumer is configured.
+   */
+  get finished(): Promise<FileRunResult[]> {
+    return this.coordinator ? new Promise(() => undefined) : this.fileRuns;
+  }
 
   get address(): { host: string; port: number } {
     return this.server.address;
@@ -73,59 +91,64 @@ export class Worker {
       wrapSink?: (name: string, sink: Sink) => Sink;
       /** Aborting it during start-up stops the worker (within shutdown.deadlineMs) and rejects with StartAbortedError. */
       signal?: AbortSignal;
+      /** Instead of opening `path`, the input of a file consumer (tests, `ksw test`). */
+      fileInput?: (config: FileConsumerConfig) => Readable;
     } = {},
   ): Promise<Worker> {
-    const logger = opts.logger ?? createLogger(config.log.level, config.app.name);
+    const logger =
+      opts.logger ?? createLogger(config.log.level, config.app.name, undefined, config.log.format);
     const workerId = opts.workerId ?? config.app.workerId ?? defaultWorkerId();
     const metrics = opts.registry ?? createRegistry();
     metrics.setDefaultLabels({ app: config.app.name });
     const aws = createAwsClients(config.aws);
     countSdkRetries(aws, metrics);
     const base = { logger, metrics, aws };
-    const dlq = createDeadLetterQueue(config.dlq, base);
+    const dlq = new DeadLetterWarnings(
+      createDeadLetterQueue(config.dlq, base),
+      logger.child({ component: 'dlq' }),
+      config.log.dlqWarnIntervalMs,
+      `s3://${config.dlq.bucket}/${config.dlq.prefix}`,
+    );
     const ctx: ComponentContext = { ...base, dlq };
     const sinks = Object.entries(config.sinks).map(([name, sinkConfig]) => {
       const sink = createSink(name, sinkConfig, { ...ctx, logger: logger.child({ sink: name }) });
       return opts.wrapSink ? opts.wrapSink(name, sink) : sink;
     });
-    const decoder = new RecordDecoder(config.decode, dlq, metrics, {
-      s3: aws.s3,
-      logger: logger.child({ component: 'decode' }),
-    });
-    const names = processorNames(config.processors as Array<{ type: string; name?: string }>);
-    const processors = config.processors.map((processorConfig, i) =>
-      createProcessor(names[i]!, processorConfig, { ...ctx, logger: logger.child({ processor: names[i] }) }),
-    );
-    const router = config.routing
-      ? new PartitionKeyRouter(config.routing, metrics, logger.child({ component: 'router' }))
-      : undefined;
-    const hotKeys = config.hotKeys.enabled
-      ? new HotKeyDetector(config.hotKeys, metrics, logger.child({ component: 'hot-keys' }))
-      : undefined;
-    const pipeline = new Pipeline(
-      decoder,
-      processors,
-      sinks,
-      router,
-      hotKeys && ((r) => hotKeys.observe(r)),
-      dlq,
+    const pipeline = createPipeline(config, ctx, sinks);
+    const kinesisConsumers = config.consumers.filter(isKinesisConsumer);
+    const fileConsumers = config.consumers.filter((c): c is FileConsumerConfig => c.type === 'file');
+    const files = fileConsumers.map(
+      (c) =>
+        new FileSource(c, {
+          chain: pipeline,
+          logger: logger.child({ component: 'file', stream: c.stream }),
+          metrics,
+          ...(opts.fileInput ? { input: opts.fileInput(c) } : {}),
+        }),
     );
     zeroDeadLetterSeries(
       metrics,
-      config.processors.flatMap((p, i) => (p.type === 'otel_spans' ? [`processor:${names[i]}`] : [])),
+      config.processors.flatMap((p, i) =>
+        p.type === 'otel_spans'
+          ? [`processor:${processorNames(config.processors as Array<{ type: string; name?: string }>)[i]}`]
+          : [],
+      ),
       Object.keys(config.sinks).map((name) => `sink:${name}`),
     );
-    const coordinator = new ShardCoordinator(config.consumers, config.checkpoints, {
-      kinesis: aws.kinesis,
-      kinesisSubscribe: aws.kinesisSubscribe,
-      dlq,
-      appName: config.app.name,
-      leases: new LeaseTable(aws.dynamodb, config.checkpoints.table),
-      logger,
-      metrics,
-      workerId,
-      chain: pipeline,
-    });
+    const coordinator =
+      kinesisConsumers.length === 0
+        ? undefined
+        : new ShardCoordinator(kinesisConsumers, config.checkpoints, {
+            kinesis: aws.kinesis,
+            kinesisSubscribe: aws.kinesisSubscribe,
+            dlq,
+            appName: config.app.name,
+            leases: new LeaseTable(aws.dynamodb, config.checkpoints.table),
+            logger,
+            metrics,
+            workerId,
+            chain: pipeline,
+          });
     let worker: Worker | undefined;
     const server = await startOpsServer({
       host: config.server.host,
@@ -134,7 +157,19 @@ export class Worker {
       ready: () => worker?.ready ?? false,
       notReadyReason: () => (worker ? worker.notReadyReason : 'starting'),
     });
-    worker = new Worker(config, workerId, logger, metrics, aws, dlq, sinks, pipeline, coordinator, server);
+    worker = new Worker(
+      config,
+      workerId,
+      logger,
+      metrics,
+      aws,
+      dlq,
+      sinks,
+      pipeline,
+      coordinator,
+      server,
+      files,
+    );
     const w = worker;
     new Gauge({
       name: 'ksw_worker_ready',
@@ -158,7 +193,7 @@ export class Worker {
     );
     const starting = (async () => {
       await preflight(config, aws, logger);
-      await coordinator.start();
+      await coordinator?.start();
       return 'started' as const;
     })();
     let outcome: 'started' | 'aborted';
@@ -176,11 +211,23 @@ export class Worker {
       throw new StartAbortedError();
     }
     worker.started = true;
+    worker.fileRuns = Promise.all(files.map((f) => f.run()));
+    worker.progress = new ProgressLog(metrics, logger, () => {
+      const shards = w.status().shards;
+      const all = [...shards, ...files];
+      return {
+        inFlightRecords: all.reduce((n, s) => n + s.inFlightRecords, 0),
+        oldestUnackedAgeMs: Math.max(0, ...all.map((s) => s.oldestUnackedAgeMs)),
+        shards: shards.length + files.length,
+      };
+    });
+    worker.progress.start(config.log.progressIntervalMs);
     logger.info(
       {
         workerId,
         streams: config.consumers.map((c) => c.stream),
-        shards: coordinator.heldCount,
+        shards: coordinator?.heldCount ?? 0,
+        ...(files.length ? { files: fileConsumers.map((c) => c.path) } : {}),
         ops: server.address,
       },
       'worker started',
@@ -196,11 +243,11 @@ export class Worker {
   get notReadyReason(): string | undefined {
     if (!this.started) return 'starting';
     if (this.stopping) return 'shutting down';
-    return this.coordinator.notReadyReason;
+    return this.coordinator?.notReadyReason;
   }
 
   status(): WorkerStatus {
-    return { ready: this.ready, workerId: this.workerId, shards: this.coordinator.status() };
+    return { ready: this.ready, workerId: this.workerId, shards: this.coordinator?.status() ?? [] };
   }
 
   /** Graceful shutdown within `config.shutdown.deadlineMs`; safe to call more than once. */
@@ -211,13 +258,15 @@ export class Worker {
 
   private async doStop(): Promise<{ drained: boolean }> {
     const deadline = Date.now() + this.config.shutdown.deadlineMs;
+    this.progress?.stop();
     this.logger.info('shutting down: stop fetching, flush, checkpoint');
     const remaining = () => deadline - Date.now();
     // Leave a slice of the deadline for the final checkpoint and lease release.
     const flushBudget = () => Math.max(0, remaining() - Math.min(2_000, this.config.shutdown.deadlineMs / 4));
     let drained = false;
     try {
-      await withTimeout(this.coordinator.stopReading(), flushBudget());
+      for (const f of this.files) f.stop();
+      await withTimeout(this.coordinator?.stopReading() ?? Promise.resolve(), flushBudget());
       await withTimeout(
         (async () => {
           await this.pipeline.flush();
@@ -226,7 +275,11 @@ export class Worker {
         })(),
         flushBudget(),
       );
-      drained = await this.coordinator.waitDrained(flushBudget());
+      const runs = await withTimeout(this.fileRuns, flushBudget());
+      const filesDrained = runs ? runs.every((r) => r.drained) : false;
+      drained = this.coordinator
+        ? (await this.coordinator.waitDrained(flushBudget())) && filesDrained
+        : filesDrained;
     } catch (err) {
       this.logger.error({ err }, 'error while flushing at shutdown');
     }
@@ -235,9 +288,10 @@ export class Worker {
         'shutdown deadline reached before every record was acked; the rest will be read again',
       );
     }
-    await withTimeout(this.coordinator.checkpointAndRelease(), Math.max(500, remaining())).catch((err) =>
-      this.logger.error({ err }, 'final checkpoint failed'),
-    );
+    await withTimeout(
+      this.coordinator?.checkpointAndRelease() ?? Promise.resolve(),
+      Math.max(500, remaining()),
+    ).catch((err) => this.logger.error({ err }, 'final checkpoint failed'));
     // Sinks and DLQ get what is left of the deadline to finish anything still uploading, then stop.
     await withTimeout(
       Promise.all([...this.sinks.map((s) => s.close()), this.dlq.close()]),
@@ -249,7 +303,11 @@ export class Worker {
     const total = async (name: string) =>
       ((await this.metrics.getSingleMetric(name)?.get())?.values ?? []).reduce((sum, v) => sum + v.value, 0);
     this.logger.info(
-      { drained, recordsFetched: await total('ksw_kinesis_records_fetched_total') },
+      {
+        drained,
+        recordsFetched: await total('ksw_kinesis_records_fetched_total'),
+        ...(this.files.length ? { fileRecordsRead: await total('ksw_file_records_read_total') } : {}),
+      },
       'worker stopped',
     );
     return { drained };

@@ -13,7 +13,7 @@ import {
   ShardCoordinator,
 } from '../../src/consumers/coordinator.js';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
-import { type ConsumerConfig, consumerRegistry } from '../../src/consumers/registry.js';
+import { consumerRegistry, type KinesisConsumerConfig } from '../../src/consumers/registry.js';
 import type { Sink } from '../../src/core/component.js';
 import { compareSequence, type SourceRecord } from '../../src/core/records.js';
 import { createRegistry } from '../../src/metrics/registry.js';
@@ -74,10 +74,10 @@ export class TestFleet {
     },
   ) {}
 
-  private parseConsumers(): ConsumerConfig[] {
+  private parseConsumers(): KinesisConsumerConfig[] {
     return this.opts.consumers.map((c) => {
       const def = consumerRegistry[c.type as keyof typeof consumerRegistry];
-      return def.schema.parse(c) as ConsumerConfig;
+      return def.schema.parse(c) as KinesisConsumerConfig;
     });
   }
 

@@ -88,7 +88,11 @@ describe('ksw demo arguments', () => {
   it('rejects bad options with exit code 2', async () => {
     assert.equal(await demoCommand(['--records', 'many']), 2);
     assert.equal(await demoCommand(['--shards', '0']), 2);
-    assert.equal(await demoCommand(['--bogus']), 2);
+    // parse errors are thrown as UsageError; the dispatcher prints them in one line and exits 2
+    await assert.rejects(
+      demoCommand(['--bogus']),
+      /^UsageError: demo: unknown option --bogus; see ksw demo --help$/,
+    );
   });
 
   it('refuses to wipe a non-empty directory it did not create', async () => {
