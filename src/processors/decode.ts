@@ -4,7 +4,9 @@
  *   2. gzip is inflated (gzip.ts),
  *   3. S3 pointer records are replaced by the object they point to (s3-pointer-resolver.ts), which
  *      is inflated in turn when it is gzip,
- *   4. the bytes are parsed: one JSON document, or one per line of NDJSON.
+ *   4. the bytes are parsed: one JSON document, or one per line of NDJSON, or (auto-detected) one OTLP
+ *      protobuf ExportTraceServiceRequest, read into its OTLP/JSON shape (otlp-proto.ts) so
+ *      `otel_spans` flattens it like OTLP/JSON.
  * What fails at any step goes to the dead-letter queue with the reason, and its ack is completed there:
  * the worker keeps running and the record is kept, never dropped. The order of records in a batch is
  * kept through every step (pointer fetches run concurrently but are reassembled in order), so events
@@ -21,6 +23,7 @@ import { mayBePointer } from '../core/s3-pointer.js';
 import { counter } from '../metrics/registry.js';
 import { ChunkAssembler, chunkConfigSchema, isChunk } from './chunks.js';
 import { GzipError, gunzipLimited, gzipConfigSchema, isGzip } from './gzip.js';
+import { decodeOtlpTraces, looksLikeOtlpProto, OtlpProtoError } from './otlp-proto.js';
 import { PointerError, S3PointerResolver, s3PointerConfigSchema } from './s3-pointer-resolver.js';
 
 export const decodeConfigSchema = z
@@ -38,6 +41,12 @@ export const decodeConfigSchema = z
       .default(10 * 1024 * 1024)
       .describe(
         'Records larger than this go to the DLQ undecoded (Kinesis caps records at 1 MiB; S3 pointers and chunks resolve larger ones).',
+      ),
+    otlpProtobuf: z
+      .boolean()
+      .default(true)
+      .describe(
+        'Read records that are OTLP protobuf ExportTraceServiceRequests (the Collector awskinesisexporter default, otlp_proto): first byte 0x0a and not JSON text. A record starting with 0x0a that fails as JSON is tried as protobuf too. Malformed ones go to the DLQ (reason invalid_protobuf).',
       ),
     gzip: gzipConfigSchema.default(gzipConfigSchema.parse({})),
     chunks: chunkConfigSchema.default(chunkConfigSchema.parse({})),
@@ -249,10 +258,16 @@ export class RecordDecoder {
       );
       return;
     }
+    const proto = this.config.otlpProtobuf;
+    if (proto && looksLikeOtlpProto(record.data)) {
+      this.decodeProto(record, out);
+      return;
+    }
     let text: string;
     try {
       text = utf8.decode(record.data);
     } catch {
+      if (proto && record.data[0] === 0x0a && this.tryProto(record, out)) return;
       this.deadLetter(record, 'record is not valid UTF-8', 'invalid_utf8');
       return;
     }
@@ -263,6 +278,8 @@ export class RecordDecoder {
       try {
         value = parseJsonDocument(single);
       } catch (err) {
+        // "\n{" also starts a protobuf request whose first ResourceSpans is 123 bytes long.
+        if (proto && record.data[0] === 0x0a && this.tryProto(record, out)) return;
         this.deadLetter(record, `invalid JSON: ${(err as Error).message}`, 'invalid_json');
         return;
       }
@@ -291,6 +308,9 @@ export class RecordDecoder {
       } catch (err) {
         values.push({ index: i, error: (err as Error).message, line });
       }
+    }
+    if (proto && record.data[0] === 0x0a && values.some((v) => v.error !== undefined)) {
+      if (this.tryProto(record, out)) return;
     }
     if (values.length === 1 && values[0]!.error) {
       this.deadLetter(record, `invalid JSON: ${values[0]!.error}`, 'invalid_json');
@@ -323,6 +343,36 @@ export class RecordDecoder {
         ack,
       });
     }
+  }
+
+  /** One protobuf request: its OTLP/JSON-shaped event, or the DLQ with the reason. */
+  private decodeProto(record: SourceRecord, out: PipelineEvent[]): void {
+    let value: Record<string, unknown>;
+    try {
+      value = decodeOtlpTraces(record.data);
+    } catch (err) {
+      if (!(err instanceof OtlpProtoError)) throw err;
+      this.deadLetter(
+        record,
+        `invalid OTLP protobuf ExportTraceServiceRequest (${err.kind}): ${err.message}`,
+        'invalid_protobuf',
+      );
+      return;
+    }
+    out.push({ origin: record.origin, sinks: undefined, index: 0, value, raw: record.data, ack: record.ack });
+  }
+
+  /** A record that failed as JSON but starts like protobuf: true when it is a protobuf request. */
+  private tryProto(record: SourceRecord, out: PipelineEvent[]): boolean {
+    let value: Record<string, unknown>;
+    try {
+      value = decodeOtlpTraces(record.data);
+    } catch (err) {
+      if (!(err instanceof OtlpProtoError)) throw err;
+      return false;
+    }
+    out.push({ origin: record.origin, sinks: undefined, index: 0, value, raw: record.data, ack: record.ack });
+    return true;
   }
 
   /** The record's one document, when it is plainly one (json format, or auto without a newline). */
