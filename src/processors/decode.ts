@@ -1,7 +1,7 @@
 /**
  * Turns a record's bytes into events. In order:
  *   1. chunked records are reassembled (chunks.ts),
- *   2. gzip is inflated (gzip.ts),
+ *   2. gzip and zlib are inflated, raw deflate when configured (gzip.ts),
  *   3. S3 pointer records are replaced by the object they point to (s3-pointer-resolver.ts), which
  *      is inflated in turn when it is gzip,
  *   4. the bytes are parsed: one JSON document, or one per line of NDJSON, or (auto-detected) one OTLP
@@ -22,7 +22,15 @@ import type { PipelineEvent, SourceRecord } from '../core/records.js';
 import { mayBePointer } from '../core/s3-pointer.js';
 import { counter } from '../metrics/registry.js';
 import { ChunkAssembler, chunkConfigSchema, isChunk } from './chunks.js';
-import { GzipError, gunzipLimited, gzipConfigSchema, isGzip } from './gzip.js';
+import {
+  type Compression,
+  GzipError,
+  gzipConfigSchema,
+  inflateLimited,
+  isGzip,
+  isZlib,
+  mayBeRawDeflate,
+} from './gzip.js';
 import { decodeOtlpTraces, looksLikeOtlpProto, OtlpProtoError } from './otlp-proto.js';
 import { PointerError, S3PointerResolver, s3PointerConfigSchema } from './s3-pointer-resolver.js';
 
@@ -151,7 +159,7 @@ export class RecordDecoder {
   private needsPreparation(data: Uint8Array): boolean {
     return (
       (this.chunks !== undefined && isChunk(data)) ||
-      (this.config.gzip.enabled && isGzip(data)) ||
+      this.compressionOf(data) !== undefined ||
       (this.pointers !== undefined && mayBePointer(data))
     );
   }
@@ -178,9 +186,9 @@ export class RecordDecoder {
       if (!whole) return undefined;
       record = whole;
     }
-    const gzip = this.config.gzip;
-    if (gzip.enabled && isGzip(record.data)) {
-      const inflated = await this.inflate(record);
+    const compression = this.compressionOf(record.data);
+    if (compression !== undefined) {
+      const inflated = await this.inflate(record, compression);
       if (!inflated) return undefined;
       record = inflated;
     }
@@ -204,8 +212,9 @@ export class RecordDecoder {
           return undefined;
         }
         record = { origin: record.origin, data, ack: record.ack };
-        if (gzip.enabled && isGzip(record.data)) {
-          const inflated = await this.inflate(record, input);
+        const fetched = this.compressionOf(record.data);
+        if (fetched !== undefined) {
+          const inflated = await this.inflate(record, fetched, input);
           if (!inflated) return undefined;
           record = inflated;
         }
@@ -214,16 +223,31 @@ export class RecordDecoder {
     return record;
   }
 
-  /** `original` is what the DLQ keeps when inflating fails (the pointer record, not the fetched object). */
+  /** How a record is compressed, as far as its first bytes tell and the config allows. */
+  private compressionOf(data: Uint8Array): Compression | undefined {
+    const c = this.config.gzip;
+    if (c.enabled && isGzip(data)) return 'gzip';
+    if (c.zlib && isZlib(data)) return 'zlib';
+    if (c.rawDeflate === 'try' && mayBeRawDeflate(data)) return 'deflate';
+    return undefined;
+  }
+
+  /**
+   * `original` is what the DLQ keeps when inflating fails (the pointer record, not the fetched object).
+   * A raw deflate trial that fails passes the record on unchanged (it was not deflate); one that
+   * inflates past the limit is a bomb like any other.
+   */
   private async inflate(
     record: SourceRecord,
+    kind: Compression,
     original: SourceRecord = record,
   ): Promise<SourceRecord | undefined> {
     try {
-      const data = await gunzipLimited(record.data, this.config.gzip.maxDecompressedBytes);
+      const data = await inflateLimited(record.data, kind, this.config.gzip.maxDecompressedBytes);
       return { origin: record.origin, data, ack: record.ack };
     } catch (err) {
       if (!(err instanceof GzipError)) throw err;
+      if (err.kind === 'deflate_invalid') return record;
       this.deadLetter(original, err.message, err.kind, undefined, original.data);
       return undefined;
     }
