@@ -37,6 +37,8 @@ const MAX_DEPTH = 32;
 
 class Reader {
   pos: number;
+  /** The same bytes as a Buffer, for its fast UTF-8 decoder. */
+  readonly text: Buffer;
   constructor(
     readonly buf: Uint8Array,
     start: number,
@@ -44,6 +46,7 @@ class Reader {
     public end: number,
   ) {
     this.pos = start;
+    this.text = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
   /** A varint up to 2^53 as a number; larger ones (only int64 attribute values) via varint64. */
@@ -121,28 +124,31 @@ class Reader {
 
   string(): string {
     const end = this.lengthEnd();
-    const b = this.buf;
-    let ascii = end - this.pos <= 64;
-    if (ascii) {
-      for (let i = this.pos; i < end; i++) {
-        if (b[i]! >= 0x80) {
-          ascii = false;
-          break;
-        }
-      }
-    }
-    let s: string;
-    if (ascii) {
-      s = '';
-      for (let i = this.pos; i < end; i++) s += String.fromCharCode(b[i]!);
-    } else {
-      try {
-        s = utf8.decode(b.subarray(this.pos, end));
-      } catch {
-        throw new OtlpProtoError(`string at byte ${this.pos} is not valid UTF-8`, 'invalid_field');
-      }
-    }
+    const start = this.pos;
     this.pos = end;
+    if (end - start <= 16) {
+      let s = '';
+      const b = this.buf;
+      for (let i = start; i < end; i++) {
+        const c = b[i]!;
+        if (c >= 0x80) return this.utf8(start, end);
+        s += String.fromCharCode(c);
+      }
+      return s;
+    }
+    return this.utf8(start, end);
+  }
+
+  /** UTF-8 text, strict: Buffer's fast decoder, and the fatal one only to tell a real U+FFFD from a bad byte. */
+  private utf8(start: number, end: number): string {
+    const s = this.text.toString('utf8', start, end);
+    if (s.includes('\uFFFD')) {
+      try {
+        return utf8.decode(this.buf.subarray(start, end));
+      } catch {
+        throw new OtlpProtoError(`string at byte ${start} is not valid UTF-8`, 'invalid_field');
+      }
+    }
     return s;
   }
 
