@@ -9,6 +9,7 @@ if command -v taskset >/dev/null; then pin=(taskset -c 0); fi
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || uptime)"
 "${pin[@]}" node --expose-gc --import tsx bench/chain.ts "$@"
 "${pin[@]}" node --expose-gc --import tsx bench/parquet.ts "$@"
+"${pin[@]}" node --expose-gc --import tsx bench/otlp.ts "$@"
 node --import tsx bench/memory.ts "$@"
 # Latency needs a real OpenSearch node (fetched and started by the script); --skip-latency leaves it out.
 if [[ " $* " != *" --skip-latency "* ]]; then bash scripts/bench-latency.sh "$@"; fi

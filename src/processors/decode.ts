@@ -1,10 +1,12 @@
 /**
  * Turns a record's bytes into events. In order:
  *   1. chunked records are reassembled (chunks.ts),
- *   2. gzip is inflated (gzip.ts),
+ *   2. gzip and zlib are inflated, raw deflate when configured (gzip.ts),
  *   3. S3 pointer records are replaced by the object they point to (s3-pointer-resolver.ts), which
  *      is inflated in turn when it is gzip,
- *   4. the bytes are parsed: one JSON document, or one per line of NDJSON.
+ *   4. the bytes are parsed: one JSON document, or one per line of NDJSON, or (auto-detected) one OTLP
+ *      protobuf ExportTraceServiceRequest, read into its OTLP/JSON shape (otlp-proto.ts) so
+ *      `otel_spans` flattens it like OTLP/JSON.
  * What fails at any step goes to the dead-letter queue with the reason, and its ack is completed there:
  * the worker keeps running and the record is kept, never dropped. The order of records in a batch is
  * kept through every step (pointer fetches run concurrently but are reassembled in order), so events
@@ -20,7 +22,16 @@ import type { PipelineEvent, SourceRecord } from '../core/records.js';
 import { mayBePointer } from '../core/s3-pointer.js';
 import { counter } from '../metrics/registry.js';
 import { ChunkAssembler, chunkConfigSchema, isChunk } from './chunks.js';
-import { GzipError, gunzipLimited, gzipConfigSchema, isGzip } from './gzip.js';
+import {
+  type Compression,
+  GzipError,
+  gzipConfigSchema,
+  inflateLimited,
+  isGzip,
+  isZlib,
+  mayBeRawDeflate,
+} from './gzip.js';
+import { decodeOtlpTraces, looksLikeOtlpProto, OtlpProtoError } from './otlp-proto.js';
 import { PointerError, S3PointerResolver, s3PointerConfigSchema } from './s3-pointer-resolver.js';
 
 export const decodeConfigSchema = z
@@ -38,6 +49,12 @@ export const decodeConfigSchema = z
       .default(10 * 1024 * 1024)
       .describe(
         'Records larger than this go to the DLQ undecoded (Kinesis caps records at 1 MiB; S3 pointers and chunks resolve larger ones).',
+      ),
+    otlpProtobuf: z
+      .boolean()
+      .default(true)
+      .describe(
+        'Read records that are OTLP protobuf ExportTraceServiceRequests (the Collector awskinesisexporter default, otlp_proto): first byte 0x0a and not JSON text. A record starting with 0x0a that fails as JSON is tried as protobuf too. Malformed ones go to the DLQ (reason invalid_protobuf).',
       ),
     gzip: gzipConfigSchema.default(gzipConfigSchema.parse({})),
     chunks: chunkConfigSchema.default(chunkConfigSchema.parse({})),
@@ -142,7 +159,7 @@ export class RecordDecoder {
   private needsPreparation(data: Uint8Array): boolean {
     return (
       (this.chunks !== undefined && isChunk(data)) ||
-      (this.config.gzip.enabled && isGzip(data)) ||
+      this.compressionOf(data) !== undefined ||
       (this.pointers !== undefined && mayBePointer(data))
     );
   }
@@ -169,9 +186,9 @@ export class RecordDecoder {
       if (!whole) return undefined;
       record = whole;
     }
-    const gzip = this.config.gzip;
-    if (gzip.enabled && isGzip(record.data)) {
-      const inflated = await this.inflate(record);
+    const compression = this.compressionOf(record.data);
+    if (compression !== undefined) {
+      const inflated = await this.inflate(record, compression);
       if (!inflated) return undefined;
       record = inflated;
     }
@@ -195,8 +212,9 @@ export class RecordDecoder {
           return undefined;
         }
         record = { origin: record.origin, data, ack: record.ack };
-        if (gzip.enabled && isGzip(record.data)) {
-          const inflated = await this.inflate(record, input);
+        const fetched = this.compressionOf(record.data);
+        if (fetched !== undefined) {
+          const inflated = await this.inflate(record, fetched, input);
           if (!inflated) return undefined;
           record = inflated;
         }
@@ -205,16 +223,31 @@ export class RecordDecoder {
     return record;
   }
 
-  /** `original` is what the DLQ keeps when inflating fails (the pointer record, not the fetched object). */
+  /** How a record is compressed, as far as its first bytes tell and the config allows. */
+  private compressionOf(data: Uint8Array): Compression | undefined {
+    const c = this.config.gzip;
+    if (c.enabled && isGzip(data)) return 'gzip';
+    if (c.zlib && isZlib(data)) return 'zlib';
+    if (c.rawDeflate === 'try' && mayBeRawDeflate(data)) return 'deflate';
+    return undefined;
+  }
+
+  /**
+   * `original` is what the DLQ keeps when inflating fails (the pointer record, not the fetched object).
+   * A raw deflate trial that fails passes the record on unchanged (it was not deflate); one that
+   * inflates past the limit is a bomb like any other.
+   */
   private async inflate(
     record: SourceRecord,
+    kind: Compression,
     original: SourceRecord = record,
   ): Promise<SourceRecord | undefined> {
     try {
-      const data = await gunzipLimited(record.data, this.config.gzip.maxDecompressedBytes);
+      const data = await inflateLimited(record.data, kind, this.config.gzip.maxDecompressedBytes);
       return { origin: record.origin, data, ack: record.ack };
     } catch (err) {
       if (!(err instanceof GzipError)) throw err;
+      if (err.kind === 'deflate_invalid') return record;
       this.deadLetter(original, err.message, err.kind, undefined, original.data);
       return undefined;
     }
@@ -249,10 +282,16 @@ export class RecordDecoder {
       );
       return;
     }
+    const proto = this.config.otlpProtobuf;
+    if (proto && looksLikeOtlpProto(record.data)) {
+      this.decodeProto(record, out);
+      return;
+    }
     let text: string;
     try {
       text = utf8.decode(record.data);
     } catch {
+      if (proto && record.data[0] === 0x0a && this.tryProto(record, out)) return;
       this.deadLetter(record, 'record is not valid UTF-8', 'invalid_utf8');
       return;
     }
@@ -263,6 +302,8 @@ export class RecordDecoder {
       try {
         value = parseJsonDocument(single);
       } catch (err) {
+        // "\n{" also starts a protobuf request whose first ResourceSpans is 123 bytes long.
+        if (proto && record.data[0] === 0x0a && this.tryProto(record, out)) return;
         this.deadLetter(record, `invalid JSON: ${(err as Error).message}`, 'invalid_json');
         return;
       }
@@ -291,6 +332,9 @@ export class RecordDecoder {
       } catch (err) {
         values.push({ index: i, error: (err as Error).message, line });
       }
+    }
+    if (proto && record.data[0] === 0x0a && values.some((v) => v.error !== undefined)) {
+      if (this.tryProto(record, out)) return;
     }
     if (values.length === 1 && values[0]!.error) {
       this.deadLetter(record, `invalid JSON: ${values[0]!.error}`, 'invalid_json');
@@ -323,6 +367,36 @@ export class RecordDecoder {
         ack,
       });
     }
+  }
+
+  /** One protobuf request: its OTLP/JSON-shaped event, or the DLQ with the reason. */
+  private decodeProto(record: SourceRecord, out: PipelineEvent[]): void {
+    let value: Record<string, unknown>;
+    try {
+      value = decodeOtlpTraces(record.data);
+    } catch (err) {
+      if (!(err instanceof OtlpProtoError)) throw err;
+      this.deadLetter(
+        record,
+        `invalid OTLP protobuf ExportTraceServiceRequest (${err.kind}): ${err.message}`,
+        'invalid_protobuf',
+      );
+      return;
+    }
+    out.push({ origin: record.origin, sinks: undefined, index: 0, value, raw: record.data, ack: record.ack });
+  }
+
+  /** A record that failed as JSON but starts like protobuf: true when it is a protobuf request. */
+  private tryProto(record: SourceRecord, out: PipelineEvent[]): boolean {
+    let value: Record<string, unknown>;
+    try {
+      value = decodeOtlpTraces(record.data);
+    } catch (err) {
+      if (!(err instanceof OtlpProtoError)) throw err;
+      return false;
+    }
+    out.push({ origin: record.origin, sinks: undefined, index: 0, value, raw: record.data, ack: record.ack });
+    return true;
   }
 
   /** The record's one document, when it is plainly one (json format, or auto without a newline). */
