@@ -21,7 +21,17 @@
  * core (scripts/bench.sh), the wall-clock rate is the one-core figure; 1 / main-thread CPU per span is the rate
  * the event loop could sustain with DuckDB on another core.
  *
- * Results: a table on stdout and bench/results/chain-<timestamp>.json. `--spans N` (default 200000),
+ * Data sets (`--data flat|otlp`, default flat):
+ *   flat   one flat span JSON per record (~900 B), 5 spans per trace (generateSpans).
+ *   otlp   OTLP/JSON as the Collector's Kinesis exporter writes it: one ResourceSpans per record, 1-12 spans
+ *          per trace over several services, `--error-rate` of spans with status ERROR (default 0.03), 5 % slow
+ *          traces, ~580 B per span (generateOtlpRecords). `otel_spans` reads it with `input: otlp`.
+ * `--keep R` sets the tail sampler's `rest` probability so that a fraction R of all spans is expected to be
+ * kept (error traces 100 %, slow 80 %, the rest p: p = (R*N - errors - 0.8*slow) / rest, clamped to 0..1);
+ * default: the article's 20 % for flat, 0.6 for otlp (the issue's data set kept 60 %). The kept fraction
+ * measured is printed.
+ *
+ * Results: a table on stdout and bench/results/chain-<data>-<timestamp>.json. `--spans N` (default 200000),
  * `--rounds N` (default 3; best and median round reported), `--only flat|spans`, `--cpu-prof` (a V8
  * profile of the last chain round in
  * bench/results; summarise with bench/profile-summary.ts).
@@ -44,7 +54,7 @@ import { createRegistry } from '../src/metrics/registry.js';
 import { RecordDecoder } from '../src/processors/decode.js';
 import { createProcessor, processorNames } from '../src/processors/registry.js';
 import { PartitionKeyRouter } from '../src/processors/router.js';
-import { generateSpans, spanRecord } from '../src/producer/synthetic-spans.js';
+import { generateOtlpRecords, generateSpans, spanRecord } from '../src/producer/synthetic-spans.js';
 import { Pipeline } from '../src/runtime/pipeline.js';
 import { createSink } from '../src/sinks/registry.js';
 import {
@@ -70,18 +80,51 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     only: { type: 'string' },
     'cpu-prof': { type: 'boolean', default: false },
+    data: { type: 'string', default: 'flat' },
+    keep: { type: 'string' },
+    'error-rate': { type: 'string', default: '0.03' },
   },
   allowPositionals: false,
+  // scripts/bench.sh passes the same arguments to every bench: options of the others are ignored here.
   strict: false,
 });
-const SPANS = Number(values.spans);
-const ROUNDS = Number(values.rounds);
+
+/** A numeric option, checked: strict: false lets `--spans` without a value through as `true`. */
+function numberOption(name: string, min: number, max: number): number | undefined {
+  const v = values[name];
+  if (v === undefined) return undefined;
+  const n = typeof v === 'string' ? Number(v) : Number.NaN;
+  if (!Number.isFinite(n) || n < min || n > max) {
+    throw new Error(`--${name} must be a number in ${min}..${max}, got ${JSON.stringify(v)}`);
+  }
+  return n;
+}
+function enumOption<T extends string>(name: string, allowed: readonly T[]): T | undefined {
+  const v = values[name];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || !allowed.includes(v as T)) {
+    throw new Error(`--${name} must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
+  }
+  return v as T;
+}
+const SPANS = Math.floor(numberOption('spans', 1, 1e8)!);
+const ROUNDS = Math.floor(numberOption('rounds', 1, 1000)!);
 const BATCH = 500;
 type Layout = 'flat' | 'spans';
-const LAYOUTS: Layout[] = values.only ? [values.only as Layout] : ['flat', 'spans'];
+type DataSet = 'flat' | 'otlp';
+const only = enumOption<Layout>('only', ['flat', 'spans']);
+const LAYOUTS: Layout[] = only ? [only] : ['flat', 'spans'];
+const DATA: DataSet = enumOption<DataSet>('data', ['flat', 'otlp'])!;
+const ERROR_RATE = numberOption('error-rate', 0, 1)!;
+const KEEP = numberOption('keep', 0, 1) ?? (DATA === 'otlp' ? 0.6 : undefined);
+/** The tail sampler's `rest` probability (set in main from --keep and the data set). */
+let restProbability = 0.2;
 
 /** The chain under test, as a worker config: what a user would run. */
 function benchConfig(layout: Layout) {
+  const policies = ARTICLE_TAIL_POLICIES.map((p) =>
+    p.type === 'probabilistic' ? { ...p, probability: restProbability } : p,
+  );
   const lake =
     layout === 'flat'
       ? { columns: FLAT_COLUMNS, recordColumn: false }
@@ -89,13 +132,13 @@ function benchConfig(layout: Layout) {
   return validateConfig({
     consumers: [{ type: 'polling', stream: 'bench' }],
     processors: [
-      { type: 'otel_spans', input: 'flat' },
+      { type: 'otel_spans', input: DATA },
       { type: 'red_metrics', sinks: ['red'], dimensions: ['http.route'] },
       {
         type: 'tail_sampling',
         decisionWaitMs: 5_000,
         quietPeriodMs: 1_000,
-        policies: ARTICLE_TAIL_POLICIES,
+        policies,
       },
     ],
     routing: {
@@ -363,8 +406,51 @@ async function isolatedStages(raw: ReadonlyArray<{ partitionKey: string; data: U
   return out;
 }
 
+/** The records of the data set, and the `rest` probability that keeps about KEEP of the spans. */
+function dataSet(): { raw: Array<{ partitionKey: string; data: Uint8Array }>; rest: number } {
+  if (DATA === 'flat') {
+    const spans = [...generateSpans(SPANS, { seed: 7 })];
+    const raw = spans.map(spanRecord);
+    if (KEEP === undefined) return { raw, rest: 0.2 };
+    // Flat traces: 5 spans, the root's status and duration say it all.
+    let errors = 0;
+    let slow = 0;
+    let traceError = false;
+    let traceSlow = false;
+    for (const s of spans) {
+      // Root first: its status and duration are the trace's.
+      if (s.parentSpanId === '') {
+        traceError = s.status.code === 2;
+        traceSlow = BigInt(s.durationNano) >= 1_000_000_000n;
+      }
+      if (traceError) errors += 1;
+      else if (traceSlow) slow += 1;
+    }
+    return { raw, rest: restFor(errors, slow, spans.length) };
+  }
+  const records = [...generateOtlpRecords(SPANS, { seed: 7, errorRate: ERROR_RATE })];
+  let errors = 0;
+  let slow = 0;
+  for (const r of records) {
+    if (r.traceHasError) errors += r.spans;
+    else if (r.traceIsSlow) slow += r.spans;
+  }
+  return {
+    raw: records.map((r) => ({ partitionKey: r.partitionKey, data: r.data })),
+    rest: KEEP === undefined ? 0.2 : restFor(errors, slow, SPANS),
+  };
+}
+
+function restFor(errors: number, slow: number, total: number): number {
+  const rest = total - errors - slow;
+  if (rest <= 0) return 0;
+  return Math.min(1, Math.max(0, (KEEP! * total - errors - 0.8 * slow) / rest));
+}
+
 async function main(): Promise<void> {
-  const raw = [...generateSpans(SPANS, { seed: 7 })].map(spanRecord);
+  const set = dataSet();
+  const raw = set.raw;
+  restProbability = set.rest;
   const bytes = raw.reduce((n, r) => n + r.data.byteLength, 0);
   const utf8 = new TextDecoder();
   const timings = new Map<string, Timing[]>();
@@ -436,7 +522,7 @@ async function main(): Promise<void> {
       figure: `chain, one core (${label})`,
       value: `${fmt(rate(best.cpuSeconds))} spans/s`,
       ratio: rate(best.cpuSeconds) / floor,
-      note: `${perSpan(best.cpuSeconds)} us/span (all threads); wall ${fmt(rate(best.seconds))}/s (${fmt(best.cpuSeconds / best.seconds, 2)} of the core was ours); CPU median ${fmt(rate(median(runs.map((r) => r.cpuSeconds))))}/s over ${runs.length} rounds; ${fmt(best.keptSpans)} spans kept`,
+      note: `${perSpan(best.cpuSeconds)} us/span (all threads); wall ${fmt(rate(best.seconds))}/s (${fmt(best.cpuSeconds / best.seconds, 2)} of the core was ours); CPU median ${fmt(rate(median(runs.map((r) => r.cpuSeconds))))}/s over ${runs.length} rounds; ${fmt(best.keptSpans)} spans kept (${((100 * best.keptSpans) / SPANS).toFixed(0)} %)`,
     });
     if (best.mainCpuSeconds !== undefined) {
       rows.push({
@@ -455,7 +541,8 @@ async function main(): Promise<void> {
   }
   const m = machine();
   printTable(
-    `${fmt(SPANS)} spans, ${(bytes / SPANS).toFixed(0)} bytes each on average, best of ${ROUNDS} rounds by CPU time; ` +
+    `${DATA} data: ${fmt(SPANS)} spans in ${fmt(raw.length)} records, ${(bytes / SPANS).toFixed(0)} bytes per span on average, ` +
+      `tail sampling rest probability ${restProbability.toFixed(3)}, best of ${ROUNDS} rounds by CPU time; ` +
       `${m.model} (${m.cpus} cores visible), node ${m.node}, load average ${m.loadAverage}`,
     rows,
   );
@@ -470,7 +557,12 @@ async function main(): Promise<void> {
       `${stage.padEnd(58)}${keys.map((k) => fmt(breakdowns[k]![stage] ?? 0, 2).padStart(16)).join('')}\n`,
     );
   }
-  const file = writeResults('chain', {
+  const file = writeResults(`chain-${DATA}`, {
+    data: DATA,
+    records: raw.length,
+    keepTarget: KEEP ?? null,
+    errorRate: DATA === 'otlp' ? ERROR_RATE : null,
+    restProbability,
     spans: SPANS,
     bytesPerSpan: bytes / SPANS,
     rounds: ROUNDS,

@@ -47,6 +47,16 @@ export interface PipelineEvent {
   readonly derived?: boolean;
 }
 
+/**
+ * The same event with another ack (a part of its ack, for one of several sinks). Events whose class keeps
+ * state off their own properties (a lazily serialised `raw`) copy themselves with `withAck`; plain events
+ * are spread.
+ */
+export function eventWithAck(event: PipelineEvent, ack: Ack): PipelineEvent {
+  const own = (event as { withAck?: (ack: Ack) => PipelineEvent }).withAck;
+  return own === undefined ? { ...event, ack } : own.call(event, ack);
+}
+
 /** Compares two Kinesis sequence numbers (decimal strings without leading zeros). */
 export function compareSequence(a: string, b: string): number {
   if (a.length !== b.length) return a.length < b.length ? -1 : 1;

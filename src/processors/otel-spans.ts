@@ -19,15 +19,18 @@
 import type { Counter, Registry } from 'prom-client';
 import { z } from 'zod';
 import type { ComponentContext, DeadLetterQueue, Processor } from '../core/component.js';
+import type { SpanDocument } from '../core/documents.js';
 import type { PipelineEvent, RecordOrigin } from '../core/records.js';
 import { counter } from '../metrics/registry.js';
 import {
+  countOtlpSpans,
   flatSpan,
   isOtlpRequest,
-  otlpSpans,
+  otlpResources,
   SpanFormatError,
   type SpanLimits,
   stringifyExact,
+  visitOtlpSpans,
 } from './span-format.js';
 
 export const otelSpansConfigSchema = z
@@ -164,42 +167,74 @@ export class OtelSpansProcessor implements Processor {
   }
 
   private fromOtlp(event: PipelineEvent, out: PipelineEvent[]): number {
-    let results: ReturnType<typeof otlpSpans>;
+    let count: number;
+    let resources: ReturnType<typeof otlpResources>;
     try {
-      results = otlpSpans(event.value, this.limits);
+      count = countOtlpSpans(event.value);
+      resources = otlpResources(event.value);
     } catch (err) {
       if (!(err instanceof SpanFormatError)) throw err;
       this.reject(event, event.raw, `not an OTLP ExportTraceServiceRequest: ${err.message}`, err.kind);
       return 0;
     }
     // An empty request carries no span: its ack completes here (nothing to write).
-    const parts = event.ack.split(results.length);
-    let emitted = 0;
-    for (let i = 0; i < results.length; i++) {
-      const r = results[i]!;
-      const ack = parts[i]!;
-      if (!r.ok) {
-        this.rejected.inc({ processor: this.name, reason: r.kind });
-        this.dlq.put(
-          {
-            origin: event.origin,
-            index: event.index,
-            data: Buffer.from(stringifyExact(r.input), 'utf8'),
-            reason: `${r.path}: ${r.reason}`,
-            component: `processor:${this.name}`,
-          },
-          ack,
-        );
-        continue;
-      }
-      this.noteShard(r.span.traceId, event.origin);
-      out.push(
-        lazyRawEvent(event.origin, this.nextIndex++, r.span as unknown as Record<string, unknown>, ack),
-      );
-      emitted += 1;
+    const parts = event.ack.split(count);
+    const visit = this.visit;
+    visit.event = event;
+    visit.parts = parts;
+    visit.out = out;
+    visit.emitted = 0;
+    try {
+      visitOtlpSpans(event.value, resources, this.limits, visit);
+    } finally {
+      visit.event = undefined;
+      visit.parts = undefined;
+      visit.out = undefined;
     }
-    return emitted;
+    return visit.emitted;
   }
+
+  /** The visitor of OTLP requests, reused for every request (no closure per record). */
+  private readonly visit = {
+    event: undefined as PipelineEvent | undefined,
+    parts: undefined as PipelineEvent['ack'][] | undefined,
+    out: undefined as PipelineEvent[] | undefined,
+    emitted: 0,
+    span: (span: SpanDocument, at: number): void => {
+      const v = this.visit;
+      const event = v.event!;
+      this.noteShard(span.traceId, event.origin);
+      v.out!.push(
+        new OtlpSpanEvent(
+          event.origin,
+          this.nextIndex++,
+          span as unknown as Record<string, unknown>,
+          v.parts![at]!,
+        ),
+      );
+      v.emitted += 1;
+    },
+    reject: (
+      at: number,
+      path: string,
+      reason: string,
+      kind: SpanFormatError['kind'],
+      input: unknown,
+    ): void => {
+      const event = this.visit.event!;
+      this.rejected.inc({ processor: this.name, reason: kind });
+      this.dlq.put(
+        {
+          origin: event.origin,
+          index: event.index,
+          data: Buffer.from(stringifyExact(input), 'utf8'),
+          reason: `${path}: ${reason}`,
+          component: `processor:${this.name}`,
+        },
+        this.visit.parts![at]!,
+      );
+    },
+  };
 
   private reject(event: PipelineEvent, data: Uint8Array, reason: string, kind: string): void {
     this.rejected.inc({ processor: this.name, reason: kind });
@@ -253,27 +288,35 @@ export const LAZY_RAW: unique symbol = Symbol('ksw.lazyRaw');
 
 /**
  * A span event from an OTLP request: its `raw` bytes (for the DLQ and sinks' size accounting) are the
- * span's own JSON, serialised only if something asks for them.
+ * span's own JSON, serialised only if something asks for them. A class, so every span event shares one
+ * hidden class and one `raw` getter (an object literal with a getter made a new map per event).
  */
-function lazyRawEvent(
-  origin: RecordOrigin,
-  index: number,
-  value: Record<string, unknown>,
-  ack: PipelineEvent['ack'],
-): PipelineEvent {
-  let raw: Uint8Array | undefined;
-  const event: PipelineEvent & { [LAZY_RAW]: true } = {
-    origin,
-    index,
-    value,
-    ack,
-    [LAZY_RAW]: true,
-    get raw(): Uint8Array {
-      raw ??= Buffer.from(stringifyExact(this.value), 'utf8');
-      return raw;
-    },
-  };
-  return event;
+export class OtlpSpanEvent implements PipelineEvent {
+  sinks: readonly string[] | undefined = undefined;
+  private cachedRaw: Uint8Array | undefined = undefined;
+  constructor(
+    readonly origin: RecordOrigin,
+    readonly index: number,
+    public value: Record<string, unknown>,
+    readonly ack: PipelineEvent['ack'],
+  ) {}
+
+  get raw(): Uint8Array {
+    this.cachedRaw ??= Buffer.from(stringifyExact(this.value), 'utf8');
+    return this.cachedRaw;
+  }
+
+  /** The same span with another ack (one sink's part), sharing the serialised bytes once made. */
+  withAck(ack: PipelineEvent['ack']): OtlpSpanEvent {
+    const copy = new OtlpSpanEvent(this.origin, this.index, this.value, ack);
+    copy.sinks = this.sinks;
+    copy.cachedRaw = this.cachedRaw;
+    return copy;
+  }
+
+  get [LAZY_RAW](): true {
+    return true;
+  }
 }
 
 /** True for span events whose `raw` is serialised on demand. */

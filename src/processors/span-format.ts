@@ -459,26 +459,18 @@ export type OtlpSpanResult =
   | { ok: false; path: string; reason: string; kind: SpanFormatError['kind']; input: unknown };
 
 /**
- * Flattens an ExportTraceServiceRequest: one result per span, in document order. A bad span does not
- * spoil its neighbours; a malformed envelope (resourceSpans not a list, ...) throws SpanFormatError.
+ * Checks an ExportTraceServiceRequest's envelope (resourceSpans, scopeSpans, spans lists) and counts its
+ * span entries, without building anything: the caller splits the request's ack before any span is built.
+ * Throws SpanFormatError for a malformed envelope.
  */
-export function otlpSpans(
-  value: Record<string, unknown>,
-  limits: SpanLimits = DEFAULT_SPAN_LIMITS,
-): OtlpSpanResult[] {
+export function countOtlpSpans(value: Record<string, unknown>): number {
   const resourceSpans = value.resourceSpans;
   if (!Array.isArray(resourceSpans)) throw new SpanFormatError('resourceSpans must be a list');
-  const out: OtlpSpanResult[] = [];
+  let n = 0;
   for (let r = 0; r < resourceSpans.length; r++) {
     const rs = resourceSpans[r] as Record<string, unknown> | null;
     if (rs === null || typeof rs !== 'object')
       throw new SpanFormatError(`resourceSpans[${r}] must be an object`);
-    const resource = keyValues(
-      (rs.resource as { attributes?: unknown } | undefined)?.attributes,
-      0,
-      `resourceSpans[${r}].resource.attributes`,
-    );
-    const serviceName = serviceNameOf(resource);
     // `instrumentationLibrarySpans` is the pre-1.0 name of scopeSpans; old exporters still send it.
     const scopeSpans = rs.scopeSpans ?? rs.instrumentationLibrarySpans ?? [];
     if (!Array.isArray(scopeSpans))
@@ -488,6 +480,55 @@ export function otlpSpans(
       if (ss === null || typeof ss !== 'object') {
         throw new SpanFormatError(`resourceSpans[${r}].scopeSpans[${s}] must be an object`);
       }
+      const spans = ss.spans ?? [];
+      if (!Array.isArray(spans))
+        throw new SpanFormatError(`resourceSpans[${r}].scopeSpans[${s}].spans must be a list`);
+      n += spans.length;
+    }
+  }
+  return n;
+}
+
+/** The resource attributes of each ResourceSpans (envelope checked by countOtlpSpans); throws SpanFormatError. */
+export function otlpResources(value: Record<string, unknown>): Attributes[] {
+  return (value.resourceSpans as Array<Record<string, unknown>>).map((rs, r) =>
+    keyValues(
+      (rs.resource as { attributes?: unknown } | undefined)?.attributes,
+      0,
+      `resourceSpans[${r}].resource.attributes`,
+    ),
+  );
+}
+
+/** Receives the spans of a request in document order: a flat span, or the reason one was rejected. */
+export interface OtlpSpanVisitor {
+  span(span: SpanDocument, position: number): void;
+  reject(position: number, path: string, reason: string, kind: SpanFormatError['kind'], input: unknown): void;
+}
+
+/**
+ * Flattens an ExportTraceServiceRequest straight into flat spans, one visitor call per span entry in
+ * document order (`position` 0..countOtlpSpans - 1), with no intermediate result objects. A bad span does
+ * not spoil its neighbours. The envelope must have passed countOtlpSpans, and `resources` come from
+ * otlpResources (so a malformed resource rejects the whole request before the caller splits its ack).
+ */
+export function visitOtlpSpans(
+  value: Record<string, unknown>,
+  resources: readonly Attributes[],
+  limits: SpanLimits,
+  visitor: OtlpSpanVisitor,
+): void {
+  const resourceSpans = value.resourceSpans as Array<Record<string, unknown>>;
+  let position = 0;
+  for (let r = 0; r < resourceSpans.length; r++) {
+    const rs = resourceSpans[r]!;
+    const resource = resources[r]!;
+    const serviceName = serviceNameOf(resource);
+    const scopeSpans = (rs.scopeSpans ?? rs.instrumentationLibrarySpans ?? []) as Array<
+      Record<string, unknown>
+    >;
+    for (let s = 0; s < scopeSpans.length; s++) {
+      const ss = scopeSpans[s]!;
       const sc = (ss.scope ?? ss.instrumentationLibrary) as { name?: unknown; version?: unknown } | undefined;
       const scope =
         sc && typeof sc === 'object'
@@ -496,28 +537,48 @@ export function otlpSpans(
               version: typeof sc.version === 'string' ? sc.version : '',
             }
           : undefined;
-      const spans = ss.spans ?? [];
-      if (!Array.isArray(spans))
-        throw new SpanFormatError(`resourceSpans[${r}].scopeSpans[${s}].spans must be a list`);
+      const spans = (ss.spans ?? []) as unknown[];
       for (let k = 0; k < spans.length; k++) {
-        const path = `resourceSpans[${r}].scopeSpans[${s}].spans[${k}]`;
         const input = spans[k];
+        const at = position++;
         if (input === null || typeof input !== 'object' || Array.isArray(input)) {
-          out.push({ ok: false, path, reason: 'a span must be an object', kind: 'malformed', input });
+          visitor.reject(at, spanPath(r, s, k), 'a span must be an object', 'malformed', input);
           continue;
         }
+        let span: SpanDocument;
         try {
-          out.push({
-            ok: true,
-            span: buildSpan(input as Record<string, unknown>, resource, serviceName, scope, limits),
-          });
+          span = buildSpan(input as Record<string, unknown>, resource, serviceName, scope, limits);
         } catch (err) {
           if (!(err instanceof SpanFormatError)) throw err;
-          out.push({ ok: false, path, reason: err.message, kind: err.kind, input });
+          visitor.reject(at, spanPath(r, s, k), err.message, err.kind, input);
+          continue;
         }
+        visitor.span(span, at);
       }
     }
   }
+}
+
+function spanPath(r: number, s: number, k: number): string {
+  return `resourceSpans[${r}].scopeSpans[${s}].spans[${k}]`;
+}
+
+/**
+ * Flattens an ExportTraceServiceRequest: one result per span, in document order. A bad span does not
+ * spoil its neighbours; a malformed envelope (resourceSpans not a list, ...) throws SpanFormatError.
+ * (The processor uses countOtlpSpans + visitOtlpSpans, which build no result objects.)
+ */
+export function otlpSpans(
+  value: Record<string, unknown>,
+  limits: SpanLimits = DEFAULT_SPAN_LIMITS,
+): OtlpSpanResult[] {
+  countOtlpSpans(value);
+  const resources = otlpResources(value);
+  const out: OtlpSpanResult[] = [];
+  visitOtlpSpans(value, resources, limits, {
+    span: (span) => out.push({ ok: true, span }),
+    reject: (_at, path, reason, kind, input) => out.push({ ok: false, path, reason, kind, input }),
+  });
   return out;
 }
 

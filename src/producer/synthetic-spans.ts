@@ -193,3 +193,146 @@ export function* generateSpans(count: number, opts: SpanGeneratorOptions = {}): 
 export function spanRecord(span: SyntheticSpan): { partitionKey: string; data: Uint8Array } {
   return { partitionKey: span.traceId, data: Buffer.from(JSON.stringify(span), 'utf8') };
 }
+
+/** Options of {@link generateOtlpRecords}. */
+export interface OtlpGeneratorOptions {
+  /** PRNG seed; the same seed yields the same records on every machine. Default 42. */
+  seed?: number;
+  /** Spans per trace are drawn uniformly from 1..maxSpansPerTrace. Default 12. */
+  maxSpansPerTrace?: number;
+  /** Fraction of spans with status ERROR (each span independently). Default 0.03. */
+  errorRate?: number;
+  /** Fraction of traces whose spans last 1-5 s instead of 1-5 ms. Default 0.05. */
+  slowRate?: number;
+  /** Start of the first trace, in ns since the epoch. Default 1763769600123456789n (2025-11-22). */
+  startNanos?: bigint;
+}
+
+/** One Kinesis record of OTLP/JSON: an ExportTraceServiceRequest holding one ResourceSpans. */
+export interface OtlpRecord {
+  partitionKey: string;
+  data: Uint8Array;
+  /** The spans inside, and how the trace they belong to was drawn (for the bench's keep-ratio arithmetic). */
+  spans: number;
+  traceHasError: boolean;
+  traceIsSlow: boolean;
+}
+
+const OTLP_KINDS = { server: 2, client: 3, internal: 1 } as const;
+
+function stringKv(key: string, value: string) {
+  return { key, value: { stringValue: value } };
+}
+
+function intKv(key: string, value: number) {
+  // OTLP/JSON writes int64 as a decimal string.
+  return { key, value: { intValue: String(value) } };
+}
+
+/**
+ * OTLP/JSON records as the OpenTelemetry Collector's Kinesis exporter writes them: one ResourceSpans (one
+ * service's spans of one trace, with its resource and scope) per record, keyed by the traceId. A trace has
+ * 1..maxSpansPerTrace spans (uniform) in a tree rooted at the frontend, spread over several services, so a
+ * trace usually spans several records that arrive one after another. Yields records until `spanCount` spans
+ * were produced (the last trace is cut short if needed). Deterministic for a seed.
+ */
+export function* generateOtlpRecords(
+  spanCount: number,
+  opts: OtlpGeneratorOptions = {},
+): Generator<OtlpRecord> {
+  const random = seededRandom(opts.seed ?? 42);
+  const maxPerTrace = Math.max(1, Math.floor(opts.maxSpansPerTrace ?? 12));
+  const errorRate = opts.errorRate ?? 0.03;
+  const slowRate = opts.slowRate ?? 0.05;
+  let clock = opts.startNanos ?? 1_763_769_600_123_456_789n;
+  let produced = 0;
+  const resources = new Map<string, ReturnType<typeof otlpResource>>();
+  while (produced < spanCount) {
+    const traceId = hex(random, 32);
+    const size = Math.min(spanCount - produced, 1 + Math.floor(random() * maxPerTrace));
+    const isSlow = random() < slowRate;
+    const unit = isSlow ? 1_000_000_000 : 1_000_000;
+    const { method, route } = pick(random, ROUTES);
+    // Span i > 0 hangs under a random earlier span; its service is new or its parent's (internal work).
+    const ids: string[] = [];
+    const services: string[] = [];
+    const bySvc = new Map<string, Array<Record<string, unknown>>>();
+    let hasError = false;
+    let cursor = clock;
+    for (let i = 0; i < size; i++) {
+      const spanId = hex(random, 16);
+      const parent = i === 0 ? -1 : Math.floor(random() * i);
+      const internal = parent >= 0 && random() < 0.7;
+      const service = i === 0 ? SERVICES[0]! : internal ? services[parent]! : pick(random, SERVICES.slice(1));
+      ids.push(spanId);
+      services.push(service);
+      const duration = BigInt(Math.floor(unit * (1 + random() * 4))) + BigInt(Math.floor(random() * 1_000));
+      const start = cursor + BigInt(Math.floor(random() * 20_000)) + 1n;
+      cursor = start;
+      const failed = random() < errorRate;
+      hasError ||= failed;
+      const name =
+        i === 0 ? `${method} ${route}` : internal ? `${service}.work` : `${method} /internal/${service}`;
+      const attributes = internal
+        ? [stringKv('code.function', `${service}.handle`), stringKv('db.system', 'postgresql')]
+        : [
+            stringKv('http.request.method', method),
+            stringKv('http.route', i === 0 ? route : `/internal/${service}`),
+            intKv('http.response.status_code', failed ? 503 : 200),
+            stringKv('server.address', `${service}.shop.svc.cluster.local`),
+            intKv('server.port', 8080),
+          ];
+      const span: Record<string, unknown> = {
+        traceId,
+        spanId,
+        parentSpanId: parent >= 0 ? ids[parent] : '',
+        name,
+        kind: internal ? OTLP_KINDS.internal : OTLP_KINDS.server,
+        startTimeUnixNano: start.toString(),
+        endTimeUnixNano: (start + duration).toString(),
+        attributes,
+        status: failed ? { code: 2, message: `${service} returned 503 Service Unavailable` } : {},
+      };
+      let group = bySvc.get(service);
+      if (group === undefined) {
+        group = [];
+        bySvc.set(service, group);
+      }
+      group.push(span);
+    }
+    for (const [service, spans] of bySvc) {
+      let resource = resources.get(service);
+      if (resource === undefined) {
+        resource = otlpResource(random, service);
+        resources.set(service, resource);
+      }
+      const request = {
+        resourceSpans: [
+          {
+            resource,
+            scopeSpans: [
+              { scope: { name: '@opentelemetry/instrumentation-http', version: '0.57.0' }, spans },
+            ],
+          },
+        ],
+      };
+      yield {
+        partitionKey: traceId,
+        data: Buffer.from(JSON.stringify(request), 'utf8'),
+        spans: spans.length,
+        traceHasError: hasError,
+        traceIsSlow: isSlow,
+      };
+    }
+    produced += size;
+    clock += BigInt(Math.floor(random() * 500_000)) + 1n;
+  }
+}
+
+function otlpResource(random: () => number, service: string) {
+  return {
+    attributes: Object.entries(resourceOf(random, service))
+      .filter(([k]) => k === 'service.name' || k === 'service.version' || k === 'host.name')
+      .map(([k, v]) => stringKv(k, v)),
+  };
+}

@@ -10,7 +10,7 @@
  * shards are released and read again rather than left with acks that never complete.
  */
 import type { DeadLetterQueue, Processor, ShardChain, Sink, Tenure } from '../core/component.js';
-import type { PipelineEvent, SourceRecord } from '../core/records.js';
+import { eventWithAck, type PipelineEvent, type SourceRecord } from '../core/records.js';
 
 /** Turns fetched records into events (gzip, chunks, S3 pointers, JSON); see processors/decode.ts. */
 export interface EventSource {
@@ -114,7 +114,7 @@ export class Pipeline implements ShardChain {
       const targets = event.sinks;
       if (targets === undefined) {
         const parts = event.ack.split(this.sinks.length);
-        for (let i = 0; i < parts.length; i++) perSink[i]!.push({ ...event, ack: parts[i]! });
+        for (let i = 0; i < parts.length; i++) perSink[i]!.push(eventWithAck(event, parts[i]!));
         continue;
       }
       if (targets.length === 1) {
@@ -124,7 +124,7 @@ export class Pipeline implements ShardChain {
       }
       const parts = event.ack.split(targets.length);
       for (let t = 0; t < targets.length; t++) {
-        perSink[this.sinkOf(targets[t]!)]!.push({ ...event, ack: parts[t]! });
+        perSink[this.sinkOf(targets[t]!)]!.push(eventWithAck(event, parts[t]!));
       }
     }
     for (let i = 0; i < perSink.length; i++) if (perSink[i]!.length > 0) this.noteTenures(i, perSink[i]!);

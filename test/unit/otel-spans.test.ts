@@ -3,10 +3,10 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'vitest';
 import { Ack } from '../../src/core/ack.js';
-import type { PipelineEvent } from '../../src/core/records.js';
+import { eventWithAck, type PipelineEvent } from '../../src/core/records.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { parseJsonDocument } from '../../src/processors/decode.js';
-import { OtelSpansProcessor, otelSpansConfigSchema } from '../../src/processors/otel-spans.js';
+import { hasLazyRaw, OtelSpansProcessor, otelSpansConfigSchema } from '../../src/processors/otel-spans.js';
 import {
   durationNanos,
   flatSpan,
@@ -369,5 +369,56 @@ describe('otel_spans processor', () => {
     p.process(events.slice(4));
     const m = await metrics.getSingleMetric('ksw_spans_cross_shard_total')!.get();
     assert.equal(m.values[0]?.value, 4);
+  });
+});
+
+describe('OTLP span events (one class, lazy raw)', () => {
+  it('fans out to several sinks with their own ack parts and the span JSON as raw', () => {
+    let completed = 0;
+    const { p } = processor('otlp');
+    const out = p.process([
+      event(otlpRequest([otlpSpan(), otlpSpan({ spanId: 'aaa19b7ec3c1b174' })]), new Ack(() => completed++)),
+    ]) as PipelineEvent[];
+    assert.equal(out.length, 2);
+    assert.equal(Object.getPrototypeOf(out[0]), Object.getPrototypeOf(out[1]));
+    const first = out[0]!;
+    const parts = first.ack.split(2);
+    const copies = parts.map((a) => eventWithAck(first, a));
+    for (const [i, c] of copies.entries()) {
+      assert.equal(c.ack, parts[i]);
+      assert.equal(c.value, first.value);
+      assert.equal(c.index, first.index);
+      assert.deepEqual(c.origin, first.origin);
+      const raw = JSON.parse(Buffer.from(c.raw).toString('utf8'));
+      assert.equal(raw.spanId, SPAN);
+      // int64 times stay exact in the lazily serialised bytes.
+      assert.equal(raw.startTimeUnixNano, '1763769600123456789');
+      assert.equal(hasLazyRaw(c), true);
+    }
+    for (const a of parts) a.done();
+    out[1]!.ack.done();
+    assert.equal(completed, 1);
+    // A plain event is spread with its new ack.
+    const plain = event({ a: 1 }, new Ack(() => {}));
+    const ack = new Ack(() => {});
+    const copy = eventWithAck(plain, ack);
+    assert.equal(copy.ack, ack);
+    assert.equal(copy.raw, plain.raw);
+    assert.equal(hasLazyRaw(copy), false);
+  });
+
+  it('rejects a request whose resource is malformed as a whole, before splitting its ack', () => {
+    let completed = 0;
+    const { p, dlq } = processor('otlp');
+    const out = p.process([
+      event(
+        otlpRequest([otlpSpan(), otlpSpan()], [{ value: { stringValue: 'no key' } }]),
+        new Ack(() => completed++),
+      ),
+    ]) as PipelineEvent[];
+    assert.equal(out.length, 0);
+    assert.equal(dlq.letters.length, 1);
+    assert.match(dlq.letters[0]!.reason, /resource\.attributes/);
+    assert.equal(completed, 1);
   });
 });
