@@ -472,8 +472,9 @@ function checkpointsFor(mode: string): Record<string, unknown> {
     shardSyncIntervalMs: Math.max(500, FAILOVER * 2),
     createTable: true,
   };
-  // fixed: every worker scans every takeIntervalMs (the behaviour before adaptive scans).
-  return mode === 'fixed' ? { ...base, stableTakeIntervalMs: Math.max(100, Math.floor(FAILOVER / 8)) } : base;
+  // fixed: every worker scans every takeIntervalMs (the default).
+  // adaptive: the other workers scan every 2 x failoverMs while the fleet is stable (2 watchers).
+  return mode === 'fixed' ? base : { ...base, stableTakeIntervalMs: FAILOVER * 2 };
 }
 
 async function runSize(endpoint: string, shards: number, workers: number, mode: string) {

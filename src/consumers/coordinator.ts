@@ -147,6 +147,10 @@ export class ShardCoordinator {
         me: deps.workerId,
         instance: this.tokens.instance,
         failoverMs: config.failoverMs,
+        takeIntervalMs: this.timing.takeIntervalMs,
+        stableTakeIntervalMs: this.timing.stableTakeIntervalMs,
+        renewIntervalMs: this.timing.renewIntervalMs,
+        scanWatchers: config.scanWatchers,
         maxLeasesForWorker: config.maxLeasesForWorker,
         maxLeasesToStealAtOnce: config.maxLeasesToStealAtOnce,
         failureCooldownMs: config.failoverMs,
@@ -202,7 +206,10 @@ export class ShardCoordinator {
       this.stopTimers();
       throw err;
     }
-    this.every('scan', this.timing.takeIntervalMs, () => this.takeLeases());
+    // Ticks at takeIntervalMs; each scan decides when the next periodic one is due (adaptive cadence).
+    this.every('scan', this.timing.takeIntervalMs, () =>
+      this.stopping ? Promise.resolve() : this.taker.scanIfDue(),
+    );
     this.every('checkpoint', this.config.intervalMs, () => this.checkpointer.checkpointAll());
     this.every('sync', this.config.shardSyncIntervalMs, () => this.syncer.sync());
     this.every('gauges', 1_000, async () => this.exportGauges());
