@@ -40,6 +40,10 @@ function createCoordinatorMetrics(r: Registry) {
       name: 'ksw_lease_fair_share',
       help: 'Leases this worker aims to hold: ceil(active leases / live workers)',
     }),
+    scanIntervalSeconds: gauge(r, {
+      name: 'ksw_lease_scan_interval_seconds',
+      help: 'Delay before the next periodic lease-table scan: takeIntervalMs for a watcher or while leases move, stableTakeIntervalMs while the fleet is stable',
+    }),
     workers: gauge(r, {
       name: 'ksw_fleet_workers',
       help: 'Live workers seen in the lease table (owners of unexpired leases, this one included)',

@@ -158,6 +158,10 @@ export class ShardCoordinator {
         me: deps.workerId,
         instance: this.tokens.instance,
         failoverMs: config.failoverMs,
+        takeIntervalMs: this.timing.takeIntervalMs,
+        stableTakeIntervalMs: this.timing.stableTakeIntervalMs,
+        renewIntervalMs: this.timing.renewIntervalMs,
+        scanWatchers: config.scanWatchers,
         maxLeasesForWorker: config.maxLeasesForWorker,
         maxLeasesToStealAtOnce: config.maxLeasesToStealAtOnce,
         failureCooldownMs: config.failoverMs,
@@ -219,7 +223,10 @@ export class ShardCoordinator {
       this.stopTimers();
       return;
     }
-    this.every('scan', this.timing.takeIntervalMs, () => this.takeLeases());
+    // Ticks at takeIntervalMs; each scan decides when the next periodic one is due (adaptive cadence).
+    this.every('scan', this.timing.takeIntervalMs, () =>
+      this.stopping ? Promise.resolve() : this.tracked(this.taker.scanIfDue(), (ok) => (this.scanOk = ok)),
+    );
     this.every('checkpoint', this.config.intervalMs, () => this.checkpointer.checkpointAll());
     this.every('sync', this.config.shardSyncIntervalMs, () => this.sync());
     this.every('gauges', 1_000, async () => this.exportGauges());

@@ -54,7 +54,23 @@ export const checkpointConfigSchema = z
       .min(100)
       .optional()
       .describe(
-        "How often the lease table is scanned to take expired or unowned leases and to balance. Default: failoverMs / 8, so a dead worker's shards are taken within failoverMs + one renewal interval. Each scan reads the whole table (consistent reads).",
+        "How often the lease table is scanned while something is going on (a lease stopped moving, unowned leases, a take or handoff under way, the owners changed) and by the watchers (see scanWatchers). Default: failoverMs / 8, so a dead worker's shards are taken within failoverMs + one renewal interval. Each scan reads the whole table (consistent reads).",
+      ),
+    stableTakeIntervalMs: z
+      .number()
+      .int()
+      .min(100)
+      .optional()
+      .describe(
+        'Adaptive take scans (experimental, see docs/fleet.md): when above takeIntervalMs, a worker that is not a watcher scans this often while the fleet is stable (every lease owned, its counter moving, owners unchanged, nothing to take or steal), so fleet-wide scans grow with the watchers, not the workers; e.g. 2 x failoverMs (the Java KCL 2.x cadence at the default failoverMs). A lease released by a leaving worker may then wait up to this long when the watchers are at their fair share. Default: takeIntervalMs (every worker scans every takeIntervalMs).',
+      ),
+    scanWatchers: z
+      .number()
+      .int()
+      .min(1)
+      .default(2)
+      .describe(
+        'With adaptive take scans (stableTakeIntervalMs above takeIntervalMs): how many workers keep scanning every takeIntervalMs while the fleet is stable, the live workers with the lowest ids. A watcher takes every expired lease at once, beyond its fair share (up to maxLeasesForWorker); balancing moves them on afterwards.',
       ),
     maxLeasesForWorker: z
       .number()
@@ -126,6 +142,7 @@ export interface LeaseTimingConfig {
   readonly fencingMarginMs: number;
   readonly renewIntervalMs: number;
   readonly takeIntervalMs: number;
+  readonly stableTakeIntervalMs: number;
   readonly handoffTimeoutMs: number;
   /** Longest a lease call may take (also capped by the time left before the shard's deadline). */
   readonly callTimeoutMs: number;
@@ -136,14 +153,17 @@ export function leaseTiming(c: {
   fencingMarginMs?: number | undefined;
   renewIntervalMs?: number | undefined;
   takeIntervalMs?: number | undefined;
+  stableTakeIntervalMs?: number | undefined;
   handoffTimeoutMs?: number | undefined;
 }): LeaseTimingConfig {
   const renewIntervalMs = c.renewIntervalMs ?? Math.max(100, Math.floor(c.failoverMs / 3));
+  const takeIntervalMs = c.takeIntervalMs ?? Math.max(100, Math.floor(c.failoverMs / 8));
   return {
     failoverMs: c.failoverMs,
     fencingMarginMs: c.fencingMarginMs ?? Math.floor(c.failoverMs / 5),
     renewIntervalMs,
-    takeIntervalMs: c.takeIntervalMs ?? Math.max(100, Math.floor(c.failoverMs / 8)),
+    takeIntervalMs,
+    stableTakeIntervalMs: Math.max(takeIntervalMs, c.stableTakeIntervalMs ?? takeIntervalMs),
     handoffTimeoutMs: c.handoffTimeoutMs ?? Math.floor(c.failoverMs / 2),
     callTimeoutMs: renewIntervalMs,
   };

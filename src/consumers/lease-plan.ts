@@ -57,6 +57,12 @@ export class ExpiryTracker {
     for (const key of this.seen.keys()) if (!keys.has(key)) this.seen.delete(key);
   }
 
+  /** How long the lease's counter has stood still by this worker's clock (0 for a lease not seen yet). */
+  stillFor(key: string, now: number): number {
+    const seen = this.seen.get(key);
+    return seen === undefined ? 0 : now - seen.since;
+  }
+
   expired(key: string, now: number): boolean {
     const seen = this.seen.get(key);
     return seen !== undefined && now - seen.since >= this.failoverMs;
@@ -87,6 +93,12 @@ export interface PlanInput {
   readonly coolingDown: (key: string) => boolean;
   readonly maxLeasesForWorker: number | undefined;
   readonly maxLeasesToStealAtOnce: number;
+  /**
+   * A watcher: takes every expired lease beyond its fair share, so a dead worker's shards are read again
+   * at once although the other workers scan rarely; balancing moves them on. (Released leases are taken
+   * up to the fair share only: taking them beyond it duplicated records in the fleet balance test.)
+   */
+  readonly rescue?: boolean;
   readonly random: () => number;
 }
 
@@ -158,11 +170,20 @@ export function planLeases(input: PlanInput): Plan {
     take.push({ lease, reason: input.incoming.has(key) ? 'handoff' : 'own' });
   }
 
-  const free = shuffle(available, input.random).slice(0, Math.max(0, target - mine));
+  const shuffled = shuffle(available, input.random);
+  const free = shuffled.slice(0, Math.max(0, target - mine));
+  if (input.rescue) {
+    const cap = (input.maxLeasesForWorker ?? Number.POSITIVE_INFINITY) - mine - free.length;
+    const rescued = shuffled
+      .slice(free.length)
+      .filter((l) => l.leaseOwner !== undefined)
+      .slice(0, Math.max(0, cap));
+    for (const lease of rescued) take.push({ lease, reason: lease.leaseOwner ? 'expired' : 'unowned' });
+  }
   for (const lease of free) take.push({ lease, reason: lease.leaseOwner ? 'expired' : 'unowned' });
 
   const steal: Array<{ lease: Lease; from: string }> = [];
-  const needed = target - mine - free.length;
+  const needed = target - mine - take.filter((t) => t.reason === 'expired' || t.reason === 'unowned').length;
   if (needed > 0) {
     let victim: string | undefined;
     let victimLoad = 0;

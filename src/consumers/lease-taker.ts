@@ -27,6 +27,13 @@ export interface TakerOptions {
   readonly me: string;
   readonly instance: string;
   readonly failoverMs: number;
+  /** Scan cadence while something is going on, and of the watchers. */
+  readonly takeIntervalMs: number;
+  /** Scan cadence of the other workers while the fleet is stable. */
+  readonly stableTakeIntervalMs: number;
+  /** A lease whose counter stood still this long makes the worker scan at takeIntervalMs. */
+  readonly renewIntervalMs: number;
+  readonly scanWatchers: number;
   readonly maxLeasesForWorker: number | undefined;
   readonly maxLeasesToStealAtOnce: number;
   /** How long this process leaves alone a lease it released after a failure (others may take it). */
@@ -46,6 +53,10 @@ export class LeaseTaker {
   private again = false;
   private stopped = false;
   private readonly random: () => number;
+  /** When the next periodic scan is due (set after each scan: soon while anything moves, later when stable). */
+  private nextDueAt = 0;
+  /** Owner of every active lease at the previous scan ("key=owner" lines). */
+  private lastOwners = '';
 
   constructor(
     private readonly leases: LeaseTable,
@@ -91,6 +102,24 @@ export class LeaseTaker {
     return this.running;
   }
 
+  /** The periodic scan: runs only when due (takeIntervalMs while anything moves, else stableTakeIntervalMs). */
+  scanIfDue(): Promise<void> {
+    if (!this.adaptive) return this.scan();
+    // Half a tick of slack: the timer ticks every takeIntervalMs, the due time counts from the scan's answer.
+    if (this.clock.now() + this.options.takeIntervalMs / 2 < this.nextDueAt) return Promise.resolve();
+    return this.scan();
+  }
+
+  /** Adaptive take scans: stableTakeIntervalMs is above takeIntervalMs. */
+  private get adaptive(): boolean {
+    return this.options.stableTakeIntervalMs > this.options.takeIntervalMs;
+  }
+
+  /** The delay before the next periodic scan, as decided by the last scan. */
+  get nextScanInMs(): number {
+    return Math.max(0, this.nextDueAt - this.clock.now());
+  }
+
   /** Waits for a running scan (shutdown). */
   async settle(): Promise<void> {
     await this.running?.catch(() => undefined);
@@ -115,6 +144,10 @@ export class LeaseTaker {
     const heldNow = this.host.heldKeys();
 
     const active = rows.filter((l) => l.checkpoint !== SHARD_END && this.host.readable(l, all));
+    // Live workers (owners of unexpired leases, and this one): the lowest `scanWatchers` ids are watchers.
+    const live = new Set<string>([this.options.me]);
+    for (const l of active) if (l.leaseOwner && !this.expiry.expired(l.leaseKey, now)) live.add(l.leaseOwner);
+    const watcher = this.adaptive && [...live].sort().indexOf(this.options.me) < this.options.scanWatchers;
     const plan = planLeases({
       me: this.options.me,
       instance: this.options.instance,
@@ -126,8 +159,10 @@ export class LeaseTaker {
       coolingDown: (key) => this.cooldown.has(key),
       maxLeasesForWorker: this.options.maxLeasesForWorker,
       maxLeasesToStealAtOnce: this.options.maxLeasesToStealAtOnce,
+      rescue: watcher,
       random: this.random,
     });
+    this.schedule(active, heldNow, plan.take.length + plan.steal.length > 0, watcher, now);
     this.metrics.workers.set(plan.workers);
     this.metrics.fairShare.set(plan.target);
     for (const lease of plan.conflicts) this.reportConflict(lease);
@@ -156,6 +191,33 @@ export class LeaseTaker {
         if (!(err instanceof LeaseLostError)) this.host.retryLater(err, 'handoff request');
       }
     }
+  }
+
+  /**
+   * Sets when the next periodic scan is due: at takeIntervalMs for a watcher and whenever anything is
+   * going on (a take or handoff, a lease with no owner, a lease whose counter stood still for longer
+   * than a renewal interval and a scan, owners that changed since the previous scan); else at
+   * stableTakeIntervalMs. A live owner moves its counter every renewIntervalMs, so a dead worker's lease
+   * shows up as standing still at the next scan of every worker, which then scans at takeIntervalMs.
+   */
+  private schedule(
+    active: readonly Lease[],
+    held: ReadonlySet<string>,
+    acted: boolean,
+    watcher: boolean,
+    now: number,
+  ): void {
+    const o = this.options;
+    const owners = active.map((l) => `${l.leaseKey}=${l.leaseOwner ?? ''}`).join('\n');
+    const changed = owners !== this.lastOwners;
+    this.lastOwners = owners;
+    const stillLimit = o.renewIntervalMs + o.takeIntervalMs;
+    const suspect = active.some(
+      (l) => !held.has(l.leaseKey) && (!l.leaseOwner || this.expiry.stillFor(l.leaseKey, now) > stillLimit),
+    );
+    const busy = watcher || acted || changed || suspect || this.incoming.size > 0;
+    this.nextDueAt = now + (busy ? o.takeIntervalMs : o.stableTakeIntervalMs);
+    this.metrics.scanIntervalSeconds.set((busy ? o.takeIntervalMs : o.stableTakeIntervalMs) / 1000);
   }
 
   /** A live lease owned by our id but another process: logged once per lease and process, counted. */
