@@ -2,14 +2,16 @@
  * Correct while alive (coordinators in one process, kinesalite + dynalite, every lease write recorded by
  * fault proxies in front of DynamoDB): a chain that rejects a batch, two processes with one workerId, and
  * a worker whose lease writes stop going through while it keeps reading. Each fails on the code before
- * tenures and fencing (issue 15, findings 1-3).
+ * tenures and fencing (issue 15, findings 1-3), and a SHARD_END that periodic checkpoints queued behind it
+ * must not overwrite (finding 6).
  */
 import assert from 'node:assert/strict';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DescribeStreamSummaryCommand, SplitShardCommand } from '@aws-sdk/client-kinesis';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { afterAll, beforeAll, describe, it } from 'vitest';
 import { LeaseTable } from '../../src/consumers/lease-table.js';
-import { amzTarget, FaultProxy } from '../helpers/fault-proxy.js';
+import { type Arrival, amzTarget, awsJsonError, FaultProxy } from '../helpers/fault-proxy.js';
 import { TestFleet } from '../helpers/fleet.js';
 import { LeaseWriteLog } from '../helpers/lease-log.js';
 import { createStream, putRecords, startTestStack, type TestStack, waitFor } from '../helpers/stack.js';
@@ -241,6 +243,101 @@ describe('correct while alive', () => {
     } finally {
       producing = false;
       await producer;
+      await fleet.stopAll();
+    }
+  });
+
+  it('SHARD_END is final at the coordinator: checkpoints queued behind a slow SHARD_END write are not sent after it, the parent is not taken again and its children are read (finding 6)', async () => {
+    const stream = 'alive-shard-end';
+    const [parent] = await createStream(t.aws.kinesis, stream, 1);
+    await produce(stream, 0, 20);
+    const log = new LeaseWriteLog();
+    const { proxy, client } = await viaProxy(log, 'solo');
+    const arrivals: Arrival[] = [];
+    proxy.onArrival((a) => {
+      if (String(a.headers['x-amz-target'] ?? '').endsWith('.UpdateItem')) arrivals.push(a);
+    });
+    /** The checkpoint value an UpdateItem of the parent's lease writes (undefined: another write or lease). */
+    const parentCheckpoint = (req: { body: Buffer }): string | undefined => {
+      const ask = JSON.parse(req.body.toString('utf8')) as {
+        Key: { leaseKey: { S?: string } };
+        UpdateExpression: string;
+        ExpressionAttributeValues?: Record<string, { S?: string }>;
+      };
+      if (ask.Key.leaseKey.S !== parent || !ask.UpdateExpression.includes('checkpoint = :cp'))
+        return undefined;
+      return ask.ExpressionAttributeValues?.[':cp']?.S;
+    };
+    const fleet = new TestFleet({
+      kinesis: t.aws.kinesis,
+      dynamodb: client,
+      table: 'alive-shard-end-leases',
+      consumers: [{ type: 'polling', stream, idleIntervalMs: 50, busyIntervalMs: 0 }],
+      // Periodic checkpoints every 100 ms, so several are due while SHARD_END is on its way.
+      checkpoints: { failoverMs: 3_000, intervalMs: 100, shardSyncIntervalMs: 500 },
+    });
+    try {
+      await fleet.start('solo');
+      await waitFor(() => fleet.distinct().size >= 20, 20_000, 'the first 20 records');
+      // From now on the parent's ordinary checkpoints fail (its watermark stays ahead of its checkpoint,
+      // so every periodic checkpoint has something to write) and SHARD_END takes 600 ms to arrive.
+      proxy.setRules([
+        {
+          name: 'shard-end-slow',
+          rate: 1,
+          matches: (req) => amzTarget('UpdateItem')(req) && parentCheckpoint(req) === 'SHARD_END',
+          fault: { kind: 'delay', ms: 600 },
+        },
+        {
+          name: 'checkpoint-throttled',
+          rate: 1,
+          matches: (req) => {
+            if (!amzTarget('UpdateItem')(req)) return false;
+            const cp = parentCheckpoint(req);
+            return cp !== undefined && cp !== 'SHARD_END';
+          },
+          fault: awsJsonError('ProvisionedThroughputExceededException', 'throttled (injected)'),
+        },
+      ]);
+      await produce(stream, 20, 10);
+      await waitFor(() => fleet.distinct().size >= 30, 20_000, 'records 20..29 of the parent');
+      await t.aws.kinesis.send(
+        new SplitShardCommand({
+          StreamName: stream,
+          ShardToSplit: parent!,
+          NewStartingHashKey: (2n ** 127n).toString(),
+        }),
+      );
+      await waitFor(
+        async () =>
+          (await t.aws.kinesis.send(new DescribeStreamSummaryCommand({ StreamName: stream })))
+            .StreamDescriptionSummary?.StreamStatus === 'ACTIVE',
+        20_000,
+        'split done',
+      );
+      await produce(stream, 30, 20);
+      await waitFor(
+        () => fleet.distinct().size >= 50,
+        30_000,
+        `all 50 records, the children's after the parent's SHARD_END (now ${fleet.distinct().size})`,
+      );
+      const leases = new LeaseTable(t.aws.dynamodb, 'alive-shard-end-leases');
+      assert.equal((await leases.get(parent!))?.checkpoint, 'SHARD_END');
+      const shardEnd = arrivals.find((a) => parentCheckpoint(a) === 'SHARD_END');
+      assert.ok(shardEnd, 'SHARD_END was sent');
+      const behind = arrivals.filter(
+        (a) => a.startedAt >= shardEnd.startedAt && a !== shardEnd && parentCheckpoint(a) !== undefined,
+      );
+      assert.equal(behind.length, 0, 'no checkpoint of the parent was sent after its SHARD_END');
+      assert.ok(proxy.count('checkpoint-throttled') >= 1, 'periodic checkpoints were due meanwhile');
+      assert.equal(
+        log.chain(parent!).filter((w) => w.operation === 'take').length,
+        1,
+        'the parent was taken once, never again after SHARD_END',
+      );
+      assert.deepEqual(log.violations(), []);
+      assert.equal(fleet.duplicates(), 0);
+    } finally {
       await fleet.stopAll();
     }
   });

@@ -2,7 +2,8 @@
  * Enhanced fan-out against kinesis-local (over HTTP/1.1, the handler injected through
  * aws.subscribeProtocol): idempotent registration, two workers subscribed to a 2-shard stream, frequent
  * resubscription from ContinuationSequenceNumber without loss or repetition, KPL aggregates, a split
- * (closed parent detected, children subscribed after it), and a restart resuming from checkpoints.
+ * (closed parent detected, children subscribed after it), a restart resuming from checkpoints, and a
+ * batch the chain rejects (read again, not skipped: issue 15, finding 1).
  */
 import assert from 'node:assert/strict';
 import {
@@ -15,6 +16,7 @@ import { NodeHttp2Handler } from '@smithy/node-http-handler';
 import { afterAll, beforeAll, describe, it } from 'vitest';
 import { registerStreamConsumer } from '../../src/consumers/efo.js';
 import { aggregate } from '../../src/consumers/kpl.js';
+import { LeaseTable } from '../../src/consumers/lease-table.js';
 import { awsConfigSchema, createAwsClients } from '../../src/core/aws.js';
 import { orderViolations, TestFleet } from '../helpers/fleet.js';
 import {
@@ -190,6 +192,74 @@ describe('enhanced fan-out (kinesis-local)', () => {
       } finally {
         await again.stopAll();
       }
+    } finally {
+      await fleet.stopAll();
+    }
+  });
+
+  it('a batch the chain rejects is not skipped by resubscribing after it: the shard is released, counted and read again (finding 1)', async () => {
+    const stream = 'efo-deliver-fails';
+    await createStream(t.aws.kinesis, stream, 1);
+    const table = 'efo-deliver-fails-leases';
+    const produce = (from: number, count: number) =>
+      putRecords(
+        t.aws.kinesis,
+        stream,
+        Array.from({ length: count }, (_, i) => ({
+          partitionKey: `key-${(from + i) % 7}`,
+          data: JSON.stringify({ n: from + i }),
+        })),
+      );
+    let failed = 0;
+    const fleet = new TestFleet({
+      kinesis: t.aws.kinesis,
+      kinesisSubscribe: t.aws.kinesisSubscribe,
+      dynamodb: t.aws.dynamodb,
+      table,
+      consumers: [{ type: 'efo', stream, consumerName: 'efo-fails', backoffBaseMs: 50, backoffMaxMs: 500 }],
+      checkpoints: { failoverMs: 3_000, intervalMs: 200, shardSyncIntervalMs: 1_000 },
+      maxAckDelayMs: 20,
+      // The first batch holding a record of the second lot is rejected once, as a sink write that throws.
+      failDeliver: (_w, records) => {
+        const hit = records.some(
+          (r) => (JSON.parse(Buffer.from(r.data).toString('utf8')) as { n: number }).n >= 10,
+        );
+        if (hit && failed === 0) {
+          failed += 1;
+          return true;
+        }
+        return false;
+      },
+    });
+    const seen = () => new Set([...fleet.distinct().values()].map((d) => String(JSON.parse(d.data).n)));
+    const metric = async (name: string, labels: Record<string, string> = {}) =>
+      ((await fleet.members.get('solo')!.metrics.getSingleMetric(name)?.get())?.values ?? [])
+        .filter((v) => Object.entries(labels).every(([k, want]) => v.labels[k] === want))
+        .reduce((a, v) => a + v.value, 0);
+    try {
+      await produce(0, 10);
+      await fleet.start('solo');
+      await waitFor(() => seen().size >= 10, 30_000, `first 10 records (have ${seen().size})`);
+      await produce(10, 20);
+      await waitFor(() => failed === 1, 20_000, 'the injected failure happened');
+      await produce(30, 10);
+      await waitFor(
+        () => seen().size >= 40,
+        30_000,
+        `all 40 records, the rejected batch read again (have ${seen().size}; before the fix the rejected batch was skipped)`,
+      );
+      const last = [...fleet.distinct().values()]
+        .sort((a, b) => a.sequenceNumber.localeCompare(b.sequenceNumber))
+        .at(-1)!;
+      const leases = new LeaseTable(t.aws.dynamodb, table);
+      await waitFor(
+        async () => (await leases.get('shardId-000000000000'))?.checkpoint === last.sequenceNumber,
+        15_000,
+        'the checkpoint reaches the last record',
+      );
+      assert.equal(await metric('ksw_shard_failures_total', { stage: 'deliver' }), 1);
+      assert.equal(await metric('ksw_lease_takes_total'), 2, 'taken, released, taken again');
+      assert.deepEqual(orderViolations(fleet.deliveries), []);
     } finally {
       await fleet.stopAll();
     }
