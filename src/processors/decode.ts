@@ -95,6 +95,8 @@ export interface DecoderDeps {
   /** Needed when `s3Pointers.enabled`. */
   readonly s3?: Pick<S3Client, 'send'>;
   readonly logger?: Logger;
+  /** Aborted at shutdown: pointer fetches and their retry waits stop at once (the records are read again). */
+  readonly signal?: AbortSignal;
 }
 
 export class RecordDecoder {
@@ -114,7 +116,14 @@ export class RecordDecoder {
       : undefined;
     if (config.s3Pointers.enabled) {
       if (!deps.s3) throw new Error('decode.s3Pointers.enabled needs an S3 client');
-      this.pointers = new S3PointerResolver(config.s3Pointers, deps.s3, metrics, deps.logger);
+      this.pointers = new S3PointerResolver(
+        config.s3Pointers,
+        deps.s3,
+        metrics,
+        deps.logger,
+        Math.random,
+        deps.signal,
+      );
     }
     this.decoded = counter(metrics, { name: 'ksw_decode_events_total', help: 'Events decoded from records' });
     this.failed = counter(metrics, {

@@ -48,6 +48,7 @@ export class Worker {
     private readonly pipeline: Pipeline,
     private readonly coordinator: ShardCoordinator,
     private readonly server: OpsServer,
+    private readonly shutdownSignal: AbortController,
   ) {}
 
   get address(): { host: string; port: number } {
@@ -77,8 +78,10 @@ export class Worker {
       const sink = createSink(name, sinkConfig, { ...ctx, logger: logger.child({ sink: name }) });
       return opts.wrapSink ? opts.wrapSink(name, sink) : sink;
     });
+    const shutdownSignal = new AbortController();
     const decoder = new RecordDecoder(config.decode, dlq, metrics, {
       s3: aws.s3,
+      signal: shutdownSignal.signal,
       logger: logger.child({ component: 'decode' }),
     });
     const names = processorNames(config.processors as Array<{ type: string; name?: string }>);
@@ -117,7 +120,19 @@ export class Worker {
       registry: metrics,
       ready: () => worker?.ready ?? false,
     });
-    worker = new Worker(config, workerId, logger, metrics, aws, dlq, sinks, pipeline, coordinator, server);
+    worker = new Worker(
+      config,
+      workerId,
+      logger,
+      metrics,
+      aws,
+      dlq,
+      sinks,
+      pipeline,
+      coordinator,
+      server,
+      shutdownSignal,
+    );
     gauge(metrics, {
       name: 'ksw_worker_ready',
       help: '1 while the worker is ready (started, not shutting down)',
@@ -158,6 +173,8 @@ export class Worker {
     this.ready = false;
     gauge(this.metrics, { name: 'ksw_worker_ready', help: '' }).set(0);
     this.logger.info('shutting down: stop fetching, flush, checkpoint');
+    // Pointer fetches waiting out S3 errors stop retrying now; their records are not acked, so read again.
+    this.shutdownSignal.abort();
     const remaining = () => deadline - Date.now();
     // Leave a slice of the deadline for the final checkpoint and lease release.
     const flushBudget = () => Math.max(0, remaining() - Math.min(2_000, this.config.shutdown.deadlineMs / 4));
