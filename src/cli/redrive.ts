@@ -22,6 +22,7 @@ import { Ack } from '../core/ack.js';
 import { createAwsClients } from '../core/aws.js';
 import type { DeadLetter, DeadLetterQueue } from '../core/component.js';
 import type { PipelineEvent } from '../core/records.js';
+import { unsafeKeyReason } from '../core/s3-pointer.js';
 import { createRegistry } from '../metrics/registry.js';
 import { parseJsonDocument } from '../processors/decode.js';
 import { createLogger } from '../runtime/logger.js';
@@ -86,14 +87,33 @@ export interface RedriveSummary {
   rewrittenObjects: number;
 }
 
-async function listKeys(s3: S3Client, bucket: string, prefix: string): Promise<string[]> {
+/**
+ * The DLQ objects to redrive. Keys come from a listing, so they were written by whoever can write the
+ * bucket, not necessarily by us: keys outside the prefix, or that the pointer rules refuse (dot or empty
+ * segments, which a path-style request may resolve into another bucket), are skipped with a warning.
+ */
+export async function listKeys(
+  s3: Pick<S3Client, 'send'>,
+  bucket: string,
+  prefix: string,
+  logger?: Logger,
+): Promise<string[]> {
   const keys: string[] = [];
   let token: string | undefined;
   do {
     const page = await s3.send(
       new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }),
     );
-    for (const o of page.Contents ?? []) if (o.Key?.endsWith('.jsonl')) keys.push(o.Key);
+    for (const o of page.Contents ?? []) {
+      const key = o.Key;
+      if (!key?.endsWith('.jsonl')) continue;
+      const unsafe = key.startsWith(prefix) ? unsafeKeyReason(key) : 'outside the prefix';
+      if (unsafe !== undefined) {
+        logger?.warn({ key: key.slice(0, 200), reason: unsafe }, 'DLQ object skipped: unsafe key');
+        continue;
+      }
+      keys.push(key);
+    }
     token = page.IsTruncated ? page.NextContinuationToken : undefined;
   } while (token);
   return keys.sort();
@@ -130,7 +150,7 @@ export async function redrive(
     rewrittenObjects: 0,
   };
   try {
-    for (const key of await listKeys(aws.s3, options.bucket, options.prefix)) {
+    for (const key of await listKeys(aws.s3, options.bucket, options.prefix, logger)) {
       summary.objects += 1;
       const object = await aws.s3.send(new GetObjectCommand({ Bucket: options.bucket, Key: key }));
       const text = (await object.Body?.transformToString('utf-8')) ?? '';

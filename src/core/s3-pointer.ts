@@ -60,6 +60,45 @@ export function mayBePointer(data: Uint8Array): boolean {
 
 export class PointerFormatError extends Error {}
 
+/** S3's bucket naming rules (general purpose buckets): 3-63 of a-z 0-9 . -, starting and ending alphanumeric. */
+const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+
+/** Why a bucket name cannot be used, or undefined when it is a valid S3 bucket name. */
+export function unsafeBucketReason(bucket: string): string | undefined {
+  if (!BUCKET_NAME.test(bucket) || bucket.includes('..')) {
+    return `bucket ${JSON.stringify(bucket.slice(0, 80))} is not a valid S3 bucket name`;
+  }
+  return undefined;
+}
+
+/**
+ * Why an object key must not be fetched, or undefined when it is safe. A key is sent in the request path;
+ * with path-style addressing (custom endpoints) `/allowed/../other/k` is resolved to another bucket by
+ * any S3 implementation or proxy that normalises dot segments, so keys holding `.` or `..` segments,
+ * empty segments (a leading `/`, `//`, a trailing `/`), backslashes (read as `/` by some proxies),
+ * percent-encoded `.`, `/` or `\`, or control characters are refused before any request. So are keys
+ * longer than S3's 1,024 bytes.
+ */
+export function unsafeKeyReason(key: string): string | undefined {
+  if (key === '') return 'the key is empty';
+  if (Buffer.byteLength(key, 'utf8') > 1024) return 'the key is longer than 1,024 bytes';
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it looks for
+  if (/[\u0000-\u001f\u007f]/.test(key)) return 'the key holds a control character';
+  if (key.includes('\\')) return 'the key holds a backslash';
+  if (/%(2e|2f|5c)/i.test(key)) return 'the key holds a percent-encoded ".", "/" or "\\"';
+  const segments = key.split('/');
+  for (const segment of segments) {
+    if (segment === '.' || segment === '..') return `the key holds a "${segment}" path segment`;
+    if (segment === '') return 'the key holds an empty path segment (a leading, trailing or double "/")';
+  }
+  return undefined;
+}
+
+function checkLocation(bucket: string, key: string, what: string): void {
+  const reason = unsafeBucketReason(bucket) ?? unsafeKeyReason(key);
+  if (reason !== undefined) throw new PointerFormatError(`${what}: ${reason}; not fetched`);
+}
+
 /**
  * Reads a pointer from parsed JSON. Returns undefined when the value is not a pointer at all; throws
  * PointerFormatError when it claims to be one but is malformed (that record goes to the DLQ).
@@ -75,6 +114,7 @@ export function readPointer(value: unknown): S3Pointer | undefined {
     if (typeof bucket !== 'string' || bucket === '' || typeof key !== 'string' || key === '') {
       throw new PointerFormatError('PayloadS3Pointer needs non-empty s3BucketName and s3Key');
     }
+    checkLocation(bucket, key, 'PayloadS3Pointer');
     return { bucket, key, format: 'aws-extended-client' };
   }
   if (value === null || typeof value !== 'object') return undefined;
@@ -92,6 +132,7 @@ export function readPointer(value: unknown): S3Pointer | undefined {
   if (typeof bucket !== 'string' || bucket === '' || typeof key !== 'string' || key === '') {
     throw new PointerFormatError(`${POINTER_FIELD} needs non-empty bucket and key`);
   }
+  checkLocation(bucket, key, POINTER_FIELD);
   if (size !== undefined && (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0)) {
     throw new PointerFormatError(`${POINTER_FIELD}.size must be a non-negative integer`);
   }

@@ -67,17 +67,21 @@ export type DecodeConfig = z.infer<typeof decodeConfigSchema>;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 /**
- * True when a parsed value holds an integer JSON.parse could not represent exactly (beyond 2^53).
- * Checking the parsed value is cheaper than scanning the text for long digit runs (OTLP/JSON quotes its
- * int64s, so most long digit runs are strings), and it is exact: such a number is always an integer
- * outside the safe range once parsed. Iterative, so 10,000-deep documents cannot overflow the stack.
+ * What a parsed value holds that JSON.parse could not keep exactly: an integer beyond 2^53 ('unsafe', kept
+ * exact by re-parsing) or a number beyond the double range such as 1e400 ('overflow', which JSON.parse
+ * turns into Infinity and JSON.stringify then into null: the record is dead-lettered instead). Checking
+ * the parsed value is cheaper than scanning the text for long digit runs (OTLP/JSON quotes its int64s, so
+ * most long digit runs are strings), and it is exact. Iterative, so 10,000-deep documents cannot overflow
+ * the stack.
  */
-function holdsUnsafeInteger(root: unknown): boolean {
+function inexactNumbers(root: unknown): 'overflow' | 'unsafe' | undefined {
   const stack: unknown[] = [root];
+  let found: 'unsafe' | undefined;
   while (stack.length > 0) {
     const v = stack.pop();
     if (typeof v === 'number') {
-      if (Number.isInteger(v) && !Number.isSafeInteger(v)) return true;
+      if (!Number.isFinite(v)) return 'overflow';
+      if (Number.isInteger(v) && !Number.isSafeInteger(v)) found = 'unsafe';
     } else if (v !== null && typeof v === 'object') {
       if (Array.isArray(v)) {
         for (let i = 0; i < v.length; i++) stack.push(v[i]);
@@ -86,8 +90,11 @@ function holdsUnsafeInteger(root: unknown): boolean {
       }
     }
   }
-  return false;
+  return found;
 }
+
+/** A number JSON (an IEEE double) cannot hold: the record goes to the DLQ, never written changed. */
+export class NumberRangeError extends Error {}
 
 /** Large integers become bigint instead of silently losing precision (nanosecond timestamps, ids). */
 function parseNumber(text: string): number | bigint {
@@ -96,11 +103,28 @@ function parseNumber(text: string): number | bigint {
   return BigInt(text);
 }
 
-/** Parses one JSON document; exact for integers beyond 2^53. Throws with a readable message. */
+/**
+ * Parses one JSON document; exact for integers beyond 2^53. Throws with a readable message, and
+ * NumberRangeError for a number beyond the double range (1e400, -1e400).
+ *
+ * Duplicate keys, one rule: the last one wins (as JSON.parse, and most JSON parsers; RFC 8259 leaves it
+ * open), whichever parser path the document takes.
+ */
 export function parseJsonDocument(text: string): Record<string, unknown> {
   let value: unknown = JSON.parse(text);
+  const inexact = inexactNumbers(value);
+  if (inexact === 'overflow') {
+    throw new NumberRangeError(
+      'a number is beyond the range of a double (about ±1.8e308); it would be stored as null or "Infinity"',
+    );
+  }
   // Rare: re-parse exactly, keeping large integers as bigint.
-  if (holdsUnsafeInteger(value)) value = parseLossless(text, null, parseNumber);
+  if (inexact === 'unsafe') {
+    value = parseLossless(text, null, {
+      parseNumber,
+      onDuplicateKey: ({ newValue }) => newValue,
+    });
+  }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     const kind = value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value;
     throw new Error(`expected a JSON object, got ${kind}`);
@@ -112,6 +136,8 @@ export interface DecoderDeps {
   /** Needed when `s3Pointers.enabled`. */
   readonly s3?: Pick<S3Client, 'send'>;
   readonly logger?: Logger;
+  /** Aborted at shutdown: pointer fetches and their retry waits stop at once (the records are read again). */
+  readonly signal?: AbortSignal;
 }
 
 export class RecordDecoder {
@@ -131,7 +157,14 @@ export class RecordDecoder {
       : undefined;
     if (config.s3Pointers.enabled) {
       if (!deps.s3) throw new Error('decode.s3Pointers.enabled needs an S3 client');
-      this.pointers = new S3PointerResolver(config.s3Pointers, deps.s3, metrics, deps.logger);
+      this.pointers = new S3PointerResolver(
+        config.s3Pointers,
+        deps.s3,
+        metrics,
+        deps.logger,
+        Math.random,
+        deps.signal,
+      );
     }
     this.decoded = counter(metrics, { name: 'ksw_decode_events_total', help: 'Events decoded from records' });
     this.failed = counter(metrics, {
@@ -304,7 +337,8 @@ export class RecordDecoder {
       } catch (err) {
         // "\n{" also starts a protobuf request whose first ResourceSpans is 123 bytes long.
         if (proto && record.data[0] === 0x0a && this.tryProto(record, out)) return;
-        this.deadLetter(record, `invalid JSON: ${(err as Error).message}`, 'invalid_json');
+        if (err instanceof NumberRangeError) this.deadLetter(record, err.message, 'number_out_of_range');
+        else this.deadLetter(record, `invalid JSON: ${(err as Error).message}`, 'invalid_json');
         return;
       }
       out.push({
@@ -323,21 +357,32 @@ export class RecordDecoder {
       return;
     }
     // Parse every line first so the record's ack can be split once, into exactly the parts needed.
-    const values: Array<{ index: number; value?: Record<string, unknown>; error?: string; line: string }> =
-      [];
+    const values: Array<{
+      index: number;
+      value?: Record<string, unknown>;
+      error?: string;
+      range?: boolean;
+      line: string;
+    }> = [];
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i]!;
       try {
         values.push({ index: i, value: parseJsonDocument(line), line });
       } catch (err) {
-        values.push({ index: i, error: (err as Error).message, line });
+        values.push({
+          index: i,
+          error: (err as Error).message,
+          range: err instanceof NumberRangeError,
+          line,
+        });
       }
     }
     if (proto && record.data[0] === 0x0a && values.some((v) => v.error !== undefined)) {
       if (this.tryProto(record, out)) return;
     }
     if (values.length === 1 && values[0]!.error) {
-      this.deadLetter(record, `invalid JSON: ${values[0]!.error}`, 'invalid_json');
+      if (values[0]!.range) this.deadLetter(record, values[0]!.error, 'number_out_of_range');
+      else this.deadLetter(record, `invalid JSON: ${values[0]!.error}`, 'invalid_json');
       return;
     }
     const parts = record.ack.split(values.length);
@@ -345,13 +390,15 @@ export class RecordDecoder {
       const v = values[i]!;
       const ack = parts[i]!;
       if (v.error !== undefined) {
-        this.failed.inc({ reason: 'invalid_json' });
+        this.failed.inc({ reason: v.range ? 'number_out_of_range' : 'invalid_json' });
         this.dlq.put(
           {
             origin: record.origin,
             index: v.index,
             data: Buffer.from(v.line, 'utf8'),
-            reason: `invalid JSON on line ${v.index + 1}: ${v.error}`,
+            reason: v.range
+              ? `line ${v.index + 1}: ${v.error}`
+              : `invalid JSON on line ${v.index + 1}: ${v.error}`,
             component: 'decode',
           },
           ack,

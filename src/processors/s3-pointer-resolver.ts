@@ -3,7 +3,9 @@
  * extended client's `PayloadS3Pointer`; see core/s3-pointer.ts) is replaced by the bytes of the object
  * it points to, before the rest of the chain sees it.
  *
- * Safety: only buckets on the allowlist are ever fetched. A pointer is written by whoever can put to the
+ * Safety: only buckets (and key prefixes) on the allowlist are ever fetched, keys with dot or empty
+ * segments never (a path-style request for `allowed/../other/k` reaches another bucket where dot
+ * segments are normalised), and `expectedBucketOwner` pins the account. A pointer is written by whoever can put to the
  * stream, and the worker's role can usually read more than that producer can; fetching any bucket named
  * in a record would let a producer read through the worker (confused deputy). Size is bounded before
  * and while reading; size and SHA-256 are verified when the pointer carries them.
@@ -28,6 +30,8 @@ import {
   readPointer,
   type S3Pointer,
   sha256Hex,
+  unsafeBucketReason,
+  unsafeKeyReason,
 } from '../core/s3-pointer.js';
 import { counter, histogram } from '../metrics/registry.js';
 
@@ -38,10 +42,27 @@ export const s3PointerConfigSchema = z
       .default(false)
       .describe('Resolve S3 pointer records (claim check). Needs allowedBuckets.'),
     allowedBuckets: z
-      .array(z.string().min(3))
+      .array(
+        z
+          .string()
+          .min(3)
+          .superRefine((entry, ctx) => {
+            const { bucket, prefix } = splitAllowed(entry);
+            const reason =
+              unsafeBucketReason(bucket) ?? (prefix === '' ? undefined : unsafePrefixReason(prefix));
+            if (reason !== undefined) ctx.addIssue({ code: 'custom', message: `"${entry}": ${reason}` });
+          }),
+      )
       .default([])
       .describe(
-        'Buckets pointers may name. A pointer to any other bucket goes to the DLQ and is never fetched (a producer must not be able to read through the worker).',
+        'Where pointers may point: "bucket" (any key of it) or "bucket/prefix/" (keys starting with prefix/ only; prefer this, so a producer cannot make the worker read the lake or the DLQ). A pointer anywhere else goes to the DLQ and is never fetched (a producer must not be able to read through the worker). Keys with "." or ".." segments, empty segments, backslashes or percent-encoded separators are refused as pointer_invalid before any request.',
+      ),
+    expectedBucketOwner: z
+      .string()
+      .regex(/^\d{12}$/, 'a 12-digit AWS account id')
+      .optional()
+      .describe(
+        'AWS account id that must own the pointed-to buckets; sent as ExpectedBucketOwner on every GetObject, so S3 refuses (403) a bucket of another account that took an allowed name.',
       ),
     maxObjectBytes: z
       .number()
@@ -85,6 +106,26 @@ export const s3PointerConfigSchema = z
 
 export type S3PointerConfig = z.infer<typeof s3PointerConfigSchema>;
 
+/** An allowlist entry: "bucket" or "bucket/key-prefix". */
+export function splitAllowed(entry: string): { bucket: string; prefix: string } {
+  const slash = entry.indexOf('/');
+  return slash < 0
+    ? { bucket: entry, prefix: '' }
+    : { bucket: entry.slice(0, slash), prefix: entry.slice(slash + 1) };
+}
+
+/** A prefix obeys the key rules, except that it may end with "/". */
+function unsafePrefixReason(prefix: string): string | undefined {
+  return unsafeKeyReason(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix);
+}
+
+/** Thrown when shutdown aborts a fetch: the record is neither delivered nor dead-lettered (read again later). */
+export class PointerFetchAbortedError extends Error {
+  constructor(where: string) {
+    super(`fetch of ${where} aborted by shutdown`);
+  }
+}
+
 /** Why a pointer could not be resolved; `kind` is the metric label and DLQ reason class. */
 export class PointerError extends Error {
   constructor(
@@ -104,7 +145,7 @@ export class PointerError extends Error {
 
 export class S3PointerResolver {
   private readonly limit: LimitFunction;
-  private readonly allowed: ReadonlySet<string>;
+  private readonly allowed: ReadonlyMap<string, readonly string[]>;
   private readonly resolved: Counter<'format'>;
   private readonly failed: Counter<'reason'>;
   private readonly retries: Counter;
@@ -116,9 +157,15 @@ export class S3PointerResolver {
     metrics: Registry,
     private readonly logger?: Logger,
     private readonly random: () => number = Math.random,
+    private readonly signal?: AbortSignal,
   ) {
     this.limit = pLimit(config.concurrency);
-    this.allowed = new Set(config.allowedBuckets);
+    const allowed = new Map<string, string[]>();
+    for (const entry of config.allowedBuckets) {
+      const { bucket, prefix } = splitAllowed(entry);
+      allowed.set(bucket, [...(allowed.get(bucket) ?? []), prefix]);
+    }
+    this.allowed = allowed;
     this.resolved = counter(metrics, {
       name: 'ksw_s3_pointer_resolved_total',
       help: 'Pointer records replaced by their S3 object, by pointer format',
@@ -179,9 +226,21 @@ export class S3PointerResolver {
 
   private async fetchVerified(pointer: S3Pointer): Promise<Uint8Array> {
     const where = `s3://${pointer.bucket}/${pointer.key}`;
-    if (!this.allowed.has(pointer.bucket)) {
+    // readPointer already refused unsafe names; checked again so no caller can skip it.
+    const unsafe = unsafeBucketReason(pointer.bucket) ?? unsafeKeyReason(pointer.key);
+    if (unsafe !== undefined) {
+      throw new PointerError(`pointer to ${where}: ${unsafe}; not fetched`, 'pointer_invalid');
+    }
+    const prefixes = this.allowed.get(pointer.bucket);
+    if (!prefixes) {
       throw new PointerError(
         `pointer to ${where}: bucket "${pointer.bucket}" is not in decode.s3Pointers.allowedBuckets; not fetched`,
+        'pointer_bucket_not_allowed',
+      );
+    }
+    if (!prefixes.some((p) => pointer.key.startsWith(p))) {
+      throw new PointerError(
+        `pointer to ${where}: the key is not under an allowed prefix of bucket "${pointer.bucket}" (${prefixes.map((p) => `"${p}"`).join(', ')}) in decode.s3Pointers.allowedBuckets; not fetched`,
         'pointer_bucket_not_allowed',
       );
     }
@@ -217,10 +276,12 @@ export class S3PointerResolver {
   private async getWithRetry(pointer: S3Pointer, where: string): Promise<Uint8Array> {
     const started = Date.now();
     for (let attempt = 0; ; attempt++) {
+      if (this.signal?.aborted) throw new PointerFetchAbortedError(where);
       try {
         return await this.getOnce(pointer, where);
       } catch (err) {
         if (err instanceof PointerError) throw err;
+        if (this.signal?.aborted) throw new PointerFetchAbortedError(where);
         const name = awsErrorName(err);
         if (name === 'NoSuchKey' || name === 'NotFound' || name === 'NoSuchBucket') {
           throw new PointerError(`${where} does not exist (${name})`, 'pointer_missing');
@@ -235,13 +296,23 @@ export class S3PointerResolver {
         this.retries.inc();
         if (attempt === 0)
           this.logger?.warn({ where, err: name }, 'S3 GetObject failed; retrying with backoff');
-        await sleep(backoffDelay(attempt, this.config.backoffBaseMs, this.config.backoffMaxMs, this.random));
+        await sleep(
+          backoffDelay(attempt, this.config.backoffBaseMs, this.config.backoffMaxMs, this.random),
+          this.signal,
+        );
       }
     }
   }
 
   private async getOnce(pointer: S3Pointer, where: string): Promise<Uint8Array> {
-    const out = await this.s3.send(new GetObjectCommand({ Bucket: pointer.bucket, Key: pointer.key }));
+    const owner = this.config.expectedBucketOwner;
+    const out = await this.s3.send(
+      new GetObjectCommand({
+        Bucket: pointer.bucket,
+        Key: pointer.key,
+        ...(owner === undefined ? {} : { ExpectedBucketOwner: owner }),
+      }),
+    );
     const max = this.config.maxObjectBytes;
     if (out.ContentLength !== undefined && out.ContentLength > max) {
       (out.Body as { destroy?: () => void } | undefined)?.destroy?.();

@@ -10,10 +10,17 @@ import { createProcessor, processorNames } from '../processors/registry.js';
 import { PartitionKeyRouter } from '../processors/router.js';
 import { Pipeline } from './pipeline.js';
 
-export function createPipeline(config: WorkerConfig, ctx: ComponentContext, sinks: Sink[]): Pipeline {
+/** `signal`: aborted at shutdown, so pointer fetches waiting out S3 errors stop retrying (their records are read again). */
+export function createPipeline(
+  config: WorkerConfig,
+  ctx: ComponentContext,
+  sinks: Sink[],
+  signal?: AbortSignal,
+): Pipeline {
   const { logger, metrics, aws, dlq } = ctx;
   const decoder = new RecordDecoder(config.decode, dlq, metrics, {
     s3: aws.s3,
+    ...(signal ? { signal } : {}),
     logger: logger.child({ component: 'decode' }),
   });
   const names = processorNames(config.processors as Array<{ type: string; name?: string }>);

@@ -62,6 +62,7 @@ export class Worker {
     private readonly coordinator: ShardCoordinator | undefined,
     private readonly server: OpsServer,
     private readonly files: readonly FileSource[],
+    private readonly shutdownSignal: AbortController,
   ) {}
 
   private progress: ProgressLog | undefined;
@@ -114,7 +115,8 @@ export class Worker {
       const sink = createSink(name, sinkConfig, { ...ctx, logger: logger.child({ sink: name }) });
       return opts.wrapSink ? opts.wrapSink(name, sink) : sink;
     });
-    const pipeline = createPipeline(config, ctx, sinks);
+    const shutdownSignal = new AbortController();
+    const pipeline = createPipeline(config, ctx, sinks, shutdownSignal.signal);
     const kinesisConsumers = config.consumers.filter(isKinesisConsumer);
     const fileConsumers = config.consumers.filter((c): c is FileConsumerConfig => c.type === 'file');
     const files = fileConsumers.map(
@@ -169,6 +171,7 @@ export class Worker {
       coordinator,
       server,
       files,
+      shutdownSignal,
     );
     const w = worker;
     new Gauge({
@@ -260,6 +263,8 @@ export class Worker {
     const deadline = Date.now() + this.config.shutdown.deadlineMs;
     this.progress?.stop();
     this.logger.info('shutting down: stop fetching, flush, checkpoint');
+    // Pointer fetches waiting out S3 errors stop retrying now; their records are not acked, so read again.
+    this.shutdownSignal.abort();
     const remaining = () => deadline - Date.now();
     // Leave a slice of the deadline for the final checkpoint and lease release.
     const flushBudget = () => Math.max(0, remaining() - Math.min(2_000, this.config.shutdown.deadlineMs / 4));
