@@ -95,7 +95,7 @@ export function unsafeKeyReason(key: string): string | undefined {
 }
 
 function checkLocation(bucket: string, key: string, what: string): void {
-  const reason = unsafeBucketReason(bucket) ?? unsafeKeyReason(key);
+  const reason = unsafeKeyReason(key);
   if (reason !== undefined) throw new PointerFormatError(`${what}: ${reason}; not fetched`);
 }
 

@@ -27,7 +27,7 @@ describe('configuration reference', () => {
     }
     assert.match(
       doc,
-      /\| `decode\.s3Pointers\.allowedBuckets` \| list of string \| `\[\]` \| Buckets pointers may name/,
+      /\| `decode\.s3Pointers\.allowedBuckets` \| list of string \| `\[\]` \| Where pointers may point/,
     );
   });
 });
