@@ -94,7 +94,7 @@ export function unsafeKeyReason(key: string): string | undefined {
   return undefined;
 }
 
-function checkLocation(bucket: string, key: string, what: string): void {
+function checkLocation(_bucket: string, key: string, what: string): void {
   const reason = unsafeKeyReason(key);
   if (reason !== undefined) throw new PointerFormatError(`${what}: ${reason}; not fetched`);
 }
