@@ -43,6 +43,8 @@ export function userError(command: string, raw: unknown): ErrorReport | undefine
   if (!raw || typeof raw !== 'object') return undefined;
   const err = raw as ErrorLike;
   const message = firstLine(err.message ?? '');
+  // Start-up checks (src/runtime/preflight.ts) list one problem per line, each with its field and fix.
+  if (err.name === 'StartupCheckError') return { text: `${command}: ${err.message}`, exitCode: 1 };
   if (err.code === 'ENOENT' && err.path)
     return { text: `${command}: no such file: ${err.path}; check the path`, exitCode: 1 };
   if (err.code === 'EACCES' && err.path)

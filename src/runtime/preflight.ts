@@ -9,6 +9,7 @@ import { ListShardsCommand } from '@aws-sdk/client-kinesis';
 import { HeadBucketCommand } from '@aws-sdk/client-s3';
 import type { Logger } from 'pino';
 import type { WorkerConfig } from '../config/schema.js';
+import { isKinesisConsumer } from '../consumers/registry.js';
 import type { AwsClients } from '../core/aws.js';
 import { awsErrorName, isRetryableAwsError } from '../core/aws-errors.js';
 
@@ -25,6 +26,8 @@ interface Check {
 export function preflightChecks(config: WorkerConfig, aws: AwsClients): Check[] {
   const checks: Check[] = [];
   config.consumers.forEach((c, i) => {
+    // A file consumer's `stream` is only a name for its records, not a Kinesis stream.
+    if (!isKinesisConsumer(c)) return;
     checks.push({
       field: `consumers[${i}].stream`,
       resource: `Kinesis stream ${c.stream}`,
@@ -80,5 +83,13 @@ export async function preflight(config: WorkerConfig, aws: AwsClients, logger: L
     }
     problems.push(`${check.field}: ${check.resource} ${check.explain(error, status)}`);
   });
-  if (problems.length > 0) throw new Error(`start-up check failed:\n  ${problems.join('\n  ')}`);
+  if (problems.length > 0) throw new StartupCheckError(problems);
+}
+
+/** A user error, not a bug: the CLI prints every line of it (each names the field and the fix), no stack. */
+export class StartupCheckError extends Error {
+  override readonly name = 'StartupCheckError';
+  constructor(readonly problems: string[]) {
+    super(`start-up check failed:\n  ${problems.join('\n  ')}`);
+  }
 }
